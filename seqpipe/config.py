@@ -1,0 +1,441 @@
+"""Typed, frozen configuration for every seqpipe stage, loaded from YAML.
+
+A configuration is a tree of frozen dataclasses, one section per stage:
+
+    Config
+      synth       SynthConfig       synthetic data generator (`seqpipe synth`)
+      preprocess  PreprocessConfig  the Beam job (`seqpipe preprocess`)
+      data        DataConfig        the tf.data input pipeline
+      model       ModelConfig       the autoencoder
+      train       TrainConfig       the training loop
+      eval        EvalConfig        SVM evaluation of the embeddings
+
+A YAML file names only what it changes; everything else keeps the dataclass
+default. Overrides from the command line use dotted keys and YAML values:
+
+    cfg = load_config("tiny", overrides=["model.units=64", "train.epochs=3"])
+
+Unknown sections or keys, and values of the wrong type, raise `ConfigError`
+naming the offending key; nothing falls back silently to a default. YAML is
+read with `yaml.safe_load` only.
+
+Bundled configs (`default`, `tiny`) live in `seqpipe/configs/`; `--config`
+takes either one of those names or a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic labeled sequences shaped like the problem seqpipe was born from.
+
+    Attributes:
+        num_sequences: how many sequences to generate.
+        num_features: features per timestep.
+        min_length: shortest sequence.
+        max_length: longest sequence.
+        length_sigma: spread of the log-normal length distribution (long tail).
+        num_classes: number of labels; classes differ only in temporal structure.
+        zero_step_fraction: fraction of sequences that contain genuine all-zero
+            timesteps in their middle (which must never be taken for padding).
+        noise: standard deviation of the additive Gaussian noise.
+        seed: random seed; the same seed gives byte-identical output.
+    """
+
+    num_sequences: int = 1326
+    num_features: int = 8
+    min_length: int = 7
+    max_length: int = 356
+    length_sigma: float = 0.8
+    num_classes: int = 4
+    zero_step_fraction: float = 0.2
+    noise: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.num_sequences > 0, "synth.num_sequences", "must be > 0")
+        _require(self.num_features > 0, "synth.num_features", "must be > 0")
+        _require(1 <= self.min_length <= self.max_length, "synth.min_length",
+                 "must satisfy 1 <= min_length <= max_length")
+        _require(self.num_classes >= 2, "synth.num_classes", "must be >= 2")
+        _require(0.0 <= self.zero_step_fraction <= 1.0, "synth.zero_step_fraction",
+                 "must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """The Beam preprocessing job.
+
+    Attributes:
+        input_format: `auto` (from the file suffix), `jsonl`, `csv` or `parquet`.
+        min_length: sequences shorter than this are rejected (`too_short`).
+        max_length: sequences longer than this are rejected or truncated;
+            0 means no limit.
+        too_long: `reject` or `truncate` (keep the first `max_length` steps);
+            both are counted.
+        train_fraction, val_fraction: split fractions for records without a
+            `split` field; the rest goes to `test`. Splits come from a stable
+            hash of the id, so re-running on grown data keeps old records put.
+        num_shards: shards per split; 0 sizes them to the data.
+        compression: `none` (default; TFDS-readable) or `gzip`.
+        num_buckets: how many length buckets to suggest in the metadata.
+        id_column, time_column, label_column, split_column: column names of
+            long-format (CSV/Parquet) inputs.
+        feature_columns: feature column names of long-format inputs; empty
+            means every column not named above.
+    """
+
+    input_format: str = "auto"
+    min_length: int = 1
+    max_length: int = 0
+    too_long: str = "reject"
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1
+    num_shards: int = 0
+    compression: str = "none"
+    num_buckets: int = 8
+    id_column: str = "id"
+    time_column: str = "t"
+    label_column: str = "label"
+    split_column: str = "split"
+    feature_columns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _require_choice(self.input_format, ("auto", "jsonl", "csv", "parquet"),
+                        "preprocess.input_format")
+        _require_choice(self.too_long, ("reject", "truncate"), "preprocess.too_long")
+        _require_choice(self.compression, ("none", "gzip"), "preprocess.compression")
+        _require(self.min_length >= 1, "preprocess.min_length", "must be >= 1")
+        _require(self.max_length == 0 or self.max_length >= self.min_length,
+                 "preprocess.max_length", "must be 0 (no limit) or >= min_length")
+        _require(0.0 <= self.train_fraction and 0.0 <= self.val_fraction
+                 and self.train_fraction + self.val_fraction <= 1.0,
+                 "preprocess.train_fraction",
+                 "train_fraction and val_fraction must be >= 0 and sum to <= 1")
+        _require(self.num_shards >= 0, "preprocess.num_shards", "must be >= 0")
+        _require(self.num_buckets >= 1, "preprocess.num_buckets", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The tf.data input pipeline (`seqpipe.data`).
+
+    Attributes:
+        batch_size: global batch size (summed over replicas) when
+            `timestep_budget` is 0.
+        timestep_budget: if > 0, each bucket's batch size is
+            `max(1, timestep_budget // bucket_length)`, so every batch holds
+            about the same number of timesteps.
+        bucket_boundaries: length boundaries; empty means the ones suggested
+            in the dataset's metadata.json.
+        pad_to_bucket_boundary: pad every batch to its bucket's upper
+            boundary, bounding the number of distinct shapes.
+        pad_to_max: pad every batch to the longest sequence (the naive recipe,
+            for benchmarks only).
+        shuffle_buffer: records in the shuffle buffer.
+        normalize: standardize features with the train split's mean/std.
+        reverse_target: the target is each sequence reversed within its own
+            length.
+        deterministic: fixed order and no shuffling (tests, evaluation).
+        seed: shuffle seed.
+    """
+
+    batch_size: int = 32
+    timestep_budget: int = 0
+    bucket_boundaries: tuple[int, ...] = ()
+    pad_to_bucket_boundary: bool = True
+    pad_to_max: bool = False
+    shuffle_buffer: int = 10000
+    normalize: bool = True
+    reverse_target: bool = False
+    deterministic: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _require(self.timestep_budget >= 0, "data.timestep_budget", "must be >= 0")
+        _require(list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries))
+                 and all(b >= 1 for b in self.bucket_boundaries),
+                 "data.bucket_boundaries", "must be strictly increasing positive ints")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The LSTM/GRU autoencoder (`seqpipe.models`).
+
+    Attributes:
+        cell: `lstm` or `gru`.
+        units: recurrent units of every encoder layer.
+        layers: number of stacked encoder layers (the last one summarizes).
+        decoder_units: recurrent units of every decoder layer; 0 means `units`.
+        decoder_layers: number of stacked decoder layers.
+        embedding_dim: size of the embedding; 0 means the last encoder
+            layer's state is the embedding (no projection).
+        bidirectional: bidirectional encoder layers.
+        dropout: dropout on the recurrent layers' inputs.
+        activation: recurrent activation; `tanh` keeps the cuDNN path, `relu`
+            is allowed but leaves it and needs gradient clipping.
+    """
+
+    cell: str = "lstm"
+    units: int = 64
+    layers: int = 1
+    decoder_units: int = 0
+    decoder_layers: int = 1
+    embedding_dim: int = 32
+    bidirectional: bool = False
+    dropout: float = 0.0
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        _require_choice(self.cell, ("lstm", "gru"), "model.cell")
+        _require_choice(self.activation, ("tanh", "relu"), "model.activation")
+        _require(self.units >= 1, "model.units", "must be >= 1")
+        _require(self.layers >= 1, "model.layers", "must be >= 1")
+        _require(self.decoder_units >= 0, "model.decoder_units", "must be >= 0")
+        _require(self.decoder_layers >= 1, "model.decoder_layers", "must be >= 1")
+        _require(self.embedding_dim >= 0, "model.embedding_dim", "must be >= 0")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (`seqpipe.train`).
+
+    Attributes:
+        epochs: passes over the train split.
+        learning_rate: Adam learning rate.
+        clipnorm: gradient clipping by global norm; 0 disables it.
+        early_stopping_patience: epochs without a better validation loss
+            before stopping; 0 disables early stopping.
+        checkpoint_every_steps: mid-epoch backup interval (for resuming a
+            killed run); 0 backs up only at epoch ends.
+        strategy: `auto`, `default` (one device), `mirrored` or `multi_worker`.
+        seed: weight initialization seed.
+    """
+
+    epochs: int = 30
+    learning_rate: float = 1e-3
+    clipnorm: float = 1.0
+    early_stopping_patience: int = 5
+    checkpoint_every_steps: int = 200
+    strategy: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _require(self.clipnorm >= 0, "train.clipnorm", "must be >= 0")
+        _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+                 "must be >= 0")
+        _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+                 "must be >= 0")
+        _require_choice(self.strategy, ("auto", "default", "mirrored", "multi_worker"),
+                        "train.strategy")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """SVM evaluation of embeddings and baselines (`seqpipe.evaluate`).
+
+    Attributes:
+        kernels: SVM kernels to try, chosen by cross-validation.
+        c_grid: values of C searched.
+        gamma_grid: values of gamma searched (RBF); `scale` is sklearn's.
+        cv_folds: cross-validation folds on the train split.
+        seed: seed of the cross-validation split.
+    """
+
+    kernels: tuple[str, ...] = ("rbf", "linear")
+    c_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    gamma_grid: tuple[str, ...] = ("scale",)
+    cv_folds: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(bool(self.kernels) and set(self.kernels) <= {"rbf", "linear"},
+                 "eval.kernels", "must be a non-empty subset of [rbf, linear]")
+        _require(bool(self.c_grid) and all(c > 0 for c in self.c_grid), "eval.c_grid",
+                 "must be non-empty and positive")
+        _require(self.cv_folds >= 2, "eval.cv_folds", "must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole configuration: one section per stage."""
+
+    synth: SynthConfig = dataclasses.field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+BUNDLED_CONFIGS = ("default", "tiny")
+
+
+def load_config(source: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> Config:
+    """Loads a config from a bundled name or a YAML path, then applies overrides.
+
+    Args:
+        source: `None` (the defaults), a bundled name (`default`, `tiny`) or a
+            path to a YAML file.
+        overrides: `section.key=value` strings; values are parsed as YAML.
+
+    Returns:
+        The frozen `Config`.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key or value does
+            not fit the schema.
+    """
+    tree = _read_yaml(source) if source is not None else {}
+    for override in overrides:
+        _apply_override(tree, override)
+    return from_dict(tree)
+
+
+def from_dict(tree: Mapping[str, Any]) -> Config:
+    """Builds a `Config` from a nested mapping, checking every key and type."""
+    return _build(Config, tree, prefix="")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML/JSON-friendly data (tuples become lists)."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Writes the resolved config as YAML (loadable with `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = _resolve_source(source)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got "
+                          f"{type(tree).__name__}")
+    return tree
+
+
+def _resolve_source(source: str | Path) -> Path:
+    if str(source) in BUNDLED_CONFIGS:
+        return Path(str(resources.files("seqpipe") / "configs" / f"{source}.yaml"))
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config {str(source)!r} is neither a file nor one of the "
+                          f"bundled configs {list(BUNDLED_CONFIGS)}")
+    return path
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {error}") from None
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(tree).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; "
+                          f"{where} has: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, f"{prefix}{name}")
+              for name, value in tree.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(item_type, item, f"{key}[{i}]")
+                     for i, item in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    return _convert_scalar(hint, value, key)
+
+
+def _convert_scalar(hint: type, value: Any, key: str) -> Any:
+    # bool is an int subclass in Python: check it first so `units: true` fails.
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} "
+                      f"({type(value).__name__})")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _require_choice(value: str, choices: Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")

@@ -1,0 +1,182 @@
+"""The record contract: one sequence <-> one serialized `tf.train.Example`.
+
+Every stage agrees on this file and on nothing else. A record holds:
+
+    key       kind         example
+    id        bytes_list   b"seq-000017"
+    label     bytes_list   b"class_2"  (b"" when unlabeled)
+    length    int64_list   3
+    steps     float_list   [s0f0, s0f1, s1f0, s1f1, s2f0, s2f1]  (row-major [length, F])
+
+This is exactly how `tfds.features.FeaturesDict` with
+`Tensor(shape=(None, F), dtype=float32)`, two `Text` and one int64 `Scalar`
+serializes a sequence (see `tfds_features`), so the shards are a normal TFDS
+dataset: `tfds.builder_from_directory(out_dir)` reads them. A flat float list
+is also the cheapest encoding to write and parse (one contiguous copy); a
+`tf.train.SequenceExample` stores one `Feature` per timestep.
+
+A dataset directory holds the shards of each split, named by the TFDS template
+`{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}` (for example
+`seqpipe-train.tfrecord-00000-of-00004`), and `metadata.json` (see
+`read_metadata`). `metadata.json` is written last, so a directory without it
+is not a finished dataset.
+
+Pure functions, no Beam, no Keras: tested alone in tests/test_records.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+DATASET_NAME = "seqpipe"
+FILE_FORMAT = "tfrecord"
+METADATA_FILE = "metadata.json"
+
+ID_KEY = "id"
+LABEL_KEY = "label"
+LENGTH_KEY = "length"
+STEPS_KEY = "steps"
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset directory that cannot be read: missing, unfinished or incompatible."""
+
+
+def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> bytes:
+    """Serializes one sequence to `tf.train.Example` bytes.
+
+    Args:
+        sequence_id: the record's unique id.
+        steps: float array of shape `[length, num_features]`, length >= 1.
+        label: class label, or "" when unlabeled.
+
+    Returns:
+        The serialized example.
+    """
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    steps = np.asarray(steps, dtype=np.float32)
+    if steps.ndim != 2 or steps.shape[0] < 1:
+        raise ValueError(f"steps must have shape [length >= 1, num_features]; "
+                         f"Received: shape={steps.shape}")
+    features = {
+        ID_KEY: feature_pb2.Feature(
+            bytes_list=feature_pb2.BytesList(value=[sequence_id.encode()])),
+        LABEL_KEY: feature_pb2.Feature(
+            bytes_list=feature_pb2.BytesList(value=[label.encode()])),
+        LENGTH_KEY: feature_pb2.Feature(
+            int64_list=feature_pb2.Int64List(value=[steps.shape[0]])),
+        STEPS_KEY: feature_pb2.Feature(
+            float_list=feature_pb2.FloatList(value=steps.ravel())),
+    }
+    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
+    return example.SerializeToString()
+
+
+def decode_sequence(serialized: bytes, num_features: int) -> dict[str, Any]:
+    """Parses `encode_sequence` output back to `{id, label, steps}` (numpy).
+
+    Raises:
+        ValueError: the record does not follow the contract.
+    """
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(serialized)
+    feature = example.features.feature
+    missing = {ID_KEY, LABEL_KEY, LENGTH_KEY, STEPS_KEY} - set(feature)
+    if missing:
+        raise ValueError(f"record lacks keys {sorted(missing)}")
+    length = feature[LENGTH_KEY].int64_list.value[0]
+    flat = np.asarray(feature[STEPS_KEY].float_list.value, dtype=np.float32)
+    if flat.size != length * num_features:
+        raise ValueError(f"record has {flat.size} values, expected length {length} x "
+                         f"{num_features} features")
+    return {
+        "id": feature[ID_KEY].bytes_list.value[0].decode(),
+        "label": feature[LABEL_KEY].bytes_list.value[0].decode(),
+        "steps": flat.reshape(length, num_features),
+    }
+
+
+def tf_feature_spec(num_features: int) -> dict[str, Any]:
+    """The `tf.io.parse_example` spec of a record: `steps` parses to `[length, F]`."""
+    import tensorflow as tf
+
+    return {
+        ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
+        LENGTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        STEPS_KEY: tf.io.FixedLenSequenceFeature([num_features], tf.float32,
+                                                 allow_missing=True),
+    }
+
+
+def tfds_features(num_features: int):
+    """The `tfds.features.FeaturesDict` that decodes these records."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        ID_KEY: tfds.features.Text(),
+        LABEL_KEY: tfds.features.Text(),
+        LENGTH_KEY: tfds.features.Scalar(dtype=np.int64),
+        STEPS_KEY: tfds.features.Tensor(shape=(None, num_features), dtype=np.float32),
+    })
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """The TFDS file name of one shard, e.g. `seqpipe-train.tfrecord-00000-of-00004`."""
+    return f"{DATASET_NAME}-{split}.{FILE_FORMAT}-{index:05d}-of-{num_shards:05d}"
+
+
+def shard_prefix(split: str) -> str:
+    """The shard name up to the shard numbers, as Beam's `WriteToTFRecord` wants it."""
+    return f"{DATASET_NAME}-{split}.{FILE_FORMAT}"
+
+
+def split_files(data_dir: str | Path, split: str) -> list[str]:
+    """The shard paths of one split, sorted."""
+    return sorted(str(p) for p in Path(data_dir).glob(f"{shard_prefix(split)}-*-of-*"))
+
+
+def read_metadata(data_dir: str | Path) -> dict[str, Any]:
+    """Reads and checks `metadata.json` of a finished dataset directory.
+
+    The metadata holds at least: `schema_version`, `num_features`,
+    `feature_names`, `compression`, `splits` (per split: `num_records`,
+    `num_timesteps`, `num_shards`), `length_stats` (`min`, `max`, `mean`,
+    `quantiles`, `histogram`), `feature_stats` (train split: `mean`, `std`,
+    `min`, `max` lists), `bucket_boundaries`, `counts` (`read`, `written`,
+    `rejected`, `rejected_by_reason`), `config` and `inputs`.
+
+    Raises:
+        DatasetError: no directory, no metadata.json (an unfinished or foreign
+            directory), or a schema version this code does not know.
+    """
+    path = Path(data_dir) / METADATA_FILE
+    if not Path(data_dir).is_dir():
+        raise DatasetError(f"{data_dir}: no such dataset directory")
+    if not path.is_file():
+        raise DatasetError(f"{data_dir}: no {METADATA_FILE}; not a finished seqpipe "
+                           "dataset (run `seqpipe preprocess` to create one)")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
+    check_schema_version(metadata, str(path))
+    return metadata
+
+
+def check_schema_version(metadata: Mapping[str, Any], where: str) -> None:
+    """Raises `DatasetError` unless `metadata` has this code's schema version."""
+    version = metadata.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DatasetError(f"{where}: schema_version {version!r}, this seqpipe reads "
+                           f"version {SCHEMA_VERSION}")
