@@ -26,6 +26,7 @@ takes either one of those names or a path to a YAML file.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -289,6 +290,7 @@ class Config:
 
 
 BUNDLED_CONFIGS = ("default", "tiny")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_config(source: str | Path | None = None,
@@ -423,6 +425,9 @@ def _convert_scalar(hint: type, value: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            # PyYAML (YAML 1.1) reads `1e-3` as a string; it means a float here.
             return float(value)
     elif hint is str:
         if isinstance(value, str):

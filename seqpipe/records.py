@@ -27,7 +27,7 @@ Pure functions, no Beam, no Keras: tested alone in tests/test_records.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,27 @@ def split_files(data_dir: str | Path, split: str) -> list[str]:
     return sorted(str(p) for p in Path(data_dir).glob(f"{shard_prefix(split)}-*-of-*"))
 
 
+def tf_compression_type(metadata: Mapping[str, Any]) -> str:
+    """The `compression_type` argument of `tf.data.TFRecordDataset` for a dataset."""
+    return "GZIP" if metadata.get("compression") == "gzip" else ""
+
+
+def read_split(data_dir: str | Path, split: str,
+               metadata: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Yields `{id, label, steps}` of every record of a split, in shard order.
+
+    For small-scale tools (baselines, plots); training reads through
+    `seqpipe.data`.
+    """
+    import tensorflow as tf
+
+    metadata = metadata or read_metadata(data_dir)
+    files = split_files(data_dir, split)
+    dataset = tf.data.TFRecordDataset(files, compression_type=tf_compression_type(metadata))
+    for serialized in dataset.as_numpy_iterator():
+        yield decode_sequence(serialized, metadata["num_features"])
+
+
 def read_metadata(data_dir: str | Path) -> dict[str, Any]:
     """Reads and checks `metadata.json` of a finished dataset directory.
 
@@ -180,3 +201,18 @@ def check_schema_version(metadata: Mapping[str, Any], where: str) -> None:
     if version != SCHEMA_VERSION:
         raise DatasetError(f"{where}: schema_version {version!r}, this seqpipe reads "
                            f"version {SCHEMA_VERSION}")
+
+
+def check_compatible(trained_on: Mapping[str, Any], metadata: Mapping[str, Any],
+                     model_dir: str | Path, data_dir: str | Path) -> None:
+    """Raises `DatasetError` when a dataset does not fit a model's training data.
+
+    Args:
+        trained_on: the metadata of the data the model was trained on.
+        metadata: the metadata of the data at hand.
+    """
+    for key in ("schema_version", "num_features"):
+        if trained_on.get(key) != metadata.get(key):
+            raise DatasetError(
+                f"{data_dir} has {key}={metadata.get(key)!r} but the model in {model_dir} "
+                f"was trained on data with {key}={trained_on.get(key)!r}")

@@ -1,0 +1,437 @@
+"""Training: one custom loop for every `tf.distribute` strategy.
+
+Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so the trainer owns its loop and runs the same code
+on one CPU, several local GPUs and many workers:
+
+* each replica computes the *sum* of squared errors over its valid entries and
+  their count; the counts are all-reduced, and the replica's loss is
+  `local_sum / global_count`. Summed over replicas, the gradients are exactly
+  those of the global masked mean (fairseq-style normalization), whatever the
+  number of replicas and however padding is spread among them;
+* gradients are all-reduced and clipped by their *global* norm here, not by
+  the optimizer: Keras clips each replica's partial gradient before its own
+  all-reduce, which would change the result with the number of replicas;
+* `tf.train.CheckpointManager` keeps a backup (every
+  `train.checkpoint_every_steps` steps and at every epoch end) from which a
+  killed run resumes mid-epoch with the same command, and the best weights by
+  validation loss. Per-epoch data order derives from `data.seed + epoch`, so a
+  resumed epoch sees the batches it had not yet seen.
+
+Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
+
+Outputs in the model directory:
+
+    autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable
+    encoder/               SavedModel: serving_default(x, mask) -> {"embedding"}
+    config.yaml            the resolved config
+    dataset_metadata.json  the training data's metadata.json
+    history.json           per-epoch loss, val_loss, timesteps/s
+    summary.json           epochs, best val loss, throughput, padding efficiency
+    checkpoints/           backup/ (resume) and best/
+    logs/                  TensorBoard
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from seqpipe import data, models, records
+from seqpipe.config import Config, dump_config, to_dict
+
+logger = logging.getLogger(__name__)
+
+AUTOENCODER_FILE = "autoencoder.keras"
+ENCODER_DIR = "encoder"
+CONFIG_FILE = "config.yaml"
+METADATA_COPY = "dataset_metadata.json"
+HISTORY_FILE = "history.json"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (bad data dir, model dir in use...)."""
+
+
+@dataclasses.dataclass
+class EpochResult:
+    """What one pass over a split measured."""
+
+    loss: float
+    num_steps: int
+    num_valid_timesteps: int
+    seconds: float
+
+
+def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
+          verbose: bool = True) -> dict[str, Any]:
+    """Trains the autoencoder on `data_dir` and exports it to `model_dir`.
+
+    Started again with the same arguments after being killed, it resumes from
+    the last backup and finishes the configured number of epochs.
+
+    Args:
+        data_dir: a dataset written by `seqpipe preprocess`.
+        model_dir: where checkpoints, logs and the exported models go.
+        cfg: the full configuration (`data`, `model`, `train` sections are used).
+        verbose: progress bar (or log lines when not on a terminal).
+
+    Returns:
+        The training summary (also written to `summary.json`).
+
+    Raises:
+        TrainingError, records.DatasetError: before any step runs, when the
+            data or the model directory do not fit.
+    """
+    model_dir = Path(model_dir)
+    metadata = records.read_metadata(data_dir)
+    check_model_dir_compatible(model_dir, metadata, data_dir)
+    strategy = make_strategy(cfg.train.strategy)
+    with _model_dir_lock(model_dir, is_chief(strategy)):
+        return _Trainer(Path(data_dir), model_dir, cfg, metadata, strategy, verbose).run()
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for `train.strategy`.
+
+    `auto` picks `multi_worker` when `TF_CONFIG` describes more than one task,
+    `mirrored` when there are several local GPUs, else the default strategy.
+    """
+    if name == "auto":
+        name = _auto_strategy_name()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _auto_strategy_name() -> str:
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if sum(len(tasks) for tasks in cluster.values()) > 1:
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared outputs (always, unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def check_model_dir_compatible(model_dir: Path, metadata: dict[str, Any],
+                               data_dir: str | Path) -> None:
+    """Refuses a model dir trained on data of another shape or schema."""
+    previous = model_dir / METADATA_COPY
+    if previous.is_file():
+        records.check_compatible(json.loads(previous.read_text()), metadata,
+                                 model_dir, data_dir)
+
+
+@contextlib.contextmanager
+def _model_dir_lock(model_dir: Path, chief: bool) -> Iterator[None]:
+    """An exclusive lock file: two runs writing one model dir is an error."""
+    if not chief:
+        yield
+        return
+    model_dir.mkdir(parents=True, exist_ok=True)
+    lock = model_dir / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        owner = lock.read_text().strip() or "?"
+        if _process_alive(owner):
+            raise TrainingError(f"{model_dir} is in use by another training run "
+                                f"(pid {owner}); wait for it or use another --model-dir"
+                                ) from None
+        lock.unlink()  # left behind by a killed run
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _process_alive(pid_text: str) -> bool:
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Trainer:
+    """The state of one training run; `run()` is the whole procedure."""
+
+    def __init__(self, data_dir: Path, model_dir: Path, cfg: Config,
+                 metadata: dict[str, Any], strategy: tf.distribute.Strategy,
+                 verbose: bool):
+        self.data_dir = data_dir
+        self.model_dir = model_dir
+        self.cfg = cfg
+        self.metadata = metadata
+        self.strategy = strategy
+        self.verbose = verbose
+        self.chief = is_chief(strategy)
+        self.has_val = metadata["splits"].get("val", {}).get("num_records", 0) > 0
+        if metadata["splits"].get("train", {}).get("num_records", 0) == 0:
+            raise TrainingError(f"{data_dir}: the train split is empty")
+        keras.utils.set_random_seed(cfg.train.seed)
+        with strategy.scope():
+            self.autoencoder, self.encoder = models.build_autoencoder(
+                cfg.model, metadata["num_features"])
+            self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64,
+                                             trainable=False)
+            self.optimizer.build(self.autoencoder.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.autoencoder, optimizer=self.optimizer, epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss)
+        self.backup = tf.train.CheckpointManager(
+            self.checkpoint, self._writable("checkpoints/backup"), max_to_keep=1)
+        self.best = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.autoencoder),
+            self._writable("checkpoints/best"), max_to_keep=1)
+        self.writer = tf.summary.create_file_writer(self._writable("logs"))
+        self._train_step = self._make_step(training=True)
+        self._eval_step = self._make_step(training=False)
+
+    def _writable(self, relative: str) -> str:
+        """The chief writes into the model dir; other workers into temp dirs."""
+        if self.chief:
+            return str(self.model_dir / relative)
+        return tempfile.mkdtemp(prefix=f"seqpipe-worker-{relative.replace('/', '-')}-")
+
+    def run(self) -> dict[str, Any]:
+        """Resumes if a backup exists, trains the remaining epochs, exports."""
+        history = self._restore()
+        started = time.monotonic()
+        stop_reason = "epochs"
+        while int(self.epoch) < self.cfg.train.epochs:
+            record = self._run_epoch(int(self.epoch))
+            history.append(record)
+            self._end_epoch(record, history)
+            if self._should_stop_early(history):
+                stop_reason = "early_stopping"
+                break
+        if self.best.latest_checkpoint:
+            self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
+        summary = self._summary(history, time.monotonic() - started, stop_reason)
+        if self.chief:
+            self._export(summary)
+        return summary
+
+    def _restore(self) -> list[dict[str, Any]]:
+        history_path = self.model_dir / HISTORY_FILE
+        if not self.backup.latest_checkpoint:
+            return []
+        self.checkpoint.restore(self.backup.latest_checkpoint).expect_partial()
+        history = json.loads(history_path.read_text()) if history_path.is_file() else []
+        history = [h for h in history if h["epoch"] < int(self.epoch)]
+        self._log(f"resuming from {self.backup.latest_checkpoint}: epoch "
+                  f"{int(self.epoch) + 1}, step {int(self.step_in_epoch)}")
+        return history
+
+    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+        skip = int(self.step_in_epoch)
+        train_result = self._run_split("train", epoch, skip, training=True)
+        record = {"epoch": epoch, "loss": train_result.loss,
+                  "steps": train_result.num_steps + skip,
+                  "seconds": train_result.seconds,
+                  "timesteps_per_second": train_result.num_valid_timesteps
+                  / max(train_result.seconds, 1e-9)}
+        if skip:
+            record["resumed_at_step"] = skip
+        if self.has_val:
+            record["val_loss"] = self._run_split("val", epoch, 0, training=False).loss
+        return record
+
+    def _run_split(self, split: str, epoch: int, skip: int, training: bool) -> EpochResult:
+        dataset = self._distributed_dataset(split, epoch, skip, training)
+        step_fn = self._train_step if training else self._eval_step
+        total_sse, total_count, steps = 0.0, 0.0, 0
+        progress = self._progress(split, epoch)
+        started = time.monotonic()
+        for batch in dataset:
+            sse, count = step_fn(batch)
+            total_sse += float(sse)
+            total_count += float(count)
+            steps += 1
+            if training:
+                self.step_in_epoch.assign_add(1)
+                self._maybe_backup(skip + steps)
+            progress(steps, total_sse / max(total_count, 1.0))
+        num_features = self.metadata["num_features"]
+        return EpochResult(loss=total_sse / max(total_count, 1.0), num_steps=steps,
+                           num_valid_timesteps=int(total_count) // num_features,
+                           seconds=time.monotonic() - started)
+
+    def _distributed_dataset(self, split: str, epoch: int, skip: int, training: bool):
+        data_cfg = dataclasses.replace(self.cfg.data, seed=self.cfg.data.seed + epoch)
+
+        def dataset_fn(input_context):
+            dataset = data.make_dataset(self.data_dir, split, data_cfg, training=training,
+                                        metadata=self.metadata,
+                                        input_context=input_context)
+            return dataset.skip(skip) if skip else dataset
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _make_step(self, training: bool) -> Callable:
+        """A `tf.function` running one global batch on every replica.
+
+        Returns the global sum of squared errors and the global count of valid
+        values (so the epoch loss is the exact masked mean over the epoch).
+        """
+        strategy = self.strategy
+        replica_step = self._replica_train_step if training else self._replica_eval_step
+
+        @tf.function(reduce_retracing=True)
+        def step(batch):
+            inputs, targets, weights = batch
+            sse, count = strategy.run(replica_step, args=(inputs, targets, weights))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, sse, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None))
+
+        return step
+
+    def _replica_train_step(self, inputs, targets, weights):
+        context = tf.distribute.get_replica_context()
+        variables = self.autoencoder.trainable_variables
+        with tf.GradientTape() as tape:
+            predictions = self.autoencoder(inputs, training=True)
+            sse, count = models.masked_squared_error(targets, predictions, weights)
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss = sse / tf.maximum(global_count, 1.0)
+        gradients = tape.gradient(loss, variables)
+        gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        if self.cfg.train.clipnorm:
+            gradients, _ = tf.clip_by_global_norm(gradients, self.cfg.train.clipnorm)
+        # The optimizer all-reduces (sums) replica gradients again: hand it 1/N each.
+        scale = 1.0 / self.strategy.num_replicas_in_sync
+        self.optimizer.apply_gradients(zip([g * scale for g in gradients], variables))
+        return sse, count
+
+    def _replica_eval_step(self, inputs, targets, weights):
+        predictions = self.autoencoder(inputs, training=False)
+        return models.masked_squared_error(targets, predictions, weights)
+
+    def _maybe_backup(self, step: int) -> None:
+        every = self.cfg.train.checkpoint_every_steps
+        if every and step % every == 0:
+            self.backup.save()
+
+    def _end_epoch(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        monitored = record.get("val_loss", record["loss"])
+        if monitored < float(self.best_val_loss):
+            self.best_val_loss.assign(monitored)
+            self.best.save()
+        self.epoch.assign_add(1)
+        self.step_in_epoch.assign(0)
+        self.backup.save()
+        self._write_epoch_logs(record, history)
+        self._log(_format_epoch(record, self.cfg.train.epochs))
+
+    def _write_epoch_logs(self, record: dict[str, Any], history: list[dict[str, Any]]):
+        with self.writer.as_default(step=record["epoch"]):
+            for key in ("loss", "val_loss", "timesteps_per_second"):
+                if key in record:
+                    tf.summary.scalar(key, record[key])
+        if self.chief:
+            _write_json_atomic(self.model_dir / HISTORY_FILE, history)
+
+    def _should_stop_early(self, history: list[dict[str, Any]]) -> bool:
+        patience = self.cfg.train.early_stopping_patience
+        if not patience or not self.has_val or len(history) <= patience:
+            return False
+        best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+        return len(history) - 1 - best_epoch >= patience
+
+    def _summary(self, history: list[dict[str, Any]], seconds: float,
+                 stop_reason: str) -> dict[str, Any]:
+        train_stats = self.metadata["splits"]["train"]
+        efficiency = data.padding_efficiency(data.make_dataset(
+            self.data_dir, "train", self.cfg.data, training=False, metadata=self.metadata))
+        losses = [h.get("val_loss") for h in history if "val_loss" in h]
+        return {
+            "epochs": len(history),
+            "stopped_by": stop_reason,
+            "final_loss": history[-1]["loss"] if history else None,
+            "final_val_loss": losses[-1] if losses else None,
+            "best_val_loss": min(losses) if losses else None,
+            "timesteps_per_second": (sum(h["timesteps_per_second"] for h in history)
+                                     / max(len(history), 1)),
+            "padding_efficiency": efficiency["efficiency"],
+            "num_train_records": train_stats["num_records"],
+            "num_replicas": self.strategy.num_replicas_in_sync,
+            "wall_seconds": seconds,
+            "resumed": any("resumed_at_step" in h for h in history),
+        }
+
+    def _export(self, summary: dict[str, Any]) -> None:
+        self.autoencoder.save(self.model_dir / AUTOENCODER_FILE)
+        encoder_dir = self.model_dir / ENCODER_DIR
+        staging = self.model_dir / f".{ENCODER_DIR}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        models.export_encoder(self.encoder, staging)
+        shutil.rmtree(encoder_dir, ignore_errors=True)
+        staging.rename(encoder_dir)
+        dump_config(self.cfg, self.model_dir / CONFIG_FILE)
+        _write_json_atomic(self.model_dir / METADATA_COPY, self.metadata)
+        _write_json_atomic(self.model_dir / SUMMARY_FILE,
+                           {**summary, "config": to_dict(self.cfg)})
+
+    def _progress(self, split: str, epoch: int) -> Callable[[int, float], None]:
+        if not (self.verbose and self.chief):
+            return lambda step, loss: None
+        if sys.stdout.isatty():
+            bar = keras.utils.Progbar(None, stateful_metrics=["loss"],
+                                         unit_name="step")
+            return lambda step, loss: bar.update(step, [("loss", loss)])
+        return lambda step, loss: None
+
+    def _log(self, message: str) -> None:
+        if self.verbose and self.chief:
+            print(message, flush=True)
+
+
+def _format_epoch(record: dict[str, Any], epochs: int) -> str:
+    text = (f"epoch {record['epoch'] + 1}/{epochs}: loss {record['loss']:.4f}, "
+            f"{record['steps']} steps, {record['timesteps_per_second']:.0f} timesteps/s")
+    if "val_loss" in record:
+        text += f", val_loss {record['val_loss']:.4f}"
+    return text
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2))
+    temporary.replace(path)
