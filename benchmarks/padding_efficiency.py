@@ -1,0 +1,162 @@
+"""How much of each batch is padding: pad-to-max vs length bucketing.
+
+Writes seed-shaped synthetic data (1,326 sequences, 8 features, lengths 7..356;
+once uniform, once long-tailed log-normal) as real TFRecord shards plus a
+metadata.json whose bucket boundaries are length quantiles, runs
+`seqpipe.data.make_dataset` over the train split in several batching modes,
+and prints, per mode, the padding efficiency (real / padded timesteps), the
+number of batches and the number of distinct batch shapes (what XLA or
+`tf.function` retrace on). No timings: the numbers are properties of the
+batching, reproducible up to the shuffle order.
+
+    python benchmarks/padding_efficiency.py [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runs from a checkout without `pip install` too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from seqpipe import data, records  # noqa: E402
+from seqpipe.config import DataConfig  # noqa: E402
+
+NUM_SEQUENCES = 1326
+NUM_FEATURES = 8
+MIN_LENGTH, MAX_LENGTH = 7, 356
+NUM_BUCKETS = 8
+NUM_SHARDS = 4
+BATCH_SIZE = 32
+TIMESTEP_BUDGET = 4096
+
+MODES = {
+    "pad_to_max": DataConfig(batch_size=BATCH_SIZE, pad_to_max=True),
+    "no_buckets_batch_max": None,  # one bucket (no boundaries), padded to the batch max
+    "buckets_batch_max": DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=False),
+    "buckets_boundary": DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=True),
+    "budget_batch_max": DataConfig(timestep_budget=TIMESTEP_BUDGET,
+                                   pad_to_bucket_boundary=False),
+    "budget_boundary": DataConfig(timestep_budget=TIMESTEP_BUDGET,
+                                  pad_to_bucket_boundary=True),
+    # Quantile buckets leave one wide tail bucket on long-tailed lengths;
+    # boundaries growing by 25% bound the padding in every bucket instead.
+    "geometric_boundary": None,
+}
+
+
+def sample_lengths(kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "uniform":
+        return rng.integers(MIN_LENGTH, MAX_LENGTH + 1, NUM_SEQUENCES)
+    # Long tail: median ~40, a few up to MAX_LENGTH.
+    lengths = np.exp(rng.normal(np.log(40.0), 0.8, NUM_SEQUENCES)).round()
+    return np.clip(lengths, MIN_LENGTH, MAX_LENGTH).astype(int)
+
+
+def quantile_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
+    """Upper boundaries at the 1/n..(n-1)/n length quantiles, plus the max length."""
+    qs = np.quantile(lengths, np.arange(1, num_buckets) / num_buckets, method="higher")
+    return sorted({*(int(q) for q in qs), int(lengths.max())})
+
+
+def geometric_boundaries(lengths: np.ndarray, ratio: float = 1.25) -> list[int]:
+    """Boundaries min, min*ratio, min*ratio**2, ... up to the max length."""
+    bounds, b = [], float(lengths.min())
+    while b < lengths.max():
+        bounds.append(int(np.ceil(b)))
+        b *= ratio
+    return sorted({*bounds, int(lengths.max())})
+
+
+def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator) -> None:
+    seqs = [rng.normal(size=(n, NUM_FEATURES)).astype(np.float32) for n in lengths]
+    writers = [tf.io.TFRecordWriter(str(root / records.shard_name("train", i, NUM_SHARDS)))
+               for i in range(NUM_SHARDS)]
+    for i, seq in enumerate(seqs):
+        writers[i % NUM_SHARDS].write(records.encode_sequence(f"seq-{i:06d}", seq))
+    for writer in writers:
+        writer.close()
+    steps = np.concatenate(seqs)
+    metadata = {
+        "schema_version": records.SCHEMA_VERSION,
+        "num_features": NUM_FEATURES,
+        "feature_names": [f"f{i}" for i in range(NUM_FEATURES)],
+        "compression": "none",
+        "splits": {"train": {
+            "num_records": len(seqs), "num_timesteps": int(lengths.sum()),
+            "num_shards": NUM_SHARDS,
+            "files": [records.shard_name("train", i, NUM_SHARDS) for i in range(NUM_SHARDS)]}},
+        "length_stats": {"min": int(lengths.min()), "max": int(lengths.max()),
+                         "mean": float(lengths.mean()),
+                         "quantiles": {str(q): float(np.quantile(lengths, q))
+                                       for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)}},
+        "feature_stats": {"mean": steps.mean(0).tolist(), "std": steps.std(0).tolist(),
+                          "min": steps.min(0).tolist(), "max": steps.max(0).tolist(),
+                          "num_timesteps": int(len(steps))},
+        "bucket_boundaries": quantile_boundaries(lengths, NUM_BUCKETS),
+    }
+    (root / records.METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def run(seed: int = 0) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(seed)
+    for kind in ("uniform", "lognormal"):
+        lengths = sample_lengths(kind, rng)
+        with tempfile.TemporaryDirectory(prefix="seqpipe-bench-") as tmp:
+            root = Path(tmp)
+            write_dataset(root, lengths, rng)
+            metadata = records.read_metadata(root)
+            for mode, cfg in MODES.items():
+                meta = metadata
+                if mode == "no_buckets_batch_max":
+                    cfg = DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=False)
+                    meta = {**metadata, "bucket_boundaries": []}
+                elif mode == "geometric_boundary":
+                    cfg = DataConfig(batch_size=BATCH_SIZE,
+                                     bucket_boundaries=tuple(geometric_boundaries(lengths)))
+                ds = data.make_dataset(root, "train", cfg, training=True, metadata=meta)
+                stats = data.padding_efficiency(ds)
+                assert stats["num_records"] == NUM_SEQUENCES
+                rows.append({"lengths": kind, "mode": mode,
+                             "boundaries": metadata["bucket_boundaries"], **stats})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'lengths':<10} {'mode':<22} {'efficiency':>10} {'real':>7} {'padded':>8} "
+              f"{'batches':>7} {'shapes':>6} {'T values':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['lengths']:<10} {r['mode']:<22} {r['efficiency']:>10.3f} "
+              f"{r['real_timesteps']:>7} {r['padded_timesteps']:>8} {r['num_batches']:>7} "
+              f"{r['distinct_shapes']:>6} {r['distinct_lengths']:>8}")
+    for kind in dict.fromkeys(r["lengths"] for r in rows):
+        bounds = next(r["boundaries"] for r in rows if r["lengths"] == kind)
+        print(f"{kind} bucket boundaries: {bounds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rows = run(args.seed)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""The tf.data input pipeline: TFRecord shards -> bucketed, padded, mask-weighted batches.
+
+The element contract
+--------------------
+
+`make_dataset` yields Keras `(inputs, targets, sample_weight)` triples:
+
+    inputs   {"x":    float32 [B, T, F]   normalized steps, right-padded with 0.0
+              "mask": float32 [B, T]}     1.0 on real steps, 0.0 on padding
+    targets  float32 [B, T, F]            == x, or each sequence reversed within
+                                          its own length (`reverse_target`)
+    weights  float32 [B, T]               == inputs["mask"], exactly
+
+With `with_keys=True` (embedding, evaluation) `inputs` also carries
+
+              "id":     string [B]        the record ids
+              "label":  string [B]        the labels (b"" when unlabeled)
+              "length": int32  [B]        real steps per sequence == mask.sum(1)
+
+The mask comes from each record's `length` field, never from `x == 0`: a
+genuine all-zero timestep is real data and has weight 1.0. Padding is on the
+right (real steps first, as cuDNN wants it), and padded values of `x` and of
+the target are 0.0. `T` differs from batch to batch (length bucketing); `F`
+is static. `B` is the per-replica batch size; the last batch of a bucket may
+be smaller (no record is ever dropped).
+
+A literal example: F=2, normalize off, two sequences in one batch,
+`a = [[1, 2], [0, 0], [3, 4]]` (length 3, with a genuine all-zero step) and
+`b = [[5, 6]]` (length 1), padded to T=3:
+
+    inputs["x"]    = [[[1, 2], [0, 0], [3, 4]],
+                      [[5, 6], [0, 0], [0, 0]]]
+    inputs["mask"] = [[1, 1, 1],
+                      [1, 0, 0]]
+    targets        = inputs["x"]                      # reverse_target=False
+                   = [[[3, 4], [0, 0], [1, 2]],       # reverse_target=True
+                      [[5, 6], [0, 0], [0, 0]]]
+    weights        = inputs["mask"]
+
+Batching
+--------
+
+Records are grouped by length into buckets with boundaries
+`b_0 < b_1 < ... < b_{n-1}` (`DataConfig.bucket_boundaries`, else the
+metadata's `bucket_boundaries`): bucket `i` holds lengths in `(b_{i-1}, b_i]`
+and a final *overflow* bucket holds lengths `> b_{n-1}` (empty when the last
+boundary is the longest length, as the metadata's is; with custom boundaries
+it keeps longer sequences instead of dropping them or failing, as
+`tf.data.Dataset.bucket_by_sequence_length(pad_to_bucket_boundary=True)`
+would). Each bucket's batch size is `batch_size`, or with `timestep_budget`
+`max(1, budget // bucket_upper_length)`. With `pad_to_bucket_boundary` every
+batch of bucket `i` has `T = b_i` exactly (at most n + 1 distinct `T`, the
+overflow bucket padding to its batch maximum); otherwise each batch is padded
+to its own longest sequence. `pad_to_max` disables bucketing and pads every
+batch to the dataset's longest length (`length_stats.max`): the naive recipe,
+kept for benchmarks. `padding_efficiency` measures the difference.
+
+Order, shuffling, distribution
+------------------------------
+
+`training=True` shuffles records (buffer `shuffle_buffer`, seed `seed`, a
+new order every epoch) and file order, unless `deterministic`; there is no
+`repeat`: iterate the dataset once per epoch. `training=False` reads in a
+fixed order. Note that batches come out grouped by bucket as windows fill.
+
+`DataConfig.batch_size` and `timestep_budget` are GLOBAL (summed over
+replicas). With an `input_context` (`strategy.distribute_datasets_from_function`)
+each input pipeline batches `input_context.get_per_replica_batch_size(batch_size)`
+records, or uses a budget of `timestep_budget // num_replicas_in_sync`, and
+reads a disjoint part of the data: whole shards when there are at least
+`num_input_pipelines` shards, else every `num_input_pipelines`-th record (a
+warning is logged; every pipeline then reads all shards). Pipelines may yield
+different numbers of batches: bucketing makes per-worker batch counts uneven.
+
+Errors
+------
+
+A corrupt or truncated shard raises `tf.errors.InvalidArgumentError` whose
+message names the shard path and the byte offset where readable records end
+(TensorFlow's own `DataLossError` does not name the file). With
+`skip_corrupt=True` the rest of a corrupt shard is skipped (TFRecord cannot
+resynchronize after a bad record), a warning naming it is printed to stderr,
+and records that fail to parse are dropped with
+`ignore_errors(log_warning=True)`. A directory without `metadata.json`, with
+an unknown schema version, or without shards for the split raises
+`records.DatasetError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from seqpipe import records
+from seqpipe.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Bytes of TFRecord framing around each record: length (8), length CRC (4), data CRC (4).
+_RECORD_OVERHEAD = 16
+# Parallel shard readers; fixed (not AUTOTUNE, which is the core count) so that
+# the record order is the same on every machine, which record sharding needs.
+_MAX_CYCLE_LENGTH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """One length bucket of one input pipeline.
+
+    Attributes:
+        max_length: the longest length the bucket holds (its upper boundary),
+            or None for the overflow bucket (everything longer than the last
+            boundary).
+        pad_length: the T every batch is padded to, or None for "the batch's
+            longest sequence".
+        batch_size: records per batch (per replica).
+    """
+
+    max_length: int | None
+    pad_length: int | None
+    batch_size: int
+
+
+def make_dataset(
+    data_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    *,
+    training: bool,
+    metadata: Mapping[str, Any] | None = None,
+    with_keys: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    skip_corrupt: bool = False,
+    normalization: Mapping[str, Any] | None = None,
+) -> tf.data.Dataset:
+    """The batched `(inputs, targets, weights)` dataset of one split.
+
+    Args:
+        data_dir: a dataset directory written by `seqpipe preprocess`.
+        split: `train`, `val` or `test`.
+        cfg: the data config; `batch_size` and `timestep_budget` are global.
+        training: shuffle (unless `cfg.deterministic`); else a fixed order.
+            No repeat either way: iterate once per epoch.
+        metadata: the directory's metadata if already read.
+        with_keys: add `id`, `label` and `length` to the inputs dict.
+        input_context: from `strategy.distribute_datasets_from_function`; this
+            pipeline then reads its share and batches per replica.
+        skip_corrupt: skip unreadable shard tails and unparseable records
+            with a warning instead of failing.
+        normalization: `feature_stats` (`mean`, `std`) to normalize with
+            instead of this dataset's own; embedding new data passes those of
+            the data the model was trained on.
+
+    Returns:
+        A dataset following the element contract in this module's docstring.
+
+    Raises:
+        records.DatasetError: missing or incompatible metadata, no shards for
+            the split, or metadata lacking what `cfg` needs.
+    """
+    if metadata is None:
+        metadata = records.read_metadata(data_dir)
+    else:
+        records.check_schema_version(metadata, f"{data_dir} metadata")
+    num_features = int(metadata["num_features"])
+    compression = metadata.get("compression", "none")
+    if compression not in ("none", "gzip"):
+        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
+    files = _split_files(data_dir, split, metadata)
+    ordered = not training or cfg.deterministic
+
+    num_pipelines, pipeline_id = 1, 0
+    replicas = 1
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        replicas = input_context.num_replicas_in_sync
+    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+    if num_pipelines > 1 and not shard_files:
+        logger.warning(
+            "%s split %r has %d shard(s) for %d input pipelines: sharding by record, so "
+            "every pipeline reads every shard; write at least %d shards to shard by file",
+            data_dir, split, len(files), num_pipelines, num_pipelines)
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (files, np.array([_expected_bytes(f, compression) for f in files], np.int64)))
+    if shard_files:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    if not ordered:
+        ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
+    tf_compression = records.tf_compression_type(metadata)
+    ds = ds.interleave(
+        lambda path, size: _read_shard(path, size, tf_compression, skip_corrupt),
+        cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        # Record sharding needs the same order in every pipeline.
+        deterministic=ordered or (num_pipelines > 1 and not shard_files))
+    if num_pipelines > 1 and not shard_files:
+        ds = ds.shard(num_pipelines, pipeline_id)
+
+    stats = normalization if normalization is not None else metadata.get("feature_stats")
+    mean, std = _normalization(stats, num_features) if cfg.normalize else (None, None)
+    ds = ds.map(
+        lambda path, record: _parse(path, record, num_features, mean, std, cfg.reverse_target),
+        num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    if not ordered:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+
+    buckets = plan_buckets(cfg, metadata, num_replicas_in_sync=replicas,
+                           per_replica_batch_size=_per_replica_batch(cfg, input_context))
+    ds = _batch(ds, buckets, num_features)
+    ds = ds.map(lambda batch: _to_element(batch, with_keys), num_parallel_calls=AUTOTUNE,
+                deterministic=ordered)
+    ds = ds.prefetch(AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = ordered
+    if input_context is not None:
+        # Already sharded above; keep tf.distribute from sharding again.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
+    return ds.with_options(options)
+
+
+def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
+                 num_replicas_in_sync: int = 1,
+                 per_replica_batch_size: int | None = None) -> list[Bucket]:
+    """The buckets `make_dataset` batches into, overflow bucket last.
+
+    Args:
+        cfg: the data config.
+        metadata: the dataset metadata (`bucket_boundaries`, `length_stats`).
+        num_replicas_in_sync: replicas sharing the global `timestep_budget`.
+        per_replica_batch_size: the fixed batch size; defaults to
+            `cfg.batch_size // num_replicas_in_sync`.
+
+    Returns:
+        With `pad_to_max`, one bucket padded to the longest length; else one
+        bucket per boundary plus the overflow bucket.
+    """
+    max_length = int(metadata.get("length_stats", {}).get("max", 0))
+    if per_replica_batch_size is None:
+        per_replica_batch_size = max(1, cfg.batch_size // num_replicas_in_sync)
+    budget = cfg.timestep_budget // num_replicas_in_sync if cfg.timestep_budget else 0
+    if cfg.timestep_budget and budget < 1:
+        raise ValueError(f"timestep_budget {cfg.timestep_budget} is smaller than the "
+                         f"{num_replicas_in_sync} replicas it is split over")
+
+    def batch_size(length: int) -> int:
+        return max(1, budget // length) if budget else per_replica_batch_size
+
+    if cfg.pad_to_max:
+        if max_length < 1:
+            raise records.DatasetError("pad_to_max needs length_stats.max in the metadata")
+        return [Bucket(max_length, max_length, batch_size(max_length))]
+    boundaries = [int(b) for b in (cfg.bucket_boundaries or metadata.get("bucket_boundaries")
+                                   or ())]
+    if any(b >= c for b, c in zip(boundaries, boundaries[1:], strict=False)) or (
+            boundaries and boundaries[0] < 1):
+        raise records.DatasetError(f"bucket boundaries must be increasing positive ints; "
+                                   f"Received: {boundaries}")
+    buckets = [Bucket(b, b if cfg.pad_to_bucket_boundary else None, batch_size(b))
+               for b in boundaries]
+    overflow_length = max([max_length, *boundaries[-1:], 1])
+    buckets.append(Bucket(None, None, batch_size(overflow_length)))
+    return buckets
+
+
+def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
+    """Iterates `dataset` once and measures how much of it is padding.
+
+    Returns:
+        `efficiency` (real / padded timesteps), `real_timesteps`,
+        `padded_timesteps` (sum of B*T), `num_batches`, `num_records`,
+        `distinct_shapes` (distinct [B, T] pairs: what a compiler retraces on)
+        and `distinct_lengths` (distinct T).
+    """
+    real = padded = batches = num_records = 0
+    shapes: set[tuple[int, int]] = set()
+    for _, _, weights in dataset.as_numpy_iterator():
+        b, t = weights.shape
+        real += int(weights.sum())
+        padded += b * t
+        batches += 1
+        num_records += b
+        shapes.add((b, t))
+    return {
+        "efficiency": real / padded if padded else float("nan"),
+        "real_timesteps": real,
+        "padded_timesteps": padded,
+        "num_batches": batches,
+        "num_records": num_records,
+        "distinct_shapes": len(shapes),
+        "distinct_lengths": len({t for _, t in shapes}),
+    }
+
+
+def _split_files(data_dir: str | Path, split: str, metadata: Mapping[str, Any]) -> list[str]:
+    files = records.split_files(data_dir, split)
+    if not files:
+        known = sorted(metadata.get("splits", {}))
+        raise records.DatasetError(
+            f"{data_dir}: no shards for split {split!r} (expected files named "
+            f"{records.shard_prefix(split)}-*-of-*; metadata lists splits {known})")
+    listed = metadata.get("splits", {}).get(split, {}).get("files")
+    if listed:
+        present = {Path(f).name for f in files}
+        missing = sorted(set(listed) - present)
+        if missing:
+            raise records.DatasetError(
+                f"{data_dir}: split {split!r} is missing shard(s) listed in "
+                f"{records.METADATA_FILE}: {missing}")
+    return files
+
+
+def _expected_bytes(path: str, compression: str) -> int:
+    """The decompressed size of a shard; its records must account for every byte.
+
+    For gzip this is the trailer's ISIZE (size mod 2**32, of the last gzip
+    member: a shard written as several gzip members would be reported corrupt).
+    """
+    size = tf.io.gfile.stat(path).length
+    if compression != "gzip":
+        return size
+    if size < 4:
+        return -1
+    with tf.io.gfile.GFile(path, "rb") as f:
+        f.seek(size - 4)
+        return int.from_bytes(f.read(4), "little")
+
+
+def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
+                skip_corrupt: bool) -> tf.data.Dataset:
+    """`(path, record)` pairs of one shard; fails naming `path` if it is unreadable.
+
+    TensorFlow's reader raises `DataLossError` without the file name. So the
+    reader's errors are swallowed (it stops at the first unreadable record)
+    and a sentinel after the last record checks that the records read account
+    for every byte of the file.
+    """
+    raw = tf.data.TFRecordDataset(path, compression_type=compression)
+    raw = raw.ignore_errors(log_warning=skip_corrupt)
+    flagged = raw.map(lambda r: (r, tf.constant(False))).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(True))))
+    modulus = tf.constant(2**32 if compression else 2**62, tf.int64)
+
+    def check(total, item):
+        record, is_end = item
+        size = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_OVERHEAD
+        new_total = tf.where(is_end, total, total + size)
+        complete = tf.logical_or(tf.logical_not(is_end),
+                                 tf.equal(tf.math.floormod(total, modulus), expected))
+        message = tf.strings.join([
+            "seqpipe: shard ", path, " is corrupt or truncated: readable records end at ",
+            "decompressed byte " if compression else "byte ", tf.strings.as_string(total),
+            "; the gzip trailer says " if compression else " of ",
+            tf.strings.as_string(expected)])
+        if skip_corrupt:
+            checked = tf.cond(
+                complete, tf.no_op,
+                lambda: tf.print("WARNING:", message, "; skipped the rest of it",
+                                 output_stream=sys.stderr))
+        else:
+            checked = tf.debugging.Assert(complete, [message])
+        with tf.control_dependencies([checked]):
+            return tf.identity(new_total), (record, is_end)
+
+    checked = flagged.scan(tf.constant(0, tf.int64), check)
+    return checked.filter(lambda record, is_end: tf.logical_not(is_end)).map(
+        lambda record, is_end: (path, record))
+
+
+def _normalization(stats: Mapping[str, Any] | None, num_features: int):
+    stats = stats or {}
+    mean, std = stats.get("mean"), stats.get("std")
+    if mean is None or std is None or len(mean) != num_features or len(std) != num_features:
+        raise records.DatasetError(
+            f"normalize needs feature_stats.mean and .std of length {num_features} in the "
+            f"metadata; Received: mean={mean!r}, std={std!r}")
+    std = np.asarray(std, np.float32)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    return np.asarray(mean, np.float32), std
+
+
+def _parse(path, record, num_features, mean, std, reverse_target):
+    """One record -> unbatched dict: x/target [L, F], mask [L], id, label, length."""
+    parsed = tf.io.parse_single_example(record, records.tf_feature_spec(num_features))
+    steps = parsed[records.STEPS_KEY]
+    length = tf.cast(parsed[records.LENGTH_KEY], tf.int32)
+    num_steps = tf.shape(steps)[0]
+    consistent = tf.debugging.Assert(
+        tf.logical_and(tf.equal(num_steps, length), length >= 1),
+        ["seqpipe: record", parsed[records.ID_KEY], "in", path, "has length", length,
+         "but", num_steps, "steps"])
+    with tf.control_dependencies([consistent]):
+        x = tf.identity(steps)
+    if mean is not None:
+        x = (x - mean) / std
+    return {
+        "x": x,
+        "target": tf.reverse(x, axis=[0]) if reverse_target else x,
+        "mask": tf.ones([length], tf.float32),
+        "id": parsed[records.ID_KEY],
+        "label": parsed[records.LABEL_KEY],
+        "length": length,
+    }
+
+
+def _per_replica_batch(cfg: DataConfig, input_context) -> int:
+    if input_context is None:
+        return cfg.batch_size
+    return input_context.get_per_replica_batch_size(cfg.batch_size)
+
+
+def _padded_shapes(num_features: int, pad_length: tf.Tensor) -> dict[str, tf.Tensor]:
+    """`pad_length` -1 means each batch's longest sequence."""
+    steps = tf.reshape(tf.cast(pad_length, tf.int64), [1])
+    scalar = tf.constant([], tf.int64)
+    return {
+        "x": tf.concat([steps, [num_features]], 0),
+        "target": tf.concat([steps, [num_features]], 0),
+        "mask": steps,
+        "id": scalar,
+        "label": scalar,
+        "length": scalar,
+    }
+
+
+def _batch(ds: tf.data.Dataset, buckets: Sequence[Bucket], num_features: int):
+    if len(buckets) == 1 and buckets[0].max_length is not None:  # pad_to_max
+        only = buckets[0]
+        return ds.padded_batch(only.batch_size, _padded_shapes(num_features, only.pad_length))
+    boundaries = tf.constant([b.max_length for b in buckets[:-1]], tf.int32)
+    batch_sizes = tf.constant([b.batch_size for b in buckets], tf.int64)
+    pad_lengths = tf.constant([-1 if b.pad_length is None else b.pad_length for b in buckets],
+                              tf.int64)
+
+    def bucket_of(element):
+        # Bucket i holds (b[i-1], b[i]]; lengths above the last boundary overflow.
+        return tf.reduce_sum(tf.cast(element["length"] > boundaries, tf.int64))
+
+    def batch_bucket(key, window):
+        return window.padded_batch(batch_sizes[key],
+                                   _padded_shapes(num_features, pad_lengths[key]))
+
+    return ds.group_by_window(key_func=bucket_of, reduce_func=batch_bucket,
+                              window_size_func=lambda key: batch_sizes[key])
+
+
+def _to_element(batch, with_keys: bool):
+    x = tf.ensure_shape(batch["x"], [None, None, batch["x"].shape[-1]])
+    inputs = {"x": x, "mask": batch["mask"]}
+    if with_keys:
+        inputs.update(id=batch["id"], label=batch["label"], length=batch["length"])
+    return inputs, batch["target"], batch["mask"]
