@@ -76,6 +76,9 @@ class SynthConfig:
         _require(self.num_classes >= 2, "synth.num_classes", "must be >= 2")
         _require(0.0 <= self.zero_step_fraction <= 1.0, "synth.zero_step_fraction",
                  "must be in [0, 1]")
+        _require(self.length_sigma >= 0, "synth.length_sigma", "must be >= 0")
+        _require(self.noise >= 0, "synth.noise", "must be >= 0")
+        _require(self.seed >= 0, "synth.seed", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +127,7 @@ class PreprocessConfig:
         _require(self.min_length >= 1, "preprocess.min_length", "must be >= 1")
         _require(self.max_length == 0 or self.max_length >= self.min_length,
                  "preprocess.max_length", "must be 0 (no limit) or >= min_length")
-        _require(0.0 <= self.train_fraction and 0.0 <= self.val_fraction
+        _require(self.train_fraction >= 0.0 and self.val_fraction >= 0.0
                  and self.train_fraction + self.val_fraction <= 1.0,
                  "preprocess.train_fraction",
                  "train_fraction and val_fraction must be >= 0 and sum to <= 1")
@@ -429,9 +432,8 @@ def _convert_scalar(hint: type, value: Any, key: str) -> Any:
         if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
             # PyYAML (YAML 1.1) reads `1e-3` as a string; it means a float here.
             return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
+    elif hint is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} "
                       f"({type(value).__name__})")
 

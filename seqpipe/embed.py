@@ -27,7 +27,6 @@ from seqpipe.config import load_config
 from seqpipe.train import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
 
 
-
 @dataclasses.dataclass
 class Embeddings:
     """Embeddings of one split, row-aligned with their records."""

@@ -337,7 +337,7 @@ class _Trainer:
             gradients, _ = tf.clip_by_global_norm(gradients, self.cfg.train.clipnorm)
         # The optimizer all-reduces (sums) replica gradients again: hand it 1/N each.
         scale = 1.0 / self.strategy.num_replicas_in_sync
-        self.optimizer.apply_gradients(zip([g * scale for g in gradients], variables))
+        self.optimizer.apply_gradients(zip([g * scale for g in gradients], variables, strict=True))
         return sse, count
 
     def _replica_eval_step(self, inputs, targets, weights):

@@ -54,6 +54,8 @@ def test_int_is_accepted_for_float():
     ("model.units", "must look like section.key=value"),
     ("model.units.deep=1", "model.units"),
     ("preprocess.train_fraction=0.95", "preprocess.train_fraction"),
+    ("synth.seed=-1", "synth.seed: must be >= 0"),
+    ("synth.noise=-0.1", "synth.noise: must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as error:

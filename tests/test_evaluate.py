@@ -1,0 +1,146 @@
+"""Tests of seqpipe.evaluate: pooled statistics, the SVM protocol, the table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seqpipe.config import EvalConfig
+from seqpipe.evaluate import chance_accuracy, evaluate_svm, format_table, pooled_statistics
+
+CFG = EvalConfig(kernels=("rbf", "linear"), c_grid=(1.0, 10.0), cv_folds=3)
+
+# Three well separated 1-D clusters, 3 train examples each (one per fold).
+TRAIN_X = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2], [10.0], [10.1], [10.2]])
+TRAIN_Y = ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+TEST_X = np.array([[0.05], [0.15], [5.05], [10.05]])
+TEST_Y = ["a", "a", "b", "c"]
+
+
+def test_pooled_statistics_exact_numbers():
+    sequences = [np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]]), np.array([[0.0, -1.0]])]
+    expected = np.array([
+        # mean      std                           min       max       last
+        [3.0, 3.0, np.sqrt(8 / 3), np.sqrt(14 / 3), 1.0, 1.0, 5.0, 6.0, 5.0, 1.0],
+        [0.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0, -1.0, 0.0, -1.0],
+    ], dtype=np.float32)
+    stats = pooled_statistics(sequences)
+    assert stats.dtype == np.float32 and stats.shape == (2, 10)
+    np.testing.assert_allclose(stats, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sequences, message", [
+    ([], "at least one sequence"),
+    ([np.zeros((0, 2))], "length >= 1"),
+    ([np.zeros((2, 2)), np.zeros((2, 3))], "has 3 features"),
+])
+def test_pooled_statistics_errors(sequences, message):
+    with pytest.raises(ValueError, match=message):
+        pooled_statistics(sequences)
+
+
+def test_separable_data_scores_perfectly():
+    result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG)
+    assert result["test_accuracy"] == 1.0
+    assert result["test_macro_f1"] == 1.0
+    assert result["cv_accuracy"] == 1.0
+    assert result["labels"] == ["a", "b", "c"]
+    assert result["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [0, 0, 1]]
+    assert result["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0,
+                                        "support": 2}
+    assert result["num_train"] == 9 and result["num_test"] == 4
+    assert result["chance_accuracy"] == 0.5
+    assert result["cv_folds"] == 3 and result["notes"] == []
+    # First grid point among equals: rbf, C=1, gamma "scale" (a string, not a number).
+    assert result["best_params"] == {"C": 1.0, "gamma": "scale", "kernel": "rbf"}
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_test_split_is_never_used_for_fitting():
+    flipped = [{"a": "b", "b": "c", "c": "a"}[label] for label in TEST_Y]
+    honest = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG)
+    result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, flipped, CFG)
+    assert result["test_accuracy"] == 0.0
+    assert result["confusion_matrix"] == [[0, 0, 1], [2, 0, 0], [0, 1, 0]]
+    assert result["best_params"] == honest["best_params"]
+    assert result["cv_accuracy"] == honest["cv_accuracy"]
+
+
+def test_validation_split_is_reported_but_not_used_for_selection():
+    val_x, val_y = np.array([[0.3], [4.9], [9.9]]), ["a", "c", "c"]
+    result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG, val_x=val_x, val_y=val_y)
+    honest = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG)
+    assert result["val_accuracy"] == pytest.approx(2 / 3)
+    assert result["num_val"] == 3
+    assert result["best_params"] == honest["best_params"]
+    with pytest.raises(ValueError, match="together"):
+        evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG, val_x=val_x)
+
+
+def test_numeric_gamma_strings_become_floats():
+    cfg = EvalConfig(kernels=("rbf",), c_grid=(1.0,), gamma_grid=("0.5",), cv_folds=3)
+    result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, cfg)
+    assert result["best_params"] == {"C": 1.0, "gamma": 0.5, "kernel": "rbf"}
+    with pytest.raises(ValueError, match="gamma_grid"):
+        evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y,
+                     EvalConfig(kernels=("rbf",), gamma_grid=("wide",)))
+
+
+@pytest.mark.parametrize("train_y, test_y", [
+    (TRAIN_Y, [""] * 4),
+    ([""] * 9, TEST_Y),
+    (TRAIN_Y[:-1] + [None], TEST_Y),
+])
+def test_unlabeled_data_is_a_clear_error(train_y, test_y):
+    with pytest.raises(ValueError, match="evaluation needs labels"):
+        evaluate_svm(TRAIN_X, train_y, TEST_X, test_y, CFG)
+
+
+def test_empty_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="evaluation needs labels: the test split has none"):
+        evaluate_svm(TRAIN_X, TRAIN_Y, np.zeros((0, 1)), [], CFG)
+
+
+def test_single_class_train_is_a_clear_error():
+    with pytest.raises(ValueError, match="single class"):
+        evaluate_svm(TRAIN_X[:3], TRAIN_Y[:3], TEST_X, TEST_Y, CFG)
+
+
+def test_folds_are_reduced_to_the_smallest_class_with_a_note():
+    x, y = TRAIN_X[1:], TRAIN_Y[1:]  # class "a" has 2 examples
+    with pytest.warns(UserWarning, match="cv_folds reduced from 3 to 2"):
+        result = evaluate_svm(x, y, TEST_X, TEST_Y, CFG)
+    assert result["cv_folds"] == 2
+    assert result["notes"] == ["cv_folds reduced from 3 to 2: class 'a' has only 2 train "
+                               "examples"]
+    assert result["test_accuracy"] == 1.0
+
+
+def test_a_class_with_one_train_example_cannot_be_stratified():
+    with pytest.raises(ValueError, match="class 'a' has 1 train example"):
+        evaluate_svm(TRAIN_X[2:], TRAIN_Y[2:], TEST_X, TEST_Y, CFG)
+
+
+def test_mismatched_sizes_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"shape \[9, D\]"):
+        evaluate_svm(TRAIN_X[:-1], TRAIN_Y, TEST_X, TEST_Y, CFG)
+
+
+def test_chance_accuracy_is_the_majority_rate():
+    assert chance_accuracy(["a", "a", "b", "c"]) == 0.5
+    assert chance_accuracy(np.array(["x"] * 3)) == 1.0
+    with pytest.raises(ValueError, match="evaluation needs labels"):
+        chance_accuracy([])
+
+
+def test_format_table():
+    rows = [{"method": "embeddings", "test_accuracy": 0.9123, "test_macro_f1": 0.91,
+             "chance_accuracy": 0.25},
+            {"method": "pooled stats", "test_accuracy": 0.26}]
+    assert format_table(rows) == (
+        "method        test_acc  macro_f1    chance\n"
+        "embeddings       0.912     0.910     0.250\n"
+        "pooled stats     0.260         -         -"
+    )
