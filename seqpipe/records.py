@@ -78,7 +78,9 @@ def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> byt
             float_list=feature_pb2.FloatList(value=steps.ravel())),
     }
     example = example_pb2.Example(features=feature_pb2.Features(feature=features))
-    return example.SerializeToString()
+    # deterministic: the feature map is serialized in key order, so the same sequence
+    # gives the same bytes in every process (reproducible shards).
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_sequence(serialized: bytes, num_features: int) -> dict[str, Any]:

@@ -1,0 +1,474 @@
+"""Per-record parsing and validation of raw inputs: a sequence or a typed rejection.
+
+Every raw record becomes exactly one of:
+
+    Sequence   id, steps (float32 [length, F]), label, split (or None), and where it
+               came from (source file, 1-based line)
+    Rejection  reason (a code below), human message, source, line, and the
+               original record text cut to `MAX_RECORD_CHARS`
+
+`validate_json_line` is the whole per-record check of a JSONL line. Pure
+functions, no Beam: the Beam job (`beam_jobs.transforms`) maps them over
+records and counts the results; tests/test_sources.py checks each reason on
+tiny literal lines.
+
+Reason codes (`REASONS`), in the order they are checked:
+
+    unparseable          not UTF-8, not JSON, not a JSON object, or no `steps` list
+    missing_id           no `id`, or an empty / non-string-non-integer one
+    bad_split            `split` present but not one of train / val / test
+    bad_label            `label` present but not a string or an integer (null and ""
+                         mean unlabeled)
+    empty                `steps` is `[]`
+    wrong_feature_count  a timestep that is not a list, rows of different widths
+                         or of width 0 within the record, or (dataset level) a
+                         width different from the dataset's feature count
+    non_numeric          a value that is not a JSON number (string, bool, null...)
+    non_finite           NaN or +-Infinity, or a value that overflows float32
+    too_short            fewer than `min_length` timesteps
+    too_long             more than `max_length` timesteps when `too_long=reject`
+                         (with `too_long=truncate` the first `max_length` steps are
+                         kept and the record counts as truncated, not rejected)
+    duplicate_id         (dataset level) the id was already kept from another record
+    duplicate_time       (long format) two rows of one id share a time value
+
+Long format (CSV: one row per timestep; `parse_csv_row`, `assemble_rows`): a
+row without an id, or with the wrong number of fields, is rejected on its own
+(one record). Every other problem of a row (non-numeric or non-finite value or
+time, bad split) rejects the whole sequence of its id, never just the row, so
+no sequence is written with a silent gap; rows of one id with different labels
+or splits are `bad_label` / `bad_split`. A sequence's source and line are those
+of its first row in (source, line) order; its rejected `record` is its rows.
+
+Dataset-level decisions (made in Beam over all parsed records, decided here):
+- feature count: the most common width among the records that parse; a tie goes
+  to the smallest width (`dataset_feature_count`). Records of another width are
+  rejected as `wrong_feature_count`.
+- duplicate ids: the copy from the smallest `(source, line)` is kept, every other
+  copy is rejected as `duplicate_id` naming the kept one (`resolve_duplicates`).
+  Identical copies are treated the same way: the job never merges records.
+
+Integer ids and labels are accepted and kept as their decimal string (`7` and
+`"7"` are the same id). Blank lines are not records: readers skip them.
+
+Splits: a record's `split` field when present, else `hash_split` of its id, a
+stable function of the id and the fractions only, so re-running on grown data
+keeps every old record in its split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from seqpipe import records
+
+UNPARSEABLE = "unparseable"
+MISSING_ID = "missing_id"
+BAD_SPLIT = "bad_split"
+BAD_LABEL = "bad_label"
+EMPTY = "empty"
+WRONG_FEATURE_COUNT = "wrong_feature_count"
+NON_NUMERIC = "non_numeric"
+NON_FINITE = "non_finite"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+DUPLICATE_ID = "duplicate_id"
+DUPLICATE_TIME = "duplicate_time"
+
+REASONS = (UNPARSEABLE, MISSING_ID, BAD_SPLIT, BAD_LABEL, EMPTY, WRONG_FEATURE_COUNT,
+           NON_NUMERIC, NON_FINITE, TOO_SHORT, TOO_LONG, DUPLICATE_ID, DUPLICATE_TIME)
+
+MAX_RECORD_CHARS = 10_000
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence:
+    """A valid sequence, ready to encode.
+
+    Attributes:
+        id: unique id (non-empty string).
+        steps: float32 array `[length, num_features]`, length >= 1.
+        label: class label, "" when unlabeled.
+        split: `train`, `val` or `test` from the record, or None (assigned by hash).
+        source: the input file it came from.
+        line: 1-based line (or row) number in `source`; 0 when unknown.
+        truncated_from: the original length when `too_long=truncate` cut it, else 0.
+    """
+
+    id: str
+    steps: np.ndarray
+    label: str = ""
+    split: str | None = None
+    source: str = ""
+    line: int = 0
+    truncated_from: int = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.steps.shape[0])
+
+    @property
+    def num_features(self) -> int:
+        return int(self.steps.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A record that is not written, and why.
+
+    Attributes:
+        reason: one of `REASONS`.
+        message: what is wrong, for a human.
+        source: the input file it came from.
+        line: 1-based line number in `source`; 0 when unknown.
+        record: the original record text, cut to `MAX_RECORD_CHARS` characters.
+        record_truncated: whether `record` was cut.
+    """
+
+    reason: str
+    message: str
+    source: str = ""
+    line: int = 0
+    record: str = ""
+    record_truncated: bool = False
+
+    def to_json(self) -> str:
+        """One JSON line for `rejects/`."""
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+
+def reject(reason: str, message: str, source: str, line: int,
+           record: str | bytes) -> Rejection:
+    """Builds a `Rejection`, keeping at most `MAX_RECORD_CHARS` of the record."""
+    if isinstance(record, bytes):
+        record = record.decode("utf-8", errors="replace")
+    return Rejection(reason=reason, message=message, source=source, line=line,
+                     record=record[:MAX_RECORD_CHARS],
+                     record_truncated=len(record) > MAX_RECORD_CHARS)
+
+
+def parse_json_line(data: str | bytes, source: str = "", line: int = 0
+                    ) -> Sequence | Rejection:
+    """Parses one JSON line `{"id", "steps", "label"?, "split"?}` to a `Sequence`.
+
+    Args:
+        data: the line, without or with its line ending.
+        source: the input file, kept for rejects and counts.
+        line: 1-based line number in `source`.
+
+    Returns:
+        The `Sequence` (length not yet checked: see `check_length`) or a `Rejection`.
+    """
+    def fail(reason: str, message: str) -> Rejection:
+        return reject(reason, message, source, line, data)
+
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        obj = json.loads(text)
+    except UnicodeDecodeError as error:
+        return fail(UNPARSEABLE, f"not UTF-8: {error}")
+    except ValueError as error:
+        return fail(UNPARSEABLE, f"not JSON: {error}")
+    if not isinstance(obj, dict):
+        return fail(UNPARSEABLE, f"expected a JSON object, got {type(obj).__name__}")
+    sequence_id = _as_key(obj.get("id"))
+    if not sequence_id:
+        return fail(MISSING_ID, f"'id' must be a non-empty string; got {obj.get('id')!r}")
+    split = obj.get("split")
+    if split is not None and split not in records.SPLITS:
+        return fail(BAD_SPLIT, f"'split' must be one of {list(records.SPLITS)} or absent; "
+                               f"got {split!r}")
+    label = obj.get("label")
+    if label is not None and label != "" and _as_key(label) is None:
+        return fail(BAD_LABEL, f"'label' must be a string or an integer; got {label!r}")
+    steps = obj.get("steps")
+    if not isinstance(steps, list):
+        return fail(UNPARSEABLE, f"'steps' must be a list of timesteps; got "
+                                 f"{type(steps).__name__}")
+    array_or_error = steps_to_array(steps)
+    if isinstance(array_or_error, tuple):
+        return fail(*array_or_error)
+    return Sequence(id=sequence_id, steps=array_or_error, label=_as_key(label) or "",
+                    split=split, source=source, line=line)
+
+
+def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
+    """Checks a list of timesteps and converts it to float32 `[length, F]`.
+
+    Returns:
+        The array, or a `(reason, message)` pair (`empty`, `wrong_feature_count`,
+        `non_numeric`, `non_finite`).
+    """
+    if not steps:
+        return EMPTY, "'steps' is empty"
+    width = None
+    for t, row in enumerate(steps):
+        if not isinstance(row, list):
+            return (WRONG_FEATURE_COUNT,
+                    f"timestep {t} is {type(row).__name__}, expected a list of features")
+        if width is None:
+            width = len(row)
+        if len(row) != width or width == 0:
+            return (WRONG_FEATURE_COUNT,
+                    f"timestep {t} has {len(row)} features, timestep 0 has {width}")
+        for f, value in enumerate(row):
+            if type(value) not in (float, int):  # bool is an int subclass: rejected
+                return NON_NUMERIC, f"steps[{t}][{f}] is not a number: {value!r}"
+    values = np.asarray(steps, dtype=np.float64)
+    bad = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)
+    if bad.any():
+        t, f = (int(i) for i in np.argwhere(bad)[0])
+        return NON_FINITE, f"steps[{t}][{f}] = {steps[t][f]!r} is not a finite float32"
+    return values.astype(np.float32)
+
+
+def validate_json_line(data: str | bytes, source: str = "", line: int = 0, *,
+                       min_length: int = 1, max_length: int = 0,
+                       too_long: str = "reject") -> Sequence | Rejection:
+    """`parse_json_line`, then `check_length`; rejects keep the original line."""
+    result = parse_json_line(data, source, line)
+    if isinstance(result, Rejection):
+        return result
+    return check_length(result, min_length, max_length, too_long, record=data)
+
+
+def check_length(sequence: Sequence, min_length: int, max_length: int,
+                 too_long: str, record: str | bytes | None = None) -> Sequence | Rejection:
+    """Applies the length limits: `too_short`, and `too_long` (reject or truncate).
+
+    Args:
+        sequence: a parsed sequence.
+        min_length: fewer steps are rejected.
+        max_length: more steps are rejected or truncated; 0 means no limit.
+        too_long: `reject` or `truncate` (keep the first `max_length` steps).
+        record: the original record text for a rejection; None re-serializes
+            the sequence (`to_json_line`).
+    """
+    length = sequence.length
+    if length < min_length:
+        reason, message = TOO_SHORT, f"{length} timesteps, min_length is {min_length}"
+    elif max_length and length > max_length:
+        if too_long == "truncate":
+            return dataclasses.replace(sequence, steps=sequence.steps[:max_length],
+                                       truncated_from=length)
+        reason, message = TOO_LONG, f"{length} timesteps, max_length is {max_length}"
+    else:
+        return sequence
+    if record is None:
+        return reject_sequence(sequence, reason, message)
+    return reject(reason, message, sequence.source, sequence.line, record)
+
+
+def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rejection:
+    """Rejects a sequence whose width differs from the dataset's feature count."""
+    if sequence.num_features == num_features:
+        return sequence
+    return reject_sequence(sequence, WRONG_FEATURE_COUNT,
+                           f"{sequence.num_features} features, the dataset has "
+                           f"{num_features}")
+
+
+def dataset_feature_count(width_counts: Mapping[int, int]) -> int:
+    """The dataset's feature count: the most common width, ties to the smallest.
+
+    Returns 0 when there are no records.
+    """
+    if not width_counts:
+        return 0
+    return min(width_counts, key=lambda width: (-width_counts[width], width))
+
+
+def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejection]]:
+    """Keeps the copy with the smallest `(source, line)`; rejects the others.
+
+    Args:
+        copies: every parsed sequence sharing one id (at least one).
+
+    Returns:
+        The kept sequence and one `duplicate_id` rejection per other copy.
+    """
+    ordered = sorted(copies, key=lambda s: (s.source, s.line, s.label))
+    kept = ordered[0]
+    where = f"{kept.source}:{kept.line}"
+    rejected = [reject_sequence(s, DUPLICATE_ID, f"id {s.id!r} is already kept from {where}")
+                for s in ordered[1:]]
+    return kept, rejected
+
+
+def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
+    """Rejects an already parsed sequence; its record is re-serialized as JSON.
+
+    The float32 values are written in their shortest form, so the JSON parses
+    back to exactly the same float32 steps.
+    """
+    return reject(reason, message, sequence.source, sequence.line, to_json_line(sequence))
+
+
+def to_json_line(sequence: Sequence) -> str:
+    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split` if set)."""
+    steps = [[float(str(v)) for v in row] for row in sequence.steps]
+    obj: dict[str, Any] = {"id": sequence.id, "steps": steps}
+    if sequence.label:
+        obj["label"] = sequence.label
+    if sequence.split:
+        obj["split"] = sequence.split
+    return json.dumps(obj)
+
+
+def hash_fraction(sequence_id: str) -> float:
+    """A stable number in [0, 1) from the id: the first 8 bytes of its SHA-256."""
+    digest = hashlib.sha256(sequence_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_split(sequence_id: str, train_fraction: float, val_fraction: float) -> str:
+    """The split of a record without a `split` field: `train`, `val` or `test`.
+
+    Depends only on the id and the fractions, never on the other records.
+    """
+    u = hash_fraction(sequence_id)
+    if u < train_fraction:
+        return "train"
+    if u < train_fraction + val_fraction:
+        return "val"
+    return "test"
+
+
+def assign_split(sequence: Sequence, train_fraction: float, val_fraction: float) -> str:
+    """The record's own `split` if it has one, else `hash_split` of its id."""
+    if sequence.split:
+        return sequence.split
+    return hash_split(sequence.id, train_fraction, val_fraction)
+
+
+def _as_key(value: Any) -> str | None:
+    """A string or integer id/label as a string; None for anything else or ""."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+# ---------------------------------------------------------------- long format (CSV)
+
+
+@dataclasses.dataclass(frozen=True)
+class LongFormat:
+    """Column names of a long-format input (see `PreprocessConfig`).
+
+    `feature_columns` empty means every column not named here, in header order.
+    """
+
+    id_column: str = "id"
+    time_column: str = "t"
+    label_column: str = "label"
+    split_column: str = "split"
+    feature_columns: tuple[str, ...] = ()
+
+    def features_of(self, header: list[str]) -> list[str]:
+        """The feature columns of a file with this header."""
+        if self.feature_columns:
+            return list(self.feature_columns)
+        named = {self.id_column, self.time_column, self.label_column, self.split_column}
+        return [column for column in header if column not in named]
+
+    def missing_columns(self, header: list[str]) -> list[str]:
+        """Required columns (id, time, features) absent from `header`."""
+        required = [self.id_column, self.time_column, *self.features_of(header)]
+        return [column for column in required if column not in header]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One timestep of a long-format sequence.
+
+    Attributes:
+        id, time, values, label, split, source, line: the row's content and origin.
+        text: the row as read (for rejects).
+        error: `(reason, message)` if the row is bad; it rejects the whole sequence.
+    """
+
+    id: str
+    time: float
+    values: tuple[float, ...]
+    label: str = ""
+    split: str | None = None
+    source: str = ""
+    line: int = 0
+    text: str = ""
+    error: tuple[str, str] | None = None
+
+
+def parse_csv_row(fields: list[str], header: list[str], fmt: LongFormat,
+                  source: str = "", line: int = 0, text: str = "") -> Row | Rejection:
+    """One CSV row (already split into fields) -> a `Row`, or a `Rejection` of the row.
+
+    Only a row that cannot be attached to an id is rejected here; other
+    problems are kept in `Row.error` and reject the row's whole sequence.
+    """
+    text = text or ",".join(fields)
+    missing = fmt.missing_columns(header)
+    if missing:
+        return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
+    if len(fields) != len(header):
+        return reject(UNPARSEABLE, f"{len(fields)} fields, the header has {len(header)}",
+                      source, line, text)
+    row = dict(zip(header, fields, strict=True))
+    sequence_id = row[fmt.id_column].strip()
+    if not sequence_id:
+        return reject(MISSING_ID, f"empty {fmt.id_column!r}", source, line, text)
+    split = row.get(fmt.split_column, "").strip() or None
+    error = None
+    if split is not None and split not in records.SPLITS:
+        error = (BAD_SPLIT, f"split {split!r} is not one of {list(records.SPLITS)}")
+    numbers = []
+    for column in [fmt.time_column, *fmt.features_of(header)]:
+        try:
+            number = float(row[column])
+        except ValueError:
+            error = error or (NON_NUMERIC, f"{column}={row[column]!r} is not a number")
+            number = 0.0
+        if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+            error = error or (NON_FINITE, f"{column}={row[column]!r} is not a finite float32")
+        numbers.append(number)
+    return Row(id=sequence_id, time=numbers[0], values=tuple(numbers[1:]),
+               label=row.get(fmt.label_column, "").strip(), split=split, source=source,
+               line=line, text=text, error=error)
+
+
+def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
+                  too_long: str = "reject") -> Sequence | Rejection:
+    """The rows of one id, sorted by time -> a length-checked `Sequence` or a rejection."""
+    by_origin = sorted(rows, key=lambda r: (r.source, r.line))
+    first = by_origin[0]
+    record = "\n".join(r.text for r in by_origin)
+
+    def fail(reason: str, message: str) -> Rejection:
+        return reject(reason, f"id {first.id!r}: {message}", first.source, first.line, record)
+
+    for row in by_origin:
+        if row.error:
+            return fail(row.error[0], f"{row.source}:{row.line}: {row.error[1]}")
+    if len({r.label for r in by_origin}) > 1:
+        return fail(BAD_LABEL, f"rows disagree on the label: {sorted({r.label for r in rows})}")
+    if len({r.split for r in by_origin}) > 1:
+        return fail(BAD_SPLIT, "rows disagree on the split")
+    ordered = sorted(by_origin, key=lambda r: r.time)
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if before.time == after.time:
+            return fail(DUPLICATE_TIME, f"two rows at time {after.time:g}")
+    steps = np.array([r.values for r in ordered], dtype=np.float32)
+    if steps.shape[1] == 0:
+        return fail(WRONG_FEATURE_COUNT, "no feature columns")
+    sequence = Sequence(id=first.id, steps=steps, label=first.label, split=first.split,
+                        source=first.source, line=first.line)
+    return check_length(sequence, min_length, max_length, too_long, record=record)
