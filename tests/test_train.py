@@ -1,0 +1,139 @@
+"""The training loop: exports, exact epoch losses, resume, and refusals before any step."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from seqpipe import data, records, train
+
+
+def replace_section(cfg, section, **changes):
+    """`cfg` with some keys of one section changed."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(
+        getattr(cfg, section), **changes)})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset, tiny_config):
+    """One epoch, so the exported (best) weights are the last ones."""
+    cfg = replace_section(tiny_config, "train", epochs=1)
+    model_dir = tmp_path_factory.mktemp("run") / "model"
+    summary = train.train(tiny_dataset, model_dir, cfg, verbose=False)
+    return model_dir, cfg, summary
+
+
+def test_exports_everything(trained):
+    model_dir, cfg, summary = trained
+    for name in (train.AUTOENCODER_FILE, train.CONFIG_FILE, train.METADATA_COPY,
+                 train.HISTORY_FILE, train.SUMMARY_FILE):
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / train.ENCODER_DIR / "saved_model.pb").is_file()
+    assert list((model_dir / "logs").glob("events.out.tfevents.*"))
+    assert not (model_dir / train.LOCK_FILE).exists()
+    assert summary["epochs"] == 1 and summary["stopped_by"] == "epochs"
+    assert 0 < summary["padding_efficiency"] <= 1
+
+
+def test_epoch_losses_are_the_exact_masked_mean(trained, tiny_dataset):
+    """history's val_loss == sum of squared errors / valid values over the whole split."""
+    model_dir, cfg, _ = trained
+    autoencoder = keras.models.load_model(model_dir / train.AUTOENCODER_FILE, safe_mode=True)
+    sse, count = 0.0, 0.0
+    for inputs, targets, weights in data.make_dataset(tiny_dataset, "val", cfg.data,
+                                                      training=False).as_numpy_iterator():
+        predictions = np.asarray(autoencoder(inputs), np.float64)
+        valid = weights.astype(bool)
+        sse += np.square(predictions - targets)[valid].sum()
+        count += valid.sum() * targets.shape[-1]
+    history = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    assert history[0]["val_loss"] == pytest.approx(sse / count, rel=1e-5)
+
+
+def test_a_finished_run_continues_to_more_epochs(trained, tmp_path, tiny_dataset):
+    model_dir, cfg, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    summary = train.train(tiny_dataset, copy, replace_section(cfg, "train", epochs=2),
+                          verbose=False)
+    history = json.loads((copy / train.HISTORY_FILE).read_text())
+    original = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[0] == original[0]
+    assert summary["epochs"] == 2
+
+
+def test_model_dir_in_use_is_refused(tmp_path, tiny_dataset, tiny_config):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / train.LOCK_FILE).write_text(str(os.getpid()))
+    with pytest.raises(train.TrainingError, match=f"in use by another training run \\(pid "
+                                                  f"{os.getpid()}\\)"):
+        train.train(tiny_dataset, model_dir, tiny_config, verbose=False)
+    assert not (model_dir / "checkpoints").exists()
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path, tiny_dataset, tiny_config):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / train.LOCK_FILE).write_text(dead)
+    train.train(tiny_dataset, model_dir, replace_section(tiny_config, "train", epochs=1),
+                verbose=False)
+    assert (model_dir / train.SUMMARY_FILE).is_file()
+
+
+def test_schema_mismatch_is_refused_before_any_step(tmp_path, tiny_dataset, tiny_config):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    metadata = records.read_metadata(tiny_dataset)
+    (model_dir / train.METADATA_COPY).write_text(json.dumps({**metadata, "num_features": 3}))
+    with pytest.raises(records.DatasetError, match="num_features=8 but the model .* "
+                                                   "num_features=3"):
+        train.train(tiny_dataset, model_dir, tiny_config, verbose=False)
+    assert not (model_dir / "checkpoints").exists()
+
+
+def test_missing_data_dir_is_refused(tmp_path, tiny_config):
+    with pytest.raises(records.DatasetError, match="no such dataset directory"):
+        train.train(tmp_path / "nope", tmp_path / "model", tiny_config, verbose=False)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
+    """SIGKILL after the first mid-epoch backup; the same command resumes and finishes."""
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-m", "seqpipe.cli", "train", "--data", str(tiny_dataset),
+               "--model-dir", str(model_dir), "--config", "tiny", "--quiet",
+               *[f"--set={o}" for o in ("synth.num_sequences=160", "model.units=16",
+                                        "model.embedding_dim=8", "train.epochs=2",
+                                        "train.checkpoint_every_steps=1",
+                                        "data.batch_size=4")]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    backup = model_dir / "checkpoints" / "backup" / "checkpoint"
+    deadline = time.monotonic() + 300
+    while not backup.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (model_dir / train.SUMMARY_FILE).exists()
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    history = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert any(h.get("resumed_at_step", 0) >= 1 for h in history)
+    summary = json.loads((model_dir / train.SUMMARY_FILE).read_text())
+    assert summary["epochs"] == 2 and summary["resumed"] is True
