@@ -64,6 +64,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import transforms
 from seqpipe import config as config_lib
 from seqpipe import records, sources
+from seqpipe.errors import SeqpipeError
 
 WORK_DIR = "_work"
 PARTS_DIR = "parts"
@@ -73,7 +74,11 @@ FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",)}
 TFDS_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
-class OutputExistsError(FileExistsError):
+class InputError(SeqpipeError, ValueError):
+    """Inputs or output the job cannot take (format, suffix, path kind)."""
+
+
+class OutputExistsError(SeqpipeError, FileExistsError):
     """The output directory exists and is not empty: the job never overwrites."""
 
 
@@ -177,7 +182,7 @@ def make_reader(input_format: str, cfg: config_lib.PreprocessConfig) -> beam.PTr
         return transforms.ReadJsonLines(*limits)
     if input_format == "csv":
         return transforms.ReadCsvLong(long_format(cfg), *limits)
-    raise ValueError(f"input format {input_format!r} is not implemented yet "
+    raise InputError(f"input format {input_format!r} is not implemented yet "
                      f"(readable: {list(FORMAT_SUFFIXES)})")
 
 
@@ -191,13 +196,13 @@ def group_by_format(files: Sequence[str], configured: str) -> dict[str, list[str
     """{format: files}: `configured` for all, or from each suffix (`.gz` ignored) if auto.
 
     Raises:
-        ValueError: a suffix that names no format, or a format not implemented yet.
+        InputError: a suffix that names no format, or a format not implemented yet.
     """
     groups: dict[str, list[str]] = {}
     for path in files:
         fmt = configured if configured != "auto" else _format_of_suffix(path)
         if fmt not in FORMAT_SUFFIXES:
-            raise ValueError(f"{path}: input format {fmt!r} is not implemented yet "
+            raise InputError(f"{path}: input format {fmt!r} is not implemented yet "
                              f"(readable: {list(FORMAT_SUFFIXES)})")
         groups.setdefault(fmt, []).append(path)
     return groups
@@ -210,7 +215,7 @@ def _format_of_suffix(path: str) -> str:
             return fmt
     if stem.endswith(".parquet"):
         return "parquet"
-    raise ValueError(f"{path}: cannot tell the format from the suffix; use "
+    raise InputError(f"{path}: cannot tell the format from the suffix; use "
                      f".jsonl/.csv (optionally .gz) or set preprocess.input_format")
 
 
@@ -399,7 +404,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _check_output_dir(output_dir: str) -> Path:
     if "://" in str(output_dir):
-        raise ValueError(f"output {output_dir!r}: only local or mounted paths are "
+        raise InputError(f"output {output_dir!r}: only local or mounted paths are "
                          "supported (the final commit is a directory rename)")
     output = Path(output_dir).absolute()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

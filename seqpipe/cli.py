@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seqpipe.config import Config, ConfigError, load_config
+from seqpipe.config import Config, load_config
+from seqpipe.errors import SeqpipeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,16 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_expected(error: Exception) -> bool:
-    from seqpipe.records import DatasetError
-
-    expected: tuple[type[Exception], ...] = (ConfigError, DatasetError, FileNotFoundError,
-                                             FileExistsError, NotADirectoryError)
-    try:
-        from seqpipe.train import TrainingError
-        expected += (TrainingError,)
-    except ImportError:
-        pass
-    return isinstance(error, expected)
+    return isinstance(error, (SeqpipeError, FileNotFoundError, FileExistsError,
+                              NotADirectoryError))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,8 +36,10 @@ from typing import Any
 
 import yaml
 
+from seqpipe.errors import SeqpipeError
 
-class ConfigError(ValueError):
+
+class ConfigError(SeqpipeError, ValueError):
     """A configuration file or override that does not fit the schema."""
 
 

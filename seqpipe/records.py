@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from seqpipe.errors import SeqpipeError
+
 SCHEMA_VERSION = 1
 DATASET_NAME = "seqpipe"
 FILE_FORMAT = "tfrecord"
@@ -46,7 +48,7 @@ STEPS_KEY = "steps"
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(SeqpipeError, ValueError):
     """A dataset directory that cannot be read: missing, unfinished or incompatible."""
 
 

@@ -52,6 +52,7 @@ import tensorflow as tf
 
 from seqpipe import data, models, records
 from seqpipe.config import Config, dump_config, to_dict
+from seqpipe.errors import SeqpipeError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SeqpipeError, RuntimeError):
     """Training cannot start or continue (bad data dir, model dir in use...)."""
 
 

@@ -20,8 +20,8 @@ def test_default_yaml_equals_dataclass_defaults():
 
 def test_tiny_changes_only_what_it_names():
     tiny = load_config("tiny")
-    assert tiny.model.units == 32
-    assert tiny.synth.num_sequences == 400
+    assert tiny.model.units == 128
+    assert tiny.synth.num_sequences == 800
     assert tiny.model.cell == Config().model.cell
 
 
