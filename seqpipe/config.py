@@ -234,6 +234,13 @@ class TrainConfig:
             killed run); 0 backs up only at epoch ends.
         strategy: `auto`, `default` (one device), `mirrored` or `multi_worker`.
         seed: weight initialization seed.
+        lr_schedule: `constant`; `cosine` (per epoch, from `learning_rate` down
+            to `min_learning_rate` at the last epoch); or `plateau` (multiply
+            by `lr_factor` after `lr_patience` epochs without a better
+            validation loss, not below `min_learning_rate`).
+        lr_patience, lr_factor, min_learning_rate: see `lr_schedule`.
+        log_every_steps: when not on a terminal, a progress line every this
+            many steps (0: epoch lines only).
     """
 
     epochs: int = 30
@@ -243,6 +250,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     strategy: str = "auto"
     seed: int = 0
+    lr_schedule: str = "constant"
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    log_every_steps: int = 100
 
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -254,6 +266,13 @@ class TrainConfig:
                  "must be >= 0")
         _require_choice(self.strategy, ("auto", "default", "mirrored", "multi_worker"),
                         "train.strategy")
+        _require_choice(self.lr_schedule, ("constant", "cosine", "plateau"),
+                        "train.lr_schedule")
+        _require(self.lr_patience >= 1, "train.lr_patience", "must be >= 1")
+        _require(0.0 < self.lr_factor < 1.0, "train.lr_factor", "must be in (0, 1)")
+        _require(0.0 <= self.min_learning_rate <= self.learning_rate,
+                 "train.min_learning_rate", "must be in [0, learning_rate]")
+        _require(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

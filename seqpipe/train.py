@@ -19,14 +19,19 @@ on one CPU, several local GPUs and many workers:
   resumed epoch sees the batches it had not yet seen.
 
 Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
+A non-finite loss stops the run with an error naming the epoch and step,
+before the backup is overwritten. `train.lr_schedule` sets the learning rate
+per epoch (constant, cosine or on plateau) as a pure function of the history,
+so resuming does not change it.
 
 Outputs in the model directory:
 
     autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable
     encoder/               SavedModel: serving_default(x, mask) -> {"embedding"}
-    config.yaml            the resolved config
-    dataset_metadata.json  the training data's metadata.json
-    history.json           per-epoch loss, val_loss, timesteps/s
+    config.yaml            the resolved config (written at the start: a resumed
+                           run must have the same model section)
+    dataset_metadata.json  the training data's metadata.json (idem)
+    history.json, .csv     per-epoch loss, val_loss, learning rate, timesteps/s
     summary.json           epochs, best val loss, throughput, padding efficiency
     checkpoints/           backup/ (resume) and best/
     logs/                  TensorBoard
@@ -35,9 +40,12 @@ Outputs in the model directory:
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -51,7 +59,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe import data, models, records
-from seqpipe.config import Config, dump_config, to_dict
+from seqpipe.config import Config, TrainConfig, dump_config, load_config, to_dict
 from seqpipe.errors import SeqpipeError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +69,7 @@ ENCODER_DIR = "encoder"
 CONFIG_FILE = "config.yaml"
 METADATA_COPY = "dataset_metadata.json"
 HISTORY_FILE = "history.json"
+HISTORY_CSV = "history.csv"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
 
@@ -101,7 +110,7 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
     """
     model_dir = Path(model_dir)
     metadata = records.read_metadata(data_dir)
-    check_model_dir_compatible(model_dir, metadata, data_dir)
+    check_model_dir_compatible(model_dir, metadata, data_dir, cfg)
     strategy = make_strategy(cfg.train.strategy)
     with _model_dir_lock(model_dir, is_chief(strategy)):
         return _Trainer(Path(data_dir), model_dir, cfg, metadata, strategy, verbose).run()
@@ -143,12 +152,26 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def check_model_dir_compatible(model_dir: Path, metadata: dict[str, Any],
-                               data_dir: str | Path) -> None:
-    """Refuses a model dir trained on data of another shape or schema."""
+                               data_dir: str | Path, cfg: Config) -> None:
+    """Refuses a model dir started on other data or with another model config.
+
+    A run writes `dataset_metadata.json` and `config.yaml` when it starts, so
+    resuming (or continuing) with a different dataset shape or architecture
+    fails here, before any step, instead of deep inside a checkpoint restore.
+    """
     previous = model_dir / METADATA_COPY
     if previous.is_file():
         records.check_compatible(json.loads(previous.read_text()), metadata,
                                  model_dir, data_dir)
+    previous_config = model_dir / CONFIG_FILE
+    if previous_config.is_file():
+        old_model = to_dict(load_config(previous_config).model)
+        changed = {k: (v, getattr(cfg.model, k)) for k, v in old_model.items()
+                   if v != to_dict(cfg.model)[k]}
+        if changed:
+            what = ", ".join(f"model.{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise TrainingError(f"{model_dir} holds a model with another architecture "
+                                f"({what}); use a new --model-dir")
 
 
 @contextlib.contextmanager
@@ -200,6 +223,7 @@ class _Trainer:
         self.strategy = strategy
         self.verbose = verbose
         self.chief = is_chief(strategy)
+        self._worker_dirs: list[str] = []
         self.has_val = metadata["splits"].get("val", {}).get("num_records", 0) > 0
         if metadata["splits"].get("train", {}).get("num_records", 0) == 0:
             raise TrainingError(f"{data_dir}: the train split is empty")
@@ -208,11 +232,11 @@ class _Trainer:
             self.autoencoder, self.encoder = models.build_autoencoder(
                 cfg.model, metadata["num_features"])
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64,
-                                             trainable=False)
             self.optimizer.build(self.autoencoder.trainable_variables)
+        # Loop counters live outside the strategy scope: plain host variables.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
             model=self.autoencoder, optimizer=self.optimizer, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss)
@@ -229,15 +253,23 @@ class _Trainer:
         """The chief writes into the model dir; other workers into temp dirs."""
         if self.chief:
             return str(self.model_dir / relative)
-        return tempfile.mkdtemp(prefix=f"seqpipe-worker-{relative.replace('/', '-')}-")
+        directory = tempfile.mkdtemp(prefix=f"seqpipe-worker-{relative.replace('/', '-')}-")
+        self._worker_dirs.append(directory)
+        return directory
 
     def run(self) -> dict[str, Any]:
         """Resumes if a backup exists, trains the remaining epochs, exports."""
+        if self.chief:
+            dump_config(self.cfg, self.model_dir / CONFIG_FILE)
+            _write_json_atomic(self.model_dir / METADATA_COPY, self.metadata)
         history = self._restore()
         started = time.monotonic()
         stop_reason = "epochs"
         while int(self.epoch) < self.cfg.train.epochs:
+            learning_rate = learning_rate_for_epoch(self.cfg.train, int(self.epoch), history)
+            self.optimizer.learning_rate.assign(learning_rate)
             record = self._run_epoch(int(self.epoch))
+            record["learning_rate"] = learning_rate
             history.append(record)
             self._end_epoch(record, history)
             if self._should_stop_early(history):
@@ -248,6 +280,9 @@ class _Trainer:
         summary = self._summary(history, time.monotonic() - started, stop_reason)
         if self.chief:
             self._export(summary)
+        else:
+            for directory in self._worker_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
         return summary
 
     def _restore(self) -> list[dict[str, Any]]:
@@ -266,6 +301,7 @@ class _Trainer:
         train_result = self._run_split("train", epoch, skip, training=True)
         record = {"epoch": epoch, "loss": train_result.loss,
                   "steps": train_result.num_steps + skip,
+                  "valid_timesteps": train_result.num_valid_timesteps,
                   "seconds": train_result.seconds,
                   "timesteps_per_second": train_result.num_valid_timesteps
                   / max(train_result.seconds, 1e-9)}
@@ -286,6 +322,12 @@ class _Trainer:
             total_sse += float(sse)
             total_count += float(count)
             steps += 1
+            if not math.isfinite(total_sse):
+                raise TrainingError(
+                    f"{split} loss is not finite at epoch {epoch + 1}, step {skip + steps}; "
+                    "lower train.learning_rate, keep train.clipnorm > 0 and "
+                    "model.activation=tanh, and check the inputs (the last backup in "
+                    f"{self.model_dir / 'checkpoints' / 'backup'} is from before this step)")
             if training:
                 self.step_in_epoch.assign_add(1)
                 self._maybe_backup(skip + steps)
@@ -302,7 +344,10 @@ class _Trainer:
             dataset = data.make_dataset(self.data_dir, split, data_cfg, training=training,
                                         metadata=self.metadata,
                                         input_context=input_context)
-            return dataset.skip(skip) if skip else dataset
+            # One global step takes one batch per local replica from this pipeline.
+            local_replicas = (input_context.num_replicas_in_sync
+                              // input_context.num_input_pipelines)
+            return dataset.skip(skip * local_replicas) if skip else dataset
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -368,6 +413,7 @@ class _Trainer:
                     tf.summary.scalar(key, record[key])
         if self.chief:
             _write_json_atomic(self.model_dir / HISTORY_FILE, history)
+            _write_history_csv(self.model_dir / HISTORY_CSV, history)
 
     def _should_stop_early(self, history: list[dict[str, Any]]) -> bool:
         patience = self.cfg.train.early_stopping_patience
@@ -395,6 +441,7 @@ class _Trainer:
             "num_replicas": self.strategy.num_replicas_in_sync,
             "wall_seconds": seconds,
             "resumed": any("resumed_at_step" in h for h in history),
+            "weights_sha256": weights_digest(self.autoencoder),
         }
 
     def _export(self, summary: dict[str, Any]) -> None:
@@ -405,8 +452,6 @@ class _Trainer:
         models.export_encoder(self.encoder, staging)
         shutil.rmtree(encoder_dir, ignore_errors=True)
         staging.rename(encoder_dir)
-        dump_config(self.cfg, self.model_dir / CONFIG_FILE)
-        _write_json_atomic(self.model_dir / METADATA_COPY, self.metadata)
         _write_json_atomic(self.model_dir / SUMMARY_FILE,
                            {**summary, "config": to_dict(self.cfg)})
 
@@ -414,14 +459,62 @@ class _Trainer:
         if not (self.verbose and self.chief):
             return lambda step, loss: None
         if sys.stdout.isatty():
-            bar = keras.utils.Progbar(None, stateful_metrics=["loss"],
-                                         unit_name="step")
+            bar = keras.utils.Progbar(None, stateful_metrics=["loss"], unit_name="step")
             return lambda step, loss: bar.update(step, [("loss", loss)])
-        return lambda step, loss: None
+        every = self.cfg.train.log_every_steps
+
+        def log_line(step: int, loss: float) -> None:
+            if every and step % every == 0:
+                print(f"epoch {epoch + 1} {split} step {step}: loss {loss:.4f}", flush=True)
+
+        return log_line
 
     def _log(self, message: str) -> None:
         if self.verbose and self.chief:
             print(message, flush=True)
+
+
+def learning_rate_for_epoch(cfg: TrainConfig, epoch: int,
+                            history: list[dict[str, Any]]) -> float:
+    """The learning rate of `epoch` under `cfg.lr_schedule`.
+
+    A pure function of the config and the history of earlier epochs, so a
+    resumed run uses exactly the rate the uninterrupted run would have.
+    """
+    if cfg.lr_schedule == "cosine":
+        progress = epoch / max(cfg.epochs - 1, 1)
+        return cfg.min_learning_rate + 0.5 * (cfg.learning_rate - cfg.min_learning_rate) * (
+            1.0 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "plateau":
+        rate, best, waited = cfg.learning_rate, math.inf, 0
+        for record in history[:epoch]:
+            monitored = record.get("val_loss", record["loss"])
+            if monitored < best:
+                best, waited = monitored, 0
+                continue
+            waited += 1
+            if waited >= cfg.lr_patience:
+                rate, waited = max(rate * cfg.lr_factor, cfg.min_learning_rate), 0
+        return rate
+    return cfg.learning_rate
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of all weights: equal on every worker of a correct distributed run."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
+
+
+def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    temporary.replace(path)
 
 
 def _format_epoch(record: dict[str, Any], epochs: int) -> str:
