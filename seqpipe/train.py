@@ -4,11 +4,12 @@ Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy`
 (keras-team/keras#20585), so the trainer owns its loop and runs the same code
 on one CPU, several local GPUs and many workers:
 
-* each replica computes the *sum* of squared errors over its valid entries and
-  their count; the counts are all-reduced, and the replica's loss is
-  `local_sum / global_count`. Summed over replicas, the gradients are exactly
-  those of the global masked mean (fairseq-style normalization), whatever the
-  number of replicas and however padding is spread among them;
+* each replica computes the *sum* of squared errors over its valid entries,
+  its gradient, and the count of valid entries; counts and gradients are
+  all-reduced and the gradient divided by the global count: exactly the
+  gradient of the global masked mean (fairseq-style normalization), whatever
+  the number of replicas and however padding is spread among them. Workers
+  whose input runs out first join the remaining steps with empty batches;
 * gradients are all-reduced and clipped by their *global* norm here, not by
   the optimizer: Keras clips each replica's partial gradient before its own
   all-reduce, which would change the result with the number of replicas;
@@ -370,25 +371,43 @@ class _Trainer:
         return step
 
     def _replica_train_step(self, inputs, targets, weights):
+        """Sum of squared errors and its gradients here; normalized by the global count.
+
+        d(sse / global_count) = d(sse) / global_count, so each replica takes the
+        gradient of its own sum and the division happens after the all-reduce.
+        """
         context = tf.distribute.get_replica_context()
         variables = self.autoencoder.trainable_variables
-        with tf.GradientTape() as tape:
-            predictions = self.autoencoder(inputs, training=True)
-            sse, count = models.masked_squared_error(targets, predictions, weights)
-            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-            loss = sse / tf.maximum(global_count, 1.0)
-        gradients = tape.gradient(loss, variables)
+
+        def forward_backward():
+            with tf.GradientTape() as tape:
+                predictions = self.autoencoder(inputs, training=True)
+                sse, count = models.masked_squared_error(targets, predictions, weights)
+            return sse, count, tape.gradient(sse, variables)
+
+        def nothing():
+            return (tf.constant(0.0), tf.constant(0.0),
+                    [tf.zeros_like(variable) for variable in variables])
+
+        sse, count, gradients = tf.cond(_has_data(weights), forward_backward, nothing)
+        global_count = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
         gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients = [gradient / global_count for gradient in gradients]
         if self.cfg.train.clipnorm:
             gradients, _ = tf.clip_by_global_norm(gradients, self.cfg.train.clipnorm)
         # The optimizer all-reduces (sums) replica gradients again: hand it 1/N each.
         scale = 1.0 / self.strategy.num_replicas_in_sync
-        self.optimizer.apply_gradients(zip([g * scale for g in gradients], variables, strict=True))
+        self.optimizer.apply_gradients(
+            zip([gradient * scale for gradient in gradients], variables, strict=True))
         return sse, count
 
     def _replica_eval_step(self, inputs, targets, weights):
-        predictions = self.autoencoder(inputs, training=False)
-        return models.masked_squared_error(targets, predictions, weights)
+        def evaluate():
+            predictions = self.autoencoder(inputs, training=False)
+            return models.masked_squared_error(targets, predictions, weights)
+
+        return tf.cond(_has_data(weights), evaluate,
+                       lambda: (tf.constant(0.0), tf.constant(0.0)))
 
     def _maybe_backup(self, step: int) -> None:
         every = self.cfg.train.checkpoint_every_steps
@@ -472,6 +491,16 @@ class _Trainer:
     def _log(self, message: str) -> None:
         if self.verbose and self.chief:
             print(message, flush=True)
+
+
+def _has_data(weights: tf.Tensor) -> tf.Tensor:
+    """False for the empty batch a replica gets when its input ran out first.
+
+    Workers' pipelines may hold different numbers of batches; `tf.distribute`
+    then hands exhausted replicas empty batches (zero rows or zero steps) so
+    that every replica still joins the step's all-reduces.
+    """
+    return tf.size(weights) > 0
 
 
 def learning_rate_for_epoch(cfg: TrainConfig, epoch: int,
