@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from seqpipe import data, records, train
+from seqpipe.config import TrainConfig
 
 
 def replace_section(cfg, section, **changes):
@@ -137,3 +138,40 @@ def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
     assert any(h.get("resumed_at_step", 0) >= 1 for h in history)
     summary = json.loads((model_dir / train.SUMMARY_FILE).read_text())
     assert summary["epochs"] == 2 and summary["resumed"] is True
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig(epochs=5, learning_rate=1.0, min_learning_rate=0.0)
+    assert [train.learning_rate_for_epoch(cfg, e, []) for e in range(3)] == [1.0, 1.0, 1.0]
+    cosine = dataclasses.replace(cfg, lr_schedule="cosine")
+    assert [train.learning_rate_for_epoch(cosine, e, []) for e in range(5)] == pytest.approx(
+        [1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    plateau = dataclasses.replace(cfg, lr_schedule="plateau", lr_patience=2, lr_factor=0.5,
+                                  min_learning_rate=0.2)
+    history = [{"loss": 9, "val_loss": v} for v in (5, 4, 4.5, 4.2, 3, 3.1, 3.2, 3.3, 3.4)]
+    rates = [train.learning_rate_for_epoch(plateau, e, history) for e in range(10)]
+    # Epochs 2 and 3 do not beat epoch 1 -> halved from epoch 4; epochs 5 and 6 do not
+    # beat epoch 4 -> 0.25 from epoch 7; epochs 7 and 8 -> 0.125, clipped to 0.2.
+    assert rates == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2]
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_dataset, tiny_config):
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data_dir)
+    metadata = records.read_metadata(data_dir)
+    # A std of 1e-30 normalizes real values to ~1e30: the squared error overflows float32.
+    metadata["feature_stats"]["std"] = [1e-30] * metadata["num_features"]
+    (data_dir / records.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(train.TrainingError,
+                       match=r"train loss is not finite at epoch 1, step 1; lower"):
+        train.train(data_dir, tmp_path / "model", tiny_config, verbose=False)
+
+
+def test_another_architecture_is_refused_on_resume(trained, tmp_path, tiny_dataset):
+    model_dir, cfg, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    bigger = replace_section(cfg, "model", units=cfg.model.units * 2)
+    with pytest.raises(train.TrainingError, match=r"another architecture \(model.units "
+                                                  r"16 -> 32\); use a new --model-dir"):
+        train.train(tiny_dataset, copy, bigger, verbose=False)
