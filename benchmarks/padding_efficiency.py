@@ -1,13 +1,14 @@
-"""How much of each batch is padding: pad-to-max vs length bucketing.
+"""How much of each batch is padding: the default sorted windows vs the older modes.
 
 Writes seed-shaped synthetic data (1,326 sequences, 8 features, lengths 7..356;
 once uniform, once long-tailed log-normal) as real TFRecord shards plus a
-metadata.json whose bucket boundaries are length quantiles, runs
-`seqpipe.data.make_dataset` over the train split in several batching modes,
-and prints, per mode, the padding efficiency (real / padded timesteps), the
-number of batches and the number of distinct batch shapes (what XLA or
-`tf.function` retrace on). No timings: the numbers are properties of the
-batching, reproducible up to the shuffle order.
+metadata.json whose bucket boundaries are length quantiles (as the Beam job
+suggests them) and whose histogram is exact, runs `seqpipe.data.make_dataset`
+over the train split in several batching modes, and prints, per mode, the
+padding efficiency (real / padded timesteps), the number of batches, the
+number of distinct batch shapes (what XLA or `tf.function` retrace on) and
+of distinct T, and the batch sizes. No timings: the numbers are properties of
+the batching, reproducible up to the shuffle order.
 
     python benchmarks/padding_efficiency.py [--json results.json]
 """
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from seqpipe import data, records  # noqa: E402
+from seqpipe import buckets, data, records  # noqa: E402
 from seqpipe.config import DataConfig  # noqa: E402
 
 NUM_SEQUENCES = 1326
@@ -39,18 +40,22 @@ NUM_SHARDS = 4
 BATCH_SIZE = 32
 TIMESTEP_BUDGET = 4096
 
+BUCKETS = dict(batching="buckets", batch_size=BATCH_SIZE, timestep_budget=0)
 MODES = {
-    "pad_to_max": DataConfig(batch_size=BATCH_SIZE, pad_to_max=True),
+    # The default: sorted windows, B <= 32 and B*T <= 32 x mean length, T on a
+    # grid of 16 lengths per doubling.
+    "default_sorted_window": DataConfig(),
+    "window_fixed_batch": DataConfig(timestep_budget=0),
+    "window_grid_8": DataConfig(length_grid=8),
+    "window_exact_T": DataConfig(length_grid=1024),
+    "pad_to_max": DataConfig(**BUCKETS, pad_to_max=True),
     "no_buckets_batch_max": None,  # one bucket (no boundaries), padded to the batch max
-    "buckets_batch_max": DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=False),
-    "buckets_boundary": DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=True),
-    "budget_batch_max": DataConfig(timestep_budget=TIMESTEP_BUDGET,
-                                   pad_to_bucket_boundary=False),
-    "budget_boundary": DataConfig(timestep_budget=TIMESTEP_BUDGET,
-                                  pad_to_bucket_boundary=True),
-    # Quantile buckets leave one wide tail bucket on long-tailed lengths;
-    # boundaries growing by 25% bound the padding in every bucket instead.
-    "geometric_boundary": None,
+    "buckets_batch_max": DataConfig(**BUCKETS, pad_to_bucket_boundary=False),
+    "buckets_boundary": DataConfig(**BUCKETS, pad_to_bucket_boundary=True),
+    "budget_boundary": DataConfig(**{**BUCKETS, "timestep_budget": TIMESTEP_BUDGET}),
+    # Boundaries minimizing padding for the length histogram (buckets.optimal_boundaries).
+    "dp_buckets_16": DataConfig(**BUCKETS, num_buckets=16),
+    "dp_buckets_32": DataConfig(**BUCKETS, num_buckets=32),
 }
 
 
@@ -68,18 +73,13 @@ def quantile_boundaries(lengths: np.ndarray, num_buckets: int) -> list[int]:
     return sorted({*(int(q) for q in qs), int(lengths.max())})
 
 
-def geometric_boundaries(lengths: np.ndarray, ratio: float = 1.25) -> list[int]:
-    """Boundaries min, min*ratio, min*ratio**2, ... up to the max length."""
-    bounds, b = [], float(lengths.min())
-    while b < lengths.max():
-        bounds.append(int(np.ceil(b)))
-        b *= ratio
-    return sorted({*bounds, int(lengths.max())})
-
-
-def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator) -> None:
+def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator,
+                  compression: str = "none") -> None:
+    """Random normal sequences of `lengths` as NUM_SHARDS train shards + metadata.json."""
     seqs = [rng.normal(size=(n, NUM_FEATURES)).astype(np.float32) for n in lengths]
-    writers = [tf.io.TFRecordWriter(str(root / records.shard_name("train", i, NUM_SHARDS)))
+    options = "GZIP" if compression == "gzip" else None
+    writers = [tf.io.TFRecordWriter(str(root / records.shard_name("train", i, NUM_SHARDS)),
+                                    options=options)
                for i in range(NUM_SHARDS)]
     for i, seq in enumerate(seqs):
         writers[i % NUM_SHARDS].write(records.encode_sequence(f"seq-{i:06d}", seq))
@@ -90,7 +90,7 @@ def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator) -> 
         "schema_version": records.SCHEMA_VERSION,
         "num_features": NUM_FEATURES,
         "feature_names": [f"f{i}" for i in range(NUM_FEATURES)],
-        "compression": "none",
+        "compression": compression,
         "splits": {"train": {
             "num_records": len(seqs), "num_timesteps": int(lengths.sum()),
             "num_shards": NUM_SHARDS,
@@ -98,7 +98,9 @@ def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator) -> 
         "length_stats": {"min": int(lengths.min()), "max": int(lengths.max()),
                          "mean": float(lengths.mean()),
                          "quantiles": {str(q): float(np.quantile(lengths, q))
-                                       for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)}},
+                                       for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)},
+                         "histogram": buckets.exact_histogram(
+                             dict(zip(*np.unique(lengths, return_counts=True), strict=True)))},
         "feature_stats": {"mean": steps.mean(0).tolist(), "std": steps.std(0).tolist(),
                           "min": steps.min(0).tolist(), "max": steps.max(0).tolist(),
                           "num_timesteps": int(len(steps))},
@@ -119,11 +121,8 @@ def run(seed: int = 0) -> list[dict]:
             for mode, cfg in MODES.items():
                 meta = metadata
                 if mode == "no_buckets_batch_max":
-                    cfg = DataConfig(batch_size=BATCH_SIZE, pad_to_bucket_boundary=False)
+                    cfg = DataConfig(**BUCKETS, pad_to_bucket_boundary=False)
                     meta = {**metadata, "bucket_boundaries": []}
-                elif mode == "geometric_boundary":
-                    cfg = DataConfig(batch_size=BATCH_SIZE,
-                                     bucket_boundaries=tuple(geometric_boundaries(lengths)))
                 ds = data.make_dataset(root, "train", cfg, training=True, metadata=meta)
                 stats = data.padding_efficiency(ds)
                 assert stats["num_records"] == NUM_SEQUENCES
@@ -134,16 +133,18 @@ def run(seed: int = 0) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     header = (f"{'lengths':<10} {'mode':<22} {'efficiency':>10} {'real':>7} {'padded':>8} "
-              f"{'batches':>7} {'shapes':>6} {'T values':>8}")
+              f"{'batches':>7} {'shapes':>6} {'T values':>8}  batch sizes")
     print(header)
     print("-" * len(header))
     for r in rows:
+        sizes = r["batch_sizes"]
         print(f"{r['lengths']:<10} {r['mode']:<22} {r['efficiency']:>10.3f} "
               f"{r['real_timesteps']:>7} {r['padded_timesteps']:>8} {r['num_batches']:>7} "
-              f"{r['distinct_shapes']:>6} {r['distinct_lengths']:>8}")
+              f"{r['distinct_shapes']:>6} {r['distinct_lengths']:>8}  "
+              f"{min(sizes)}..{max(sizes)}, {sizes.get(BATCH_SIZE, 0)} of {BATCH_SIZE}")
     for kind in dict.fromkeys(r["lengths"] for r in rows):
         bounds = next(r["boundaries"] for r in rows if r["lengths"] == kind)
-        print(f"{kind} bucket boundaries: {bounds}")
+        print(f"{kind} metadata (quantile) bucket boundaries: {bounds}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -142,17 +142,33 @@ class DataConfig:
     """The tf.data input pipeline (`seqpipe.data`).
 
     Attributes:
-        batch_size: global batch size (summed over replicas) when
-            `timestep_budget` is 0.
-        timestep_budget: if > 0, each bucket's batch size is
-            `max(1, timestep_budget // bucket_length)`, so every batch holds
-            about the same number of timesteps.
-        bucket_boundaries: length boundaries; empty means the ones suggested
-            in the dataset's metadata.json.
-        pad_to_bucket_boundary: pad every batch to its bucket's upper
-            boundary, bounding the number of distinct shapes.
-        pad_to_max: pad every batch to the longest sequence (the naive recipe,
-            for benchmarks only).
+        batching: `sorted_window` (default): sort windows of `sort_window`
+            shuffled records by length, cut them into batches padded to the
+            `length_grid`, shuffle the batches; `buckets`: group records by
+            length bucket (`bucket_boundaries`) as they stream by.
+        batch_size: global (summed over replicas) records per batch; with a
+            timestep budget, the most records per batch.
+        timestep_budget: global most timesteps (B x T) per batch: a batch
+            padded to T holds `min(batch_size, max(1, budget // T))` records,
+            so long sequences come in smaller batches. -1 (default): auto,
+            `batch_size x length_stats.mean` with `sorted_window`, no budget
+            with `buckets` or `pad_to_max`; 0: none.
+        sort_window: `sorted_window` only: records sorted together, per input
+            pipeline (memory: that many parsed sequences). Padding efficiency
+            grows with sort_window / batch_size (about 64 is enough).
+        length_grid: `sorted_window` only: padded lengths per doubling of
+            T (`seqpipe.buckets.length_grid`): each batch is padded to the first
+            grid value >= its longest sequence, so padding adds < 1/length_grid,
+            and T takes at most ~length_grid * log2(max length) values.
+        bucket_boundaries: `buckets` only: length boundaries; empty means
+            `num_buckets` derived ones, else the metadata's suggestion.
+        num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
+            derive this many boundaries minimizing padding from the
+            metadata's length histogram (`seqpipe.buckets.optimal_boundaries`).
+        pad_to_bucket_boundary: `buckets` only: pad every batch to its
+            bucket's upper boundary, bounding the number of distinct shapes.
+        pad_to_max: no bucketing: pad every batch to the longest sequence
+            (the naive recipe, for benchmarks only).
         shuffle_buffer: records in the shuffle buffer.
         normalize: standardize features with the train split's mean/std.
         reverse_target: the target is each sequence reversed within its own
@@ -161,9 +177,13 @@ class DataConfig:
         seed: shuffle seed.
     """
 
+    batching: str = "sorted_window"
     batch_size: int = 32
-    timestep_budget: int = 0
+    timestep_budget: int = -1
+    sort_window: int = 2048
+    length_grid: int = 16
     bucket_boundaries: tuple[int, ...] = ()
+    num_buckets: int = 0
     pad_to_bucket_boundary: bool = True
     pad_to_max: bool = False
     shuffle_buffer: int = 10000
@@ -174,7 +194,12 @@ class DataConfig:
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _require(self.timestep_budget >= 0, "data.timestep_budget", "must be >= 0")
+        _require_choice(self.batching, ("sorted_window", "buckets"), "data.batching")
+        _require(self.timestep_budget >= -1, "data.timestep_budget",
+                 "must be -1 (auto), 0 (none) or > 0")
+        _require(self.sort_window >= 1, "data.sort_window", "must be >= 1")
+        _require(self.length_grid >= 1, "data.length_grid", "must be >= 1")
+        _require(self.num_buckets >= 0, "data.num_buckets", "must be >= 0")
         _require(list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries))
                  and all(b >= 1 for b in self.bucket_boundaries),
                  "data.bucket_boundaries", "must be strictly increasing positive ints")

@@ -21,8 +21,8 @@ The mask comes from each record's `length` field, never from `x == 0`: a
 genuine all-zero timestep is real data and has weight 1.0. Padding is on the
 right (real steps first, as cuDNN wants it), and padded values of `x` and of
 the target are 0.0. `T` differs from batch to batch (length bucketing); `F`
-is static. `B` is the per-replica batch size; the last batch of a bucket may
-be smaller (no record is ever dropped).
+is static. `B` is the per-replica batch size and varies with `T` (see
+Batching); no record is ever dropped.
 
 A literal example: F=2, normalize off, two sequences in one batch,
 `a = [[1, 2], [0, 0], [3, 4]]` (length 3, with a genuine all-zero step) and
@@ -37,31 +37,51 @@ A literal example: F=2, normalize off, two sequences in one batch,
                       [[5, 6], [0, 0], [0, 0]]]
     weights        = inputs["mask"]
 
-Batching
---------
+Batching (`DataConfig.batching`)
+--------------------------------
 
-Records are grouped by length into buckets with boundaries
-`b_0 < b_1 < ... < b_{n-1}` (`DataConfig.bucket_boundaries`, else the
-metadata's `bucket_boundaries`): bucket `i` holds lengths in `(b_{i-1}, b_i]`
-and a final *overflow* bucket holds lengths `> b_{n-1}` (empty when the last
-boundary is the longest length, as the metadata's is; with custom boundaries
-it keeps longer sequences instead of dropping them or failing, as
-`tf.data.Dataset.bucket_by_sequence_length(pad_to_bucket_boundary=True)`
-would). Each bucket's batch size is `batch_size`, or with `timestep_budget`
-`max(1, budget // bucket_upper_length)`. With `pad_to_bucket_boundary` every
-batch of bucket `i` has `T = b_i` exactly (at most n + 1 distinct `T`, the
-overflow bucket padding to its batch maximum); otherwise each batch is padded
-to its own longest sequence. `pad_to_max` disables bucketing and pads every
-batch to the dataset's longest length (`length_stats.max`): the naive recipe,
-kept for benchmarks. `padding_efficiency` measures the difference.
+`sorted_window` (default; fairseq/tensor2tensor style): the shuffled record
+stream is cut into windows of `sort_window` records; each window is sorted by
+length (stable) and cut into batches in that order; the batches are shuffled.
+A batch padded to `T` holds `min(batch_size, max(1, budget // T))` records
+(`timestep_budget`; -1 = `batch_size x length_stats.mean`), and `T` is a value
+of `buckets.length_grid(length_stats.max, length_grid)`: the first grid value
+whose full batch of the next records fits. So every batch but the last of
+each window is full, batches have at most `len(grid)` distinct shapes
+`(B(T), T)` plus one per window (87 grid values for lengths up to 356 with
+the default 16 per doubling), and `B x T <= budget` except for a single
+sequence longer than the budget. Sequences longer than the grid (custom
+metadata) pad to their batch's longest. Seed-shaped data: padding efficiency
+0.96 on uniform and on long-tailed lengths (`benchmarks/padding_efficiency.py`).
+
+`buckets`: records are grouped by length as they stream by, with boundaries
+`b_0 < b_1 < ... < b_{n-1}` (`DataConfig.bucket_boundaries`, else
+`num_buckets` boundaries minimizing padding for the metadata's length
+histogram, else the metadata's `bucket_boundaries`): bucket `i` holds lengths
+in `(b_{i-1}, b_i]` and a final *overflow* bucket holds lengths `> b_{n-1}`
+(empty when the last boundary is the longest length, as the metadata's is;
+with custom boundaries it keeps longer sequences instead of dropping them or
+failing, as `tf.data.Dataset.bucket_by_sequence_length(pad_to_bucket_boundary=True)`
+would). Each bucket's batch size is `batch_size`, or with a `timestep_budget`
+`min(batch_size, max(1, budget // bucket_upper_length))`. With
+`pad_to_bucket_boundary` every batch of bucket `i` has `T = b_i` exactly (at
+most n + 1 distinct `T`, the overflow bucket padding to its batch maximum);
+otherwise each batch is padded to its own longest sequence. The last batch
+of every bucket may be smaller.
+
+`pad_to_max` disables both and pads every batch to the dataset's longest
+length (`length_stats.max`): the naive recipe, kept for benchmarks.
+`padding_efficiency` measures the difference. Records are parsed
+`_PARSE_BATCH` at a time with one `tf.io.parse_example` call.
 
 Order, shuffling, distribution
 ------------------------------
 
 `training=True` shuffles records (buffer `shuffle_buffer`, seed `seed`, a
-new order every epoch) and file order, unless `deterministic`; there is no
-`repeat`: iterate the dataset once per epoch. `training=False` reads in a
-fixed order. Note that batches come out grouped by bucket as windows fill.
+new order every epoch), file order and (sorted windows) batch order, unless
+`deterministic`; there is no `repeat`: iterate the dataset once per epoch.
+`training=False` reads in a fixed order (sorted windows: ascending length
+within each window). Bucketed batches come out grouped by bucket as they fill.
 
 `DataConfig.batch_size` and `timestep_budget` are GLOBAL (summed over
 replicas). With an `input_context` (`strategy.distribute_datasets_from_function`)
@@ -98,6 +118,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from seqpipe import buckets as length_buckets
 from seqpipe import records
 from seqpipe.config import DataConfig
 
@@ -110,6 +131,8 @@ _RECORD_OVERHEAD = 16
 # Parallel shard readers; fixed (not AUTOTUNE, which is the core count) so that
 # the record order is the same on every machine, which record sharding needs.
 _MAX_CYCLE_LENGTH = 16
+# Records parsed per `tf.io.parse_example` call (vectorized parsing).
+_PARSE_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +151,22 @@ class Bucket:
     max_length: int | None
     pad_length: int | None
     batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """How one input pipeline cuts sorted windows into batches.
+
+    Attributes:
+        window: records sorted together.
+        grid: the lengths T a batch is padded to (increasing); a batch longer
+            than the last one is padded to its own longest sequence.
+        batch_sizes: records in a full batch padded to `grid[i]`.
+    """
+
+    window: int
+    grid: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
 
 
 def make_dataset(
@@ -208,19 +247,21 @@ def make_dataset(
     if num_pipelines > 1 and not shard_files:
         ds = ds.shard(num_pipelines, pipeline_id)
 
+    if not ordered:  # shuffle the serialized records: cheaper to move than parsed ones
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     stats = normalization if normalization is not None else metadata.get("feature_stats")
     mean, std = _normalization(stats, num_features) if cfg.normalize else (None, None)
-    ds = ds.map(
-        lambda path, record: _parse(path, record, num_features, mean, std, cfg.reverse_target),
-        num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    if skip_corrupt:
-        ds = ds.ignore_errors(log_warning=True)
-    if not ordered:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = _parse_records(ds, num_features, mean, std, cfg.reverse_target, skip_corrupt, ordered)
 
-    buckets = plan_buckets(cfg, metadata, num_replicas_in_sync=replicas,
-                           per_replica_batch_size=_per_replica_batch(cfg, input_context))
-    ds = _batch(ds, buckets, num_features)
+    per_replica_batch = _per_replica_batch(cfg, input_context)
+    if cfg.batching == "sorted_window" and not cfg.pad_to_max:
+        plan = plan_window(cfg, metadata, num_replicas_in_sync=replicas,
+                           per_replica_batch_size=per_replica_batch)
+        ds = _sorted_window_batches(ds, plan, num_features, ordered, cfg.seed)
+    else:
+        buckets = plan_buckets(cfg, metadata, num_replicas_in_sync=replicas,
+                               per_replica_batch_size=per_replica_batch)
+        ds = _batch(ds, buckets, num_features)
     ds = ds.map(lambda batch: _to_element(batch, with_keys), num_parallel_calls=AUTOTUNE,
                 deterministic=ordered)
     ds = ds.prefetch(AUTOTUNE)
@@ -253,29 +294,95 @@ def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
     max_length = int(metadata.get("length_stats", {}).get("max", 0))
     if per_replica_batch_size is None:
         per_replica_batch_size = max(1, cfg.batch_size // num_replicas_in_sync)
-    budget = cfg.timestep_budget // num_replicas_in_sync if cfg.timestep_budget else 0
-    if cfg.timestep_budget and budget < 1:
-        raise ValueError(f"timestep_budget {cfg.timestep_budget} is smaller than the "
-                         f"{num_replicas_in_sync} replicas it is split over")
-
-    def batch_size(length: int) -> int:
-        return max(1, budget // length) if budget else per_replica_batch_size
-
+    budget = timestep_budget(cfg, metadata, num_replicas_in_sync, per_replica_batch_size,
+                             auto=False)
     if cfg.pad_to_max:
         if max_length < 1:
             raise records.DatasetError("pad_to_max needs length_stats.max in the metadata")
-        return [Bucket(max_length, max_length, batch_size(max_length))]
-    boundaries = [int(b) for b in (cfg.bucket_boundaries or metadata.get("bucket_boundaries")
-                                   or ())]
+        return [Bucket(max_length, max_length,
+                       _capped_batch_size(per_replica_batch_size, budget, max_length))]
+    boundaries = bucket_boundaries(cfg, metadata)
+    buckets = [Bucket(b, b if cfg.pad_to_bucket_boundary else None,
+                      _capped_batch_size(per_replica_batch_size, budget, b))
+               for b in boundaries]
+    overflow_length = max([max_length, *boundaries[-1:], 1])
+    buckets.append(Bucket(None, None,
+                          _capped_batch_size(per_replica_batch_size, budget, overflow_length)))
+    return buckets
+
+
+def bucket_boundaries(cfg: DataConfig, metadata: Mapping[str, Any]) -> list[int]:
+    """The boundaries `batching: buckets` uses.
+
+    `cfg.bucket_boundaries`, else with `cfg.num_buckets` that many derived from
+    the metadata's length histogram (`buckets.optimal_boundaries`), else the
+    metadata's `bucket_boundaries`.
+    """
+    if cfg.bucket_boundaries:
+        boundaries = [int(b) for b in cfg.bucket_boundaries]
+    elif cfg.num_buckets:
+        histogram = metadata.get("length_stats", {}).get("histogram")
+        if not histogram:
+            raise records.DatasetError("num_buckets needs length_stats.histogram in the "
+                                       "metadata")
+        boundaries = length_buckets.optimal_boundaries(histogram, cfg.num_buckets)
+    else:
+        boundaries = [int(b) for b in metadata.get("bucket_boundaries") or ()]
     if any(b >= c for b, c in zip(boundaries, boundaries[1:], strict=False)) or (
             boundaries and boundaries[0] < 1):
         raise records.DatasetError(f"bucket boundaries must be increasing positive ints; "
                                    f"Received: {boundaries}")
-    buckets = [Bucket(b, b if cfg.pad_to_bucket_boundary else None, batch_size(b))
-               for b in boundaries]
-    overflow_length = max([max_length, *boundaries[-1:], 1])
-    buckets.append(Bucket(None, None, batch_size(overflow_length)))
-    return buckets
+    return boundaries
+
+
+def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
+                num_replicas_in_sync: int = 1,
+                per_replica_batch_size: int | None = None) -> WindowPlan:
+    """The padding grid and full-batch sizes of `batching: sorted_window`.
+
+    The grid is `buckets.length_grid(length_stats.max, cfg.length_grid)`; a
+    full batch padded to `grid[i]` holds `min(batch_size, budget // grid[i])`
+    records (at least 1), the budget being `timestep_budget` per replica.
+    """
+    if per_replica_batch_size is None:
+        per_replica_batch_size = max(1, cfg.batch_size // num_replicas_in_sync)
+    max_length = int(metadata.get("length_stats", {}).get("max") or 0)
+    if max_length < 1:
+        raise records.DatasetError("batching sorted_window needs length_stats.max in the "
+                                   "metadata")
+    budget = timestep_budget(cfg, metadata, num_replicas_in_sync, per_replica_batch_size,
+                             auto=True)
+    grid = length_buckets.length_grid(max_length, cfg.length_grid)
+    return WindowPlan(window=cfg.sort_window, grid=tuple(grid),
+                      batch_sizes=tuple(_capped_batch_size(per_replica_batch_size, budget, t)
+                                        for t in grid))
+
+
+def timestep_budget(cfg: DataConfig, metadata: Mapping[str, Any], num_replicas_in_sync: int,
+                    per_replica_batch_size: int, *, auto: bool) -> int:
+    """The per-replica timestep budget; 0 for none.
+
+    `cfg.timestep_budget` -1 means `per_replica_batch_size * length_stats.mean`
+    when `auto` (sorted windows), else none.
+    """
+    if cfg.timestep_budget == -1:
+        if not auto:
+            return 0
+        mean = metadata.get("length_stats", {}).get("mean")
+        if not mean:
+            raise records.DatasetError("timestep_budget -1 (auto) needs length_stats.mean in "
+                                       "the metadata; set data.timestep_budget")
+        return max(1, round(per_replica_batch_size * float(mean)))
+    budget = cfg.timestep_budget // num_replicas_in_sync if cfg.timestep_budget else 0
+    if cfg.timestep_budget and budget < 1:
+        raise ValueError(f"timestep_budget {cfg.timestep_budget} is smaller than the "
+                         f"{num_replicas_in_sync} replicas it is split over")
+    return budget
+
+
+def _capped_batch_size(batch_size: int, budget: int, length: int) -> int:
+    """Records in a batch padded to `length`: at most batch_size and budget // length."""
+    return min(batch_size, max(1, budget // length)) if budget else batch_size
 
 
 def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
@@ -284,11 +391,12 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
     Returns:
         `efficiency` (real / padded timesteps), `real_timesteps`,
         `padded_timesteps` (sum of B*T), `num_batches`, `num_records`,
-        `distinct_shapes` (distinct [B, T] pairs: what a compiler retraces on)
-        and `distinct_lengths` (distinct T).
+        `distinct_shapes` (distinct [B, T] pairs: what a compiler retraces on),
+        `distinct_lengths` (distinct T) and `batch_sizes` ({B: batches}).
     """
     real = padded = batches = num_records = 0
     shapes: set[tuple[int, int]] = set()
+    sizes: dict[int, int] = {}
     for _, _, weights in dataset.as_numpy_iterator():
         b, t = weights.shape
         real += int(weights.sum())
@@ -296,6 +404,7 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
         batches += 1
         num_records += b
         shapes.add((b, t))
+        sizes[b] = sizes.get(b, 0) + 1
     return {
         "efficiency": real / padded if padded else float("nan"),
         "real_timesteps": real,
@@ -304,6 +413,7 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
         "num_records": num_records,
         "distinct_shapes": len(shapes),
         "distinct_lengths": len({t for _, t in shapes}),
+        "batch_sizes": dict(sorted(sizes.items())),
     }
 
 
@@ -394,28 +504,123 @@ def _normalization(stats: Mapping[str, Any] | None, num_features: int):
     return np.asarray(mean, np.float32), std
 
 
-def _parse(path, record, num_features, mean, std, reverse_target):
-    """One record -> unbatched dict: x/target [L, F], mask [L], id, label, length."""
-    parsed = tf.io.parse_single_example(record, records.tf_feature_spec(num_features))
-    steps = parsed[records.STEPS_KEY]
+def _parse_records(ds: tf.data.Dataset, num_features: int, mean, std, reverse_target: bool,
+                   skip_corrupt: bool, ordered: bool) -> tf.data.Dataset:
+    """`(path, record)` pairs -> one dict per record (see `_parse_batch`).
+
+    Records are parsed `_PARSE_BATCH` at a time with one `tf.io.parse_example`
+    call (much faster than `parse_single_example` per record); with
+    `skip_corrupt` one at a time, so that a bad record drops only itself.
+    """
+    ds = ds.batch(1 if skip_corrupt else _PARSE_BATCH)
+    ds = ds.map(lambda paths, serialized: _parse_batch(
+        paths, serialized, num_features, mean, std, reverse_target),
+        num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    return ds.unbatch()
+
+
+def _parse_batch(paths, serialized, num_features, mean, std, reverse_target):
+    """Serialized records -> dict of x/target [N, (L), F] and mask [N, (L)] ragged,
+    id, label [N] and length [N] int32; fails naming the first inconsistent record."""
+    spec = {**records.tf_feature_spec(num_features),
+            records.STEPS_KEY: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)}
+    parsed = tf.io.parse_example(serialized, spec)
+    values = parsed[records.STEPS_KEY]
     length = tf.cast(parsed[records.LENGTH_KEY], tf.int32)
-    num_steps = tf.shape(steps)[0]
-    consistent = tf.debugging.Assert(
-        tf.logical_and(tf.equal(num_steps, length), length >= 1),
-        ["seqpipe: record", parsed[records.ID_KEY], "in", path, "has length", length,
-         "but", num_steps, "steps"])
-    with tf.control_dependencies([consistent]):
-        x = tf.identity(steps)
+    num_values = tf.cast(values.row_lengths(), tf.int32)
+    consistent = tf.logical_and(tf.equal(num_values, length * num_features), length >= 1)
+    bad = tf.argmin(tf.cast(consistent, tf.int32))
+    check = tf.debugging.Assert(tf.reduce_all(consistent), [
+        "seqpipe: record", tf.gather(parsed[records.ID_KEY], bad), "in", tf.gather(paths, bad),
+        "has length", tf.gather(length, bad), "but", tf.gather(num_values, bad), "values for",
+        num_features, "features"])
+    with tf.control_dependencies([check]):
+        steps = tf.reshape(values.flat_values, [-1, num_features])
     if mean is not None:
-        x = (x - mean) / std
+        steps = (steps - mean) / std
+    x = tf.RaggedTensor.from_row_lengths(steps, tf.cast(length, tf.int64), validate=False)
     return {
         "x": x,
-        "target": tf.reverse(x, axis=[0]) if reverse_target else x,
-        "mask": tf.ones([length], tf.float32),
+        "target": _reverse_rows(x) if reverse_target else x,
+        "mask": tf.RaggedTensor.from_row_lengths(
+            tf.ones([tf.shape(steps)[0]], tf.float32), x.row_lengths(), validate=False),
         "id": parsed[records.ID_KEY],
         "label": parsed[records.LABEL_KEY],
         "length": length,
     }
+
+
+def _reverse_rows(x: tf.RaggedTensor) -> tf.RaggedTensor:
+    """Each row of a ragged [N, (L), F] reversed within its own length."""
+    rows = x.value_rowids()
+    starts = tf.gather(x.row_starts(), rows)
+    ends = tf.gather(x.row_limits(), rows)
+    position = tf.range(tf.shape(x.flat_values, out_type=tf.int64)[0])
+    return x.with_flat_values(tf.gather(x.flat_values, starts + ends - 1 - position))
+
+
+def _sorted_window_batches(ds: tf.data.Dataset, plan: WindowPlan, num_features: int,
+                           ordered: bool, seed: int) -> tf.data.Dataset:
+    """Per-record dicts -> batches: sort windows by length, cut, shuffle the batches."""
+    grid = tf.constant(plan.grid, tf.int32)
+    sizes = tf.constant(plan.batch_sizes, tf.int32)
+    ds = ds.ragged_batch(plan.window)
+    ds = ds.map(lambda window: (window, _window_cuts(window["length"], grid, sizes)),
+                num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    ds = ds.flat_map(lambda window, cuts: tf.data.Dataset.from_tensor_slices(cuts).map(
+        lambda order, pad: _gather_batch(window, order, pad, num_features)))
+    if not ordered:
+        batches_per_window = -(-plan.window // min(plan.batch_sizes))
+        ds = ds.shuffle(min(batches_per_window, plan.window), seed=seed,
+                        reshuffle_each_iteration=True)
+    return ds
+
+
+def _window_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
+    """Cuts a window into full batches: `(order [num_batches, max_size], pad [num_batches])`.
+
+    Records sorted by length (stable) are taken in order. A batch starting at
+    record i is padded to the first grid value T whose full batch (`sizes`)
+    of records i, i+1, ... all fit in T, and holds that many records; only a
+    window's last batch may hold fewer. Lengths beyond the last grid value pad
+    to their batch's longest. `order` rows list the batch's record indices,
+    padded with -1.
+    """
+    order = tf.argsort(lengths, stable=True)
+    sorted_lengths = tf.gather(lengths, order)
+    n = tf.size(lengths)
+    max_size = tf.reduce_max(sizes)
+
+    def cut(start, rows, pads):
+        last = tf.minimum(start + sizes - 1, n - 1)
+        fits = tf.gather(sorted_lengths, last) <= grid
+        g = tf.where(tf.reduce_any(fits), tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32),
+                     tf.size(grid) - 1)
+        size = tf.minimum(sizes[g], n - start)
+        pad = tf.maximum(grid[g], sorted_lengths[start + size - 1])
+        row = tf.pad(order[start:start + size], [[0, max_size - size]], constant_values=-1)
+        return start + size, rows.write(rows.size(), row), pads.write(pads.size(), pad)
+
+    _, rows, pads = tf.while_loop(
+        lambda start, rows, pads: start < n, cut,
+        (tf.constant(0), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                        element_shape=[None]),
+         tf.TensorArray(tf.int32, size=0, dynamic_size=True)))
+    return rows.stack(), pads.stack()
+
+
+def _gather_batch(window, order, pad, num_features):
+    """One batch of a window: rows `order` (ignoring -1), right-padded to T=`pad`."""
+    order = tf.boolean_mask(order, order >= 0)
+    batch = {key: tf.gather(window[key], order) for key in ("id", "label", "length")}
+    size = tf.size(order)
+    for key in ("x", "target"):
+        batch[key] = tf.gather(window[key], order).to_tensor(
+            shape=tf.stack([size, pad, num_features]))
+    batch["mask"] = tf.sequence_mask(batch["length"], pad, tf.float32)
+    return batch
 
 
 def _per_replica_batch(cfg: DataConfig, input_context) -> int:
@@ -439,6 +644,11 @@ def _padded_shapes(num_features: int, pad_length: tf.Tensor) -> dict[str, tf.Ten
 
 
 def _batch(ds: tf.data.Dataset, buckets: Sequence[Bucket], num_features: int):
+    """Per-record dicts -> bucketed padded batches (`batching: buckets`, `pad_to_max`)."""
+    # Unbatched ragged rows arrive as rank-0-ragged specs, which padded_batch refuses.
+    ds = ds.map(lambda record: {key: tf.convert_to_tensor(value)
+                                for key, value in record.items()},
+                num_parallel_calls=AUTOTUNE)
     if len(buckets) == 1 and buckets[0].max_length is not None:  # pad_to_max
         only = buckets[0]
         return ds.padded_batch(only.batch_size, _padded_shapes(num_features, only.pad_length))

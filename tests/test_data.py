@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -27,8 +28,8 @@ LABELS = {"a": "x", "b": "y", "c": "x", "d": "y", "e": "x"}
 # Hand-written train stats; std 0 must act as 1.
 MEAN, STD = [1.0, 2.0], [2.0, 0.0]
 
-DETERMINISTIC = DataConfig(batch_size=2, bucket_boundaries=(2, 5), normalize=False,
-                           deterministic=True)
+DETERMINISTIC = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5),
+                           normalize=False, deterministic=True)
 
 
 def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compression="none",
@@ -98,8 +99,8 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_exact_batches(tiny, normalize):
-    cfg = DataConfig(batch_size=2, bucket_boundaries=(2, 5), normalize=normalize,
-                     deterministic=True)
+    cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5),
+                     normalize=normalize, deterministic=True)
     out = batches(tiny, cfg)
     assert len(out) == 3
     assert_batch(out[0], [SEQS["a"], SEQS["b"]], 2, normalize=normalize)
@@ -123,7 +124,7 @@ def test_genuine_zero_step_is_real(tiny):
 
 
 def test_reverse_target_within_own_length(tiny):
-    cfg = DataConfig(batch_size=2, bucket_boundaries=(2, 5), normalize=True,
+    cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5), normalize=True,
                      reverse_target=True, deterministic=True)
     out = batches(tiny, cfg)
     assert_batch(out[0], [SEQS["a"], SEQS["b"]], 2, normalize=True, reverse=True)
@@ -146,11 +147,15 @@ EXPECTED_STEPS = EXPECTED_STEPS[np.lexsort(EXPECTED_STEPS.T[::-1])]
 
 
 @pytest.mark.parametrize("cfg", [
-    DataConfig(batch_size=2, normalize=False, shuffle_buffer=3),
-    DataConfig(timestep_budget=6, pad_to_bucket_boundary=False, normalize=False),
-    DataConfig(batch_size=3, bucket_boundaries=(1, 3), normalize=False),
+    DataConfig(batching="buckets", batch_size=2, normalize=False, shuffle_buffer=3),
+    DataConfig(batching="buckets", timestep_budget=6, pad_to_bucket_boundary=False,
+               normalize=False),
+    DataConfig(batching="buckets", batch_size=3, bucket_boundaries=(1, 3), normalize=False),
     DataConfig(batch_size=2, pad_to_max=True, normalize=False),
-], ids=["shuffled", "budget", "overflow", "pad_to_max"])
+    DataConfig(batch_size=2, normalize=False, shuffle_buffer=3),
+    DataConfig(batch_size=3, timestep_budget=6, sort_window=2, length_grid=1,
+               normalize=False),
+], ids=["shuffled", "budget", "overflow", "pad_to_max", "window", "small_windows"])
 def test_every_real_step_once_per_epoch(tmp_path, cfg):
     root = write_dataset(tmp_path, num_shards=3)
     ds = data.make_dataset(root, "train", cfg, training=True)
@@ -173,14 +178,14 @@ def shapes(out):
 
 def test_padding_modes(tiny):
     # Metadata boundaries [2, 5, 8]: T is exactly a boundary.
-    cfg = DataConfig(batch_size=2, normalize=False, deterministic=True)
+    cfg = DataConfig(batching="buckets", batch_size=2, normalize=False, deterministic=True)
     assert shapes(batches(tiny, cfg)) == [(2, 2), (2, 5), (1, 8)]
     # Boundaries (2, 4): "d" and "e" overflow, kept, padded to their batch max.
-    cfg = DataConfig(batch_size=2, bucket_boundaries=(2, 4), normalize=False,
+    cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 4), normalize=False,
                      deterministic=True)
     assert shapes(batches(tiny, cfg)) == [(2, 2), (2, 8), (1, 4)]
     # Without pad_to_bucket_boundary: each batch's own longest length.
-    cfg = DataConfig(batch_size=2, bucket_boundaries=(4, 8), normalize=False,
+    cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(4, 8), normalize=False,
                      pad_to_bucket_boundary=False, deterministic=True)
     assert shapes(batches(tiny, cfg)) == [(2, 2), (2, 8), (1, 3)]
     # pad_to_max: T = the longest length everywhere, no bucketing.
@@ -193,7 +198,7 @@ def test_timestep_budget_batch_sizes(tmp_path):
     seqs = {f"s{i:02d}": rng.normal(size=(n, 2)) for i, n in
             enumerate([1] * 7 + [4] * 5 + [8] * 3)}
     root = write_dataset(tmp_path, seqs, boundaries=[2, 4, 8])
-    cfg = DataConfig(timestep_budget=16, normalize=False, deterministic=True)
+    cfg = DataConfig(batching="buckets", timestep_budget=16, normalize=False, deterministic=True)
     buckets = data.plan_buckets(cfg, json.loads((root / "metadata.json").read_text()))
     assert [b.batch_size for b in buckets] == [8, 4, 2, 2]
     out = batches(root, cfg)
@@ -326,9 +331,85 @@ def test_split_without_shards(tmp_path):
 
 
 def test_padding_efficiency(tiny):
-    cfg = DataConfig(batch_size=2, normalize=False, deterministic=True)
+    cfg = DataConfig(batching="buckets", batch_size=2, normalize=False, deterministic=True)
     stats = data.padding_efficiency(data.make_dataset(tiny, "train", cfg, training=False))
     # Batches (2, 2), (2, 5), (1, 8): 4 + 10 + 8 padded steps hold 19 real ones.
     assert stats == {"efficiency": 19 / 22, "real_timesteps": 19, "padded_timesteps": 22,
                      "num_batches": 3, "num_records": 5, "distinct_shapes": 3,
-                     "distinct_lengths": 3}
+                     "distinct_lengths": 3, "batch_sizes": {1: 1, 2: 2}}
+
+
+# ---------------------------------------------------------------- sorted windows
+
+WINDOW = DataConfig(batch_size=2, timestep_budget=0, normalize=False, deterministic=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sorted_window_exact_batches(tmp_path, reverse):
+    # Shards hold a, c, e and b, d: read interleaved (a, b, c, d, e), sorted by
+    # length, cut into pairs; the grid of max length 8 holds every length 1..8.
+    root = write_dataset(tmp_path, num_shards=2)
+    out = batches(root, dataclasses.replace(WINDOW, reverse_target=reverse))
+    assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
+    assert_batch(out[0], [SEQS["a"], SEQS["b"]], 2, reverse=reverse)
+    assert_batch(out[1], [SEQS["c"], SEQS["d"]], 5, reverse=reverse)
+    assert_batch(out[2], [SEQS["e"]], 8, reverse=reverse)
+
+
+def test_sorted_window_pads_to_the_grid(tiny):
+    # length_grid=1: one grid value per doubling, [1, 2, 4, 8]; "d" (5) pads to 8.
+    out = batches(tiny, dataclasses.replace(WINDOW, length_grid=1))
+    assert shapes(out) == [(2, 2), (2, 8), (1, 8)]
+    assert_batch(out[1], [SEQS["c"], SEQS["d"]], 8)
+
+
+def test_sorted_window_budget_gives_full_batches(tiny):
+    # batch_size 4, budget 6 on the grid 1..8: full batch sizes 4, 3, 2, 1, 1, ...
+    # Records a, b (lengths 1, 2) with c (3) do not fit T=2 as a batch of 3, so
+    # the first batch is the full batch of T=3: two records.
+    cfg = dataclasses.replace(WINDOW, batch_size=4, timestep_budget=6)
+    out = batches(tiny, cfg)
+    assert shapes(out) == [(2, 3), (1, 4), (1, 5), (1, 8)]
+    assert_batch(out[0], [SEQS["a"], SEQS["b"]], 3)
+    assert_batch(out[3], [SEQS["e"]], 8)  # longer than the budget: alone, kept
+
+
+def test_sorted_window_auto_budget(tiny):
+    # -1: batch_size x mean length = 4 x 3.8 -> 15 timesteps per batch.
+    plan = data.plan_window(dataclasses.replace(WINDOW, batch_size=4, timestep_budget=-1),
+                            json.loads((tiny / records.METADATA_FILE).read_text()))
+    assert plan.grid == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert plan.batch_sizes == (4, 4, 4, 3, 3, 2, 2, 1)
+
+
+def test_sorted_window_overflow_pads_to_batch_max(tmp_path):
+    # Metadata claims max length 4: "d" (5) and "e" (8) are past the grid's
+    # end [1..4] and pad to their batch's longest; nothing is dropped.
+    root = write_dataset(tmp_path)
+    metadata = json.loads((root / records.METADATA_FILE).read_text())
+    metadata["length_stats"]["max"] = 4
+    out = batches(root, WINDOW, metadata=metadata)
+    assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
+    assert_batch(out[2], [SEQS["e"]], 8)
+
+
+def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 41, 60)
+    seqs = {f"s{i:02d}": rng.normal(size=(n, 2)) for i, n in enumerate(lengths)}
+    root = write_dataset(tmp_path, seqs, num_shards=3)
+    cfg = DataConfig(batch_size=6, timestep_budget=60, sort_window=25, length_grid=4,
+                     normalize=False, shuffle_buffer=20, seed=2)
+    metadata = records.read_metadata(root)
+    plan = data.plan_window(cfg, metadata)
+    full = dict(zip(plan.grid, plan.batch_sizes, strict=True))
+    ds = data.make_dataset(root, "train", cfg, training=True, with_keys=True)
+    for _ in range(2):
+        out = list(ds.as_numpy_iterator())
+        ids = [sid.decode() for inputs, _, _ in out for sid in inputs["id"]]
+        assert sorted(ids) == sorted(seqs)  # the longest (40) included
+        partial = [(b, t) for b, t in shapes(out) if b != full[t]]
+        assert all(t in full and b <= full[t] for b, t in shapes(out))
+        assert len(partial) <= 3  # at most the last batch of each of the 3 windows
+        assert all(b * t <= 60 for b, t in shapes(out))
+        assert sum(w.sum() for _, _, w in out) == lengths.sum()
