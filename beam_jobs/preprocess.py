@@ -5,9 +5,10 @@
         [--direct_num_workers=2 --direct_running_mode=multi_processing | --runner ...]
 
 App flags are parsed here; every other flag is a Beam pipeline option. Inputs
-are JSON lines (`{"id", "steps", "label"?, "split"?}`) or long-format CSV (one
-row per timestep: id, time and feature columns, optional label and split; see
-`seqpipe.sources`), told apart by suffix; globs, several inputs and `.gz` welcome.
+are JSON lines (`{"id", "steps", "label"?, "split"?}`) or long-format CSV or
+Parquet (one row per timestep: id, time and feature columns, optional label and
+split; see `seqpipe.sources`), told apart by suffix (`.jsonl`, `.csv`,
+`.parquet`); globs, several inputs and `.gz` (not for Parquet) welcome.
 The job reads every record, validates it (rejects go to `rejects/` with a
 reason; nothing is dropped silently), assigns splits (the record's own, else a
 stable hash of its id), writes TFRecord shards per split and computes the
@@ -28,7 +29,16 @@ Decisions (details where they are made):
 - feature count: the most common width; other widths are rejected
   (`sources.dataset_feature_count`).
 - duplicate ids: the copy from the smallest (file, line) is kept, the others
-  are rejected (`sources.resolve_duplicates`).
+  are rejected (`sources.check_duplicate`); only (id, origin) pairs are
+  grouped, never whole sequences.
+- reading: a JSONL or CSV file is read whole by one worker (exact line
+  numbers; gzip cannot be split anyway), so parallelism comes from the number
+  of input files: give a big dataset as many files (a glob), as exports
+  usually are. Parquet files are read by row group (exact row numbers), so
+  one big Parquet file is read by many workers.
+- all records rejected: the dataset is still written (0 records, `rejects/`,
+  metadata.json with the counts, `tfds_readable` false) so the rejects can be
+  inspected next to the counts; the summary says so.
 - shards: `num_shards` per split if set, else one per 64 MiB of records, at
   least 2, at most one per record; records go to shards by a hash of their id
   and are written in a fixed order, so re-runs give byte-identical shards
@@ -62,15 +72,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import transforms
+from seqpipe import buckets, records, sources
 from seqpipe import config as config_lib
-from seqpipe import records, sources
 from seqpipe.errors import SeqpipeError
 
 WORK_DIR = "_work"
 PARTS_DIR = "parts"
 SUMMARY_FILE = "summary.json"
 REJECTS_DIR = "rejects"
-FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",)}
+FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",),
+                   "parquet": (".parquet",)}
 TFDS_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
@@ -182,6 +193,8 @@ def make_reader(input_format: str, cfg: config_lib.PreprocessConfig) -> beam.PTr
         return transforms.ReadJsonLines(*limits)
     if input_format == "csv":
         return transforms.ReadCsvLong(long_format(cfg), *limits)
+    if input_format == "parquet":
+        return transforms.ReadParquetLong(long_format(cfg), *limits)
     raise InputError(f"input format {input_format!r} is not implemented yet "
                      f"(readable: {list(FORMAT_SUFFIXES)})")
 
@@ -210,23 +223,29 @@ def group_by_format(files: Sequence[str], configured: str) -> dict[str, list[str
 
 def _format_of_suffix(path: str) -> str:
     stem = path[:-3] if path.endswith(".gz") else path
+    if path.endswith(".parquet.gz"):
+        raise InputError(f"{path}: gzip-wrapped Parquet is not supported (Parquet "
+                         "compresses its pages itself)")
     for fmt, suffixes in FORMAT_SUFFIXES.items():
         if stem.endswith(suffixes):
             return fmt
-    if stem.endswith(".parquet"):
-        return "parquet"
     raise InputError(f"{path}: cannot tell the format from the suffix; use "
-                     f".jsonl/.csv (optionally .gz) or set preprocess.input_format")
+                     f".jsonl/.csv (optionally .gz), .parquet or set preprocess.input_format")
 
 
 def feature_names(files_by_format: Mapping[str, Sequence[str]],
                   cfg: config_lib.PreprocessConfig, num_features: int) -> list[str]:
-    """Configured feature columns, else the first CSV header's, else f0, f1, ..."""
+    """Configured feature columns, else the first CSV/Parquet file's, else f0, f1, ..."""
     names: list[str] = list(cfg.feature_columns)
     if not names and files_by_format.get("csv"):
         with FileSystems.open(files_by_format["csv"][0]) as stream:
             header = next(csv.reader([stream.readline().decode("utf-8", "replace")]), [])
         names = long_format(cfg).features_of([column.strip() for column in header])
+    elif not names and files_by_format.get("parquet"):
+        import pyarrow.parquet as pq
+
+        with FileSystems.open(files_by_format["parquet"][0]) as stream:
+            names = long_format(cfg).features_of(pq.read_schema(stream).names)
     if len(names) != num_features:
         names = [f"f{i}" for i in range(num_features)]
     return names
@@ -308,7 +327,8 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
         "splits": splits,
         "length_stats": transforms.length_stats(length_counts),
         "feature_stats": summary["feature_moments"],
-        "bucket_boundaries": transforms.bucket_boundaries(length_counts, cfg.num_buckets),
+        "bucket_boundaries": buckets.optimal_boundaries(
+            buckets.exact_histogram(length_counts), cfg.num_buckets),
         "labels": sorted(label for label, _ in summary["label_counts"]),
         "label_counts": dict(summary["label_counts"]),
         "counts": counts,
@@ -368,6 +388,9 @@ def format_summary(metadata: Mapping[str, Any], output_dir: str, seconds: float)
                      f"rejected {per_file['rejected']}")
     if counts["rejected"]:
         lines.append(f"  rejects: {os.path.join(output_dir, REJECTS_DIR)}/")
+    if not counts["written"]:
+        lines.append("  WARNING: no record was written (every record was rejected, or "
+                     "the inputs are empty); the dataset has no records")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The PTransforms of the preprocessing job, one per concern.
 
-    file paths ──read_jsonl──▶ Sequence | Rejection  (one per non-blank line, parsed
-      and length-checked) ──route_rejections──▶ Sequence
+    file paths ──read_jsonl | read_csv | read_parquet──▶ Sequence | Rejection  (one per
+      record, parsed and length-checked) ──route_rejections──▶ Sequence
       ──check_feature_count──▶ ──drop_duplicate_ids──▶ Sequence
       ──assign_splits──▶ (split, Sequence) ──write_shards──▶ ShardPart per shard file
     rejections of every stage ──write_rejects──▶ rejects/*.jsonl
@@ -12,8 +12,9 @@ module wires it into Beam, counts every rejection with a Beam counter
 (`seqpipe/rejected_<reason>`) and aggregates statistics with CombineFns whose
 merges are exact or numerically stable (Chan et al.'s parallel variance).
 
-Readers: `ReadJsonLines` (one record a line) and `ReadCsvLong` (long format,
-one row per timestep). A new input format is one more reader PTransform that turns file paths into
+Readers: `ReadJsonLines` (one record a line), `ReadCsvLong` and
+`ReadParquetLong` (long format, one row per timestep, both ending in
+`AssembleLongRows`). A new input format is one more reader PTransform that turns file paths into
 `Sequence | Rejection` elements, one per input record, checked on their own
 (a long-format reader groups rows by id with a GroupByKey, sorts them by time,
 then applies `sources.check_length`); everything downstream is shared.
@@ -89,7 +90,8 @@ class ReadJsonLines(beam.PTransform):
     """File paths -> one `Sequence | Rejection` per non-blank line (`validate_json_line`).
 
     Each file is read whole by one worker (gzip files cannot be split anyway),
-    which gives exact line numbers; a reshuffle then spreads the records out.
+    which gives exact line numbers; the dataset-level checks downstream
+    redistribute the records.
     Every reader yields records checked on their own (parsing, length limits);
     the dataset-level checks come after.
     """
@@ -99,9 +101,7 @@ class ReadJsonLines(beam.PTransform):
         self._limits = (min_length, max_length, too_long)
 
     def expand(self, paths):
-        return (paths
-                | "read_and_validate_lines" >> beam.ParDo(_ReadJsonLinesFn(*self._limits))
-                | "spread_records" >> beam.Reshuffle())
+        return paths | "read_and_validate_lines" >> beam.ParDo(_ReadJsonLinesFn(*self._limits))
 
 
 class _ReadCsvRowsFn(beam.DoFn):
@@ -142,23 +142,19 @@ def _assemble(element, min_length: int, max_length: int, too_long: str):
     return result
 
 
-class ReadCsvLong(beam.PTransform):
-    """File paths -> one `Sequence | Rejection` per id (or per row that has none).
+class AssembleLongRows(beam.PTransform):
+    """`Row | Rejection` of long-format rows -> one `Sequence | Rejection` per id.
 
-    Long format: one row per timestep with id, time and feature columns; rows
-    are grouped by id (across files too) and sorted by time
-    (`sources.assemble_rows`).
+    Rows are grouped by id (across files too) and sorted by time
+    (`sources.assemble_rows`); a row rejected on its own is one record.
     """
 
-    def __init__(self, fmt: sources.LongFormat, min_length: int = 1, max_length: int = 0,
-                 too_long: str = "reject"):
+    def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject"):
         super().__init__()
-        self._fmt = fmt
         self._limits = (min_length, max_length, too_long)
 
-    def expand(self, paths):
-        keyed = (paths
-                 | "read_rows" >> beam.ParDo(_ReadCsvRowsFn(self._fmt))
+    def expand(self, rows):
+        keyed = (rows
                  | "key_rows_by_id" >> beam.ParDo(_KeyRowsFn())
                  .with_output_types(tuple[str, sources.Row])
                  .with_outputs(REJECTS, main="rows"))
@@ -166,6 +162,98 @@ class ReadCsvLong(beam.PTransform):
                      | "group_rows_by_id" >> beam.GroupByKey()
                      | "assemble_sequences" >> beam.Map(_assemble, *self._limits))
         return (sequences, keyed[REJECTS]) | "merge_row_rejects" >> beam.Flatten()
+
+
+class _ReadLong(beam.PTransform):
+    """Base of the long-format readers: the column names and the length limits."""
+
+    def __init__(self, fmt: sources.LongFormat, min_length: int = 1, max_length: int = 0,
+                 too_long: str = "reject"):
+        super().__init__()
+        self._fmt = fmt
+        self._limits = (min_length, max_length, too_long)
+
+
+class ReadCsvLong(_ReadLong):
+    """File paths -> one `Sequence | Rejection` per id (or per row that has none).
+
+    Long format: one row per timestep with id, time and feature columns
+    (`AssembleLongRows`). Each file is read whole by one worker.
+    """
+
+    def expand(self, paths):
+        return (paths
+                | "read_rows" >> beam.ParDo(_ReadCsvRowsFn(self._fmt))
+                | "assemble_rows" >> AssembleLongRows(*self._limits))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group to read: its file, index and first 1-based row number."""
+
+    path: str
+    index: int
+    first_row: int
+
+
+def _open_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return pq.ParquetFile(stream)
+
+
+class _ListRowGroupsFn(beam.DoFn):
+    """Path -> a `RowGroup` per row group; a file that is not Parquet is one rejection."""
+
+    def process(self, path: str):
+        try:
+            metadata = _open_parquet(path).metadata
+        except Exception as error:  # noqa: BLE001 - any unreadable file is a rejection
+            yield sources.reject(sources.UNPARSEABLE, f"not a readable Parquet file: {error}",
+                                 path, 0, "")
+            return
+        first_row = 1
+        for index in range(metadata.num_row_groups):
+            yield RowGroup(path, index, first_row)
+            first_row += metadata.row_group(index).num_rows
+
+
+class _ReadRowGroupFn(beam.DoFn):
+    """`RowGroup` -> a `Row | Rejection` per row (`sources.parse_parquet_row`)."""
+
+    def __init__(self, fmt: sources.LongFormat, batch_rows: int = 8192):
+        self._fmt = fmt
+        self._batch_rows = batch_rows
+
+    def process(self, group: RowGroup | Rejection):
+        if isinstance(group, Rejection):
+            yield group
+            return
+        parquet = _open_parquet(group.path)
+        columns = parquet.schema_arrow.names
+        line = group.first_row
+        for batch in parquet.iter_batches(batch_size=self._batch_rows,
+                                          row_groups=[group.index]):
+            for row in batch.to_pylist():
+                yield sources.parse_parquet_row(row, columns, self._fmt, group.path, line)
+                line += 1
+
+
+class ReadParquetLong(_ReadLong):
+    """Parquet file paths -> one `Sequence | Rejection` per id (or per row that has none).
+
+    The same long format and checks as `ReadCsvLong`, with 1-based row numbers
+    as the location. Files are read by row group, so one big file is read by
+    many workers (a reshuffle spreads the row groups).
+    """
+
+    def expand(self, paths):
+        return (paths
+                | "list_row_groups" >> beam.ParDo(_ListRowGroupsFn())
+                | "spread_row_groups" >> beam.Reshuffle()
+                | "read_row_groups" >> beam.ParDo(_ReadRowGroupFn(self._fmt))
+                | "assemble_rows" >> AssembleLongRows(*self._limits))
 
 
 # ---------------------------------------------------------------- validation
@@ -218,34 +306,61 @@ class CheckFeatureCount(beam.PTransform):
         return kept, rejects, num_features
 
 
-class _ResolveDuplicatesFn(beam.DoFn):
-    def process(self, element):
-        _, copies = element
-        copies = list(copies)
-        if len(copies) == 1:
-            yield copies[0]
-            return
-        kept, rejected = sources.resolve_duplicates(copies)
-        yield kept
-        for rejection in rejected:
-            _count(f"rejected_{rejection.reason}")
-            yield beam.pvalue.TaggedOutput(REJECTS, rejection)
+def _id_origin(sequence: Sequence):
+    return sequence.id, sources.origin(sequence)
 
 
-def _key_by_id(sequence: Sequence):
-    return sequence.id, sequence
+class FirstOriginCombineFn(beam.CombineFn):
+    """Origins of one id -> (number of copies, smallest origin)."""
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, accumulator, element):
+        return self.merge_accumulators([accumulator, (1, element)])
+
+    def merge_accumulators(self, accumulators):
+        count, first = 0, None
+        for n, candidate in accumulators:
+            count += n
+            if candidate is not None and (first is None or candidate < first):
+                first = candidate
+        return count, first
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _is_duplicated(element) -> bool:
+    return element[1][0] > 1
+
+
+def _kept_origin(element):
+    sequence_id, (_, first) = element
+    return sequence_id, first
+
+
+def _check_duplicate(sequence: Sequence, kept: Mapping[str, tuple]):
+    return sources.check_duplicate(sequence, kept.get(sequence.id))
 
 
 class DropDuplicateIds(beam.PTransform):
-    """sequences -> (sequences, rejects): one record per id (`sources.resolve_duplicates`)."""
+    """sequences -> (sequences, rejects): one record per id (`sources.check_duplicate`).
+
+    Only (id, origin) pairs are grouped, never the sequences: the ids that
+    occur more than once, with the origin to keep, reach every worker as a
+    side input (small unless the data is mostly duplicates).
+    """
 
     def expand(self, sequences):
-        outputs = (sequences
-                   | "key_by_id" >> beam.Map(_key_by_id)
-                   | "group_by_id" >> beam.GroupByKey()
-                   | "keep_first_copy" >> beam.ParDo(_ResolveDuplicatesFn()).with_outputs(
-                       REJECTS, main="sequences"))
-        return outputs.sequences, outputs[REJECTS]
+        kept = (sequences
+                | "id_origins" >> beam.Map(_id_origin)
+                | "first_origin_per_id" >> beam.CombinePerKey(FirstOriginCombineFn())
+                | "duplicated_only" >> beam.Filter(_is_duplicated)
+                | "kept_origins" >> beam.Map(_kept_origin))
+        checked = sequences | "keep_first_copy" >> beam.Map(
+            _check_duplicate, beam.pvalue.AsDict(kept))
+        return _split_rejections(checked, "route_rejects")
 
 
 def _with_split(sequence: Sequence, train_fraction: float, val_fraction: float):
@@ -468,63 +583,74 @@ class FeatureMomentsCombineFn(beam.CombineFn):
                 "std": np.sqrt(m2 / n).tolist(), "min": low.tolist(), "max": high.tolist()}
 
 
-def _split_sizes(element):
-    split, sequence = element
-    return split, (1, sequence.length)
-
-
-def _length(element) -> int:
-    return element[1].length
-
-
-def _is_train(element) -> bool:
-    return element[0] == "train"
-
-
-def _steps(element) -> np.ndarray:
-    return element[1].steps
-
-
-def _label(element) -> str:
-    return element[1].label
-
-
 def _pairs(counter: Mapping[Any, int]) -> list[list[Any]]:
     """A dict with non-string keys as a sorted JSON-friendly list of [key, value]."""
     return sorted([key, value] for key, value in counter.items())
 
 
+class DatasetStatsCombineFn(beam.CombineFn):
+    """(split, sequence) -> every dataset statistic in one pass (see `ComputeStats`).
+
+    The accumulator is O(distinct lengths + labels + features), never O(records):
+    lengths are counted exactly per value, features merged as moments.
+    """
+
+    def __init__(self):
+        self._moments = FeatureMomentsCombineFn()
+
+    def create_accumulator(self):
+        return {}, Counter(), None, Counter()
+
+    def add_input(self, accumulator, element):
+        split, sequence = element
+        sizes, lengths, moments, labels = accumulator
+        num_records, num_timesteps = sizes.get(split, (0, 0))
+        sizes[split] = (num_records + 1, num_timesteps + sequence.length)
+        lengths[sequence.length] += 1
+        if split == "train":
+            moments = self._moments.add_input(moments, sequence.steps)
+        if sequence.label:
+            labels[sequence.label] += 1
+        return sizes, lengths, moments, labels
+
+    def merge_accumulators(self, accumulators):
+        sizes, lengths, moments, labels = self.create_accumulator()
+        for part_sizes, part_lengths, part_moments, part_labels in accumulators:
+            for split, (num_records, num_timesteps) in part_sizes.items():
+                total = sizes.get(split, (0, 0))
+                sizes[split] = (total[0] + num_records, total[1] + num_timesteps)
+            lengths.update(part_lengths)
+            moments = merge_moments(moments, part_moments)
+            labels.update(part_labels)
+        return sizes, lengths, moments, labels
+
+    def extract_output(self, accumulator):
+        sizes, lengths, moments, labels = accumulator
+        return {"split_sizes": sorted(sizes.items()), "length_counts": _pairs(lengths),
+                "feature_moments": self._moments.extract_output(moments),
+                "label_counts": _pairs(labels)}
+
+
+STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts")
+
+
+def _pick(stats: Mapping[str, Any], name: str):
+    return stats[name]
+
+
 class ComputeStats(beam.PTransform):
     """(split, sequence) -> {name: singleton PCollection} of the dataset statistics.
 
-    `split_sizes`: [[split, [num_records, num_timesteps]]]; `length_counts`:
+    `split_sizes`: [(split, (num_records, num_timesteps))]; `length_counts`:
     [[length, n]] over every written record (exact: lengths are few distinct
     ints); `feature_moments`: `FeatureMomentsCombineFn` on the train split only;
-    `label_counts`: [[label, n]] of labeled records.
+    `label_counts`: [[label, n]] of labeled records. One combiner computes them
+    all (`DatasetStatsCombineFn`): one pass, partial results per bundle.
     """
 
     def expand(self, keyed):
-        split_sizes = (keyed
-                       | "split_sizes" >> beam.Map(_split_sizes)
-                       | "sum_split_sizes" >> beam.CombinePerKey(SumTuplesCombineFn())
-                       | "collect_split_sizes" >> beam.combiners.ToList()
-                       | "sort_split_sizes" >> beam.Map(sorted))
-        length_counts = (keyed
-                         | "lengths" >> beam.Map(_length)
-                         | "count_lengths" >> beam.CombineGlobally(CounterCombineFn())
-                         | "length_pairs" >> beam.Map(_pairs))
-        feature_moments = (keyed
-                           | "train_only" >> beam.Filter(_is_train)
-                           | "train_steps" >> beam.Map(_steps)
-                           | "feature_moments" >> beam.CombineGlobally(
-                               FeatureMomentsCombineFn()))
-        label_counts = (keyed
-                        | "labels" >> beam.Map(_label)
-                        | "labeled_only" >> beam.Filter(bool)
-                        | "count_labels" >> beam.CombineGlobally(CounterCombineFn())
-                        | "label_pairs" >> beam.Map(_pairs))
-        return {"split_sizes": split_sizes, "length_counts": length_counts,
-                "feature_moments": feature_moments, "label_counts": label_counts}
+        stats = keyed | "combine_stats" >> beam.CombineGlobally(DatasetStatsCombineFn())
+        return {name: stats | f"pick_{name}" >> beam.Map(_pick, name) for name in STATS}
 
 
 def _read_key(result: Sequence | Rejection):
@@ -657,23 +783,3 @@ def length_stats(length_counts: Mapping[int, int]) -> dict[str, Any]:
         "quantiles": {str(q): exact_quantile(length_counts, q) for q in LENGTH_QUANTILES},
         "histogram": length_histogram(length_counts),
     }
-
-
-def bucket_boundaries(length_counts: Mapping[int, int], num_buckets: int) -> list[int]:
-    """Up to `num_buckets` increasing lengths; bucket i holds (b[i-1], b[i]].
-
-    b[i] is the smallest length with at least (i+1)/num_buckets of the records
-    at or below it, so buckets hold about equal numbers of records; duplicates
-    are dropped and the last boundary is the maximum length.
-    """
-    if not length_counts:
-        return []
-    values, counts = _sorted_counts(length_counts)
-    ends = np.cumsum(counts)
-    total = int(ends[-1])
-    boundaries = []
-    for i in range(1, num_buckets + 1):
-        # smallest value whose cumulative count reaches i / num_buckets of the total
-        index = int(np.searchsorted(ends * num_buckets, i * total, side="left"))
-        boundaries.append(int(values[index]))
-    return sorted(set(boundaries))

@@ -2,6 +2,7 @@
 
     seqpipe synth      --output raw/ [--n N] [--seed S]
     seqpipe preprocess --input 'raw/*.jsonl' --output data/ [beam options]
+    seqpipe inspect    --data data/
     seqpipe train      --data data/ --model-dir runs/x
     seqpipe embed      --data data/ --model-dir runs/x --split test --output emb.parquet
     seqpipe evaluate   --data data/ --model-dir runs/x
@@ -118,6 +119,19 @@ def _preprocess(args: argparse.Namespace, cfg: Config,
     return preprocess(args.input, args.output, pre_cfg, pipeline_args=extra)
 
 
+def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset directory (preprocess output)")
+
+
+def _inspect(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
+    from seqpipe.inspect import format_inspection, inspect_dataset
+
+    result = inspect_dataset(args.data, cfg.data)
+    if not args.json:
+        print(format_inspection(result))
+    return result
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (preprocess output)")
     parser.add_argument("--model-dir", required=True, help="checkpoints, logs and exports")
@@ -184,6 +198,8 @@ _COMMANDS = (
     ("synth", _synth, _add_synth_arguments, "write labeled synthetic sequences (JSON lines)"),
     ("preprocess", _preprocess, _add_preprocess_arguments,
      "raw sequences -> validated TFRecord shards + metadata.json (Apache Beam)"),
+    ("inspect", _inspect, _add_inspect_arguments,
+     "what a dataset holds, and the padding its batching gives"),
     ("train", _train, _add_train_arguments, "train the LSTM autoencoder"),
     ("embed", _embed, _add_embed_arguments, "embed a split to Parquet"),
     ("evaluate", _evaluate, _add_evaluate_arguments,

@@ -77,7 +77,7 @@ def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> byt
         LENGTH_KEY: feature_pb2.Feature(
             int64_list=feature_pb2.Int64List(value=[steps.shape[0]])),
         STEPS_KEY: feature_pb2.Feature(
-            float_list=feature_pb2.FloatList(value=steps.ravel())),
+            float_list=feature_pb2.FloatList(value=steps.ravel().tolist())),
     }
     example = example_pb2.Example(features=feature_pb2.Features(feature=features))
     # deterministic: the feature map is serialized in key order, so the same sequence

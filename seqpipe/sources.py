@@ -32,20 +32,26 @@ Reason codes (`REASONS`), in the order they are checked:
     duplicate_id         (dataset level) the id was already kept from another record
     duplicate_time       (long format) two rows of one id share a time value
 
-Long format (CSV: one row per timestep; `parse_csv_row`, `assemble_rows`): a
+Long format (CSV or Parquet: one row per timestep; `parse_csv_row`,
+`parse_parquet_row`, both through `parse_long_row`, then `assemble_rows`): a
 row without an id, or with the wrong number of fields, is rejected on its own
 (one record). Every other problem of a row (non-numeric or non-finite value or
 time, bad split) rejects the whole sequence of its id, never just the row, so
 no sequence is written with a silent gap; rows of one id with different labels
 or splits are `bad_label` / `bad_split`. A sequence's source and line are those
 of its first row in (source, line) order; its rejected `record` is its rows.
+A row's `line` is its line in a CSV file (the header is line 1) and its
+1-based row number in a Parquet file; a Parquet row's `text` is the row as a
+JSON object. Parquet cells may be typed (numbers, strings) or text; null and
+booleans in a numeric column are `non_numeric`.
 
 Dataset-level decisions (made in Beam over all parsed records, decided here):
 - feature count: the most common width among the records that parse; a tie goes
   to the smallest width (`dataset_feature_count`). Records of another width are
   rejected as `wrong_feature_count`.
 - duplicate ids: the copy from the smallest `(source, line)` is kept, every other
-  copy is rejected as `duplicate_id` naming the kept one (`resolve_duplicates`).
+  copy is rejected as `duplicate_id` naming the kept one (`origin`,
+  `check_duplicate`; `resolve_duplicates` applies both to a group of copies).
   Identical copies are treated the same way: the job never merges records.
 
 Integer ids and labels are accepted and kept as their decimal string (`7` and
@@ -286,8 +292,28 @@ def dataset_feature_count(width_counts: Mapping[int, int]) -> int:
     return min(width_counts, key=lambda width: (-width_counts[width], width))
 
 
+def origin(sequence: Sequence) -> tuple[str, int, str]:
+    """Where a sequence came from, as the duplicate policy orders copies: (source, line, label)."""
+    return sequence.source, sequence.line, sequence.label
+
+
+def check_duplicate(sequence: Sequence, kept: tuple[str, int, str] | None
+                    ) -> Sequence | Rejection:
+    """The sequence, unless its id is kept from another `origin` (`duplicate_id`).
+
+    Args:
+        sequence: a parsed sequence.
+        kept: the smallest `origin` among the copies of its id, or None when the
+            id occurs once.
+    """
+    if kept is None or origin(sequence) == kept:
+        return sequence
+    return reject_sequence(sequence, DUPLICATE_ID,
+                           f"id {sequence.id!r} is already kept from {kept[0]}:{kept[1]}")
+
+
 def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejection]]:
-    """Keeps the copy with the smallest `(source, line)`; rejects the others.
+    """Keeps the copy with the smallest `origin` (source, line); rejects the others.
 
     Args:
         copies: every parsed sequence sharing one id (at least one).
@@ -295,12 +321,9 @@ def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejec
     Returns:
         The kept sequence and one `duplicate_id` rejection per other copy.
     """
-    ordered = sorted(copies, key=lambda s: (s.source, s.line, s.label))
-    kept = ordered[0]
-    where = f"{kept.source}:{kept.line}"
-    rejected = [reject_sequence(s, DUPLICATE_ID, f"id {s.id!r} is already kept from {where}")
-                for s in ordered[1:]]
-    return kept, rejected
+    ordered = sorted(copies, key=origin)
+    kept = origin(ordered[0])
+    return ordered[0], [check_duplicate(s, kept) for s in ordered[1:]]
 
 
 def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
@@ -358,7 +381,7 @@ def _as_key(value: Any) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- long format (CSV)
+# ---------------------------------------------------------------- long format (CSV, Parquet)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,33 +439,69 @@ def parse_csv_row(fields: list[str], header: list[str], fmt: LongFormat,
     problems are kept in `Row.error` and reject the row's whole sequence.
     """
     text = text or ",".join(fields)
-    missing = fmt.missing_columns(header)
-    if missing:
-        return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
     if len(fields) != len(header):
+        missing = fmt.missing_columns(header)
+        if missing:
+            return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
         return reject(UNPARSEABLE, f"{len(fields)} fields, the header has {len(header)}",
                       source, line, text)
-    row = dict(zip(header, fields, strict=True))
-    sequence_id = row[fmt.id_column].strip()
+    return parse_long_row(dict(zip(header, fields, strict=True)), header, fmt, source,
+                          line, text)
+
+
+def parse_parquet_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
+                      source: str = "", line: int = 0) -> Row | Rejection:
+    """One Parquet row (`{column: value}` as pyarrow's `to_pylist` gives it) -> `Row`.
+
+    Same checks as `parse_csv_row`; `line` is the 1-based row number in the
+    file and the rejected record is the row as a JSON object.
+    """
+    text = json.dumps(dict(row), default=str, ensure_ascii=False)
+    return parse_long_row(row, columns, fmt, source, line, text)
+
+
+def parse_long_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
+                   source: str = "", line: int = 0, text: str = "") -> Row | Rejection:
+    """One long-format row `{column: value}` (strings or typed values) -> `Row | Rejection`.
+
+    Numbers may be given as numbers or as text; null, booleans and text that is
+    not a number are `non_numeric`. The id and label are taken as text.
+    """
+    missing = fmt.missing_columns(columns)
+    if missing:
+        return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
+    sequence_id = _text(row[fmt.id_column])
     if not sequence_id:
         return reject(MISSING_ID, f"empty {fmt.id_column!r}", source, line, text)
-    split = row.get(fmt.split_column, "").strip() or None
+    split = _text(row.get(fmt.split_column)) or None
     error = None
     if split is not None and split not in records.SPLITS:
         error = (BAD_SPLIT, f"split {split!r} is not one of {list(records.SPLITS)}")
     numbers = []
-    for column in [fmt.time_column, *fmt.features_of(header)]:
+    for column in [fmt.time_column, *fmt.features_of(columns)]:
         try:
-            number = float(row[column])
-        except ValueError:
+            number = _number(row[column])
+        except (TypeError, ValueError):
             error = error or (NON_NUMERIC, f"{column}={row[column]!r} is not a number")
             number = 0.0
         if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             error = error or (NON_FINITE, f"{column}={row[column]!r} is not a finite float32")
         numbers.append(number)
     return Row(id=sequence_id, time=numbers[0], values=tuple(numbers[1:]),
-               label=row.get(fmt.label_column, "").strip(), split=split, source=source,
+               label=_text(row.get(fmt.label_column)), split=split, source=source,
                line=line, text=text, error=error)
+
+
+def _text(value: Any) -> str:
+    """A long-format id/label/split cell as stripped text; null is ""."""
+    return "" if value is None else str(value).strip()
+
+
+def _number(value: Any) -> float:
+    """A long-format numeric cell: a number, or text of one (raises otherwise)."""
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
 
 
 def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,

@@ -39,6 +39,7 @@ def test_synth_is_deterministic_and_counts(tmp_path, capsys):
      "no-such-dir: no such dataset directory"),
     (["embed", "--data", "no-such-dir", "--model-dir", "m", "--output", "e.parquet"],
      "no-such-dir: no such dataset directory"),
+    (["inspect", "--data", "no-such-dir"], "no-such-dir: no such dataset directory"),
     (["preprocess", "--input", "no-such-*.jsonl", "--output", "out"],
      "matches no file"),
 ])

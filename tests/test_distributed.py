@@ -105,7 +105,7 @@ def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
                                         env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
     outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (out, err) in zip(workers, outputs, strict=True):
+    for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-3000:]
     summaries = [json.loads(out) for out, _ in outputs]
     assert summaries[0]["num_replicas"] == summaries[1]["num_replicas"] == 2

@@ -1,6 +1,7 @@
 """The Beam preprocessing job: transforms on literal records, then end-to-end runs."""
 
 import gzip
+import itertools
 import json
 import os
 from pathlib import Path
@@ -217,10 +218,6 @@ def test_length_statistics_match_numpy():
     expected, _ = np.histogram(lengths, bins=histogram["edges"])
     assert histogram["counts"] == expected.tolist()
     assert sum(histogram["counts"]) == 997 and histogram["edges"][-1] == lengths.max() + 1
-    boundaries = transforms.bucket_boundaries(counts, 4)
-    assert boundaries == [int(np.quantile(lengths, i / 4, method="inverted_cdf"))
-                          for i in range(1, 5)]
-    assert transforms.bucket_boundaries({5: 10, 9: 1}, 4) == [5, 9]
 
 
 def test_merge_moments_is_numpy_on_the_concatenation():
@@ -309,8 +306,13 @@ def test_metadata_statistics_exact(dataset):
     assert length_stats["quantiles"] == {str(q): pytest.approx(np.quantile(lengths, q))
                                          for q in transforms.LENGTH_QUANTILES}
     assert sum(length_stats["histogram"]["counts"]) == 24
-    assert metadata["bucket_boundaries"] == sorted({
-        int(np.quantile(lengths, i / 3, method="inverted_cdf")) for i in (1, 2, 3)})
+    # The suggested boundaries (3 buckets) pad the least of all choices ending at the max.
+    def padded(boundaries):
+        return sum(min(b for b in boundaries if b >= n) for n in lengths)
+
+    choices = [[*c, 6] for k in range(3) for c in itertools.combinations(range(2, 6), k)]
+    assert padded(metadata["bucket_boundaries"]) == min(padded(c) for c in choices)
+    assert len(metadata["bucket_boundaries"]) <= 3
     assert metadata["bucket_boundaries"][-1] == 6
     assert metadata["config"]["max_length"] == 6
     assert metadata["inputs"][1].endswith("*.gz")
@@ -431,3 +433,47 @@ def test_all_rejected_gives_empty_splits_and_no_tfds(tmp_path):
     assert metadata["feature_stats"]["num_timesteps"] == 0
     assert metadata["bucket_boundaries"] == [] and metadata["tfds_readable"] is False
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metadata.json", "rejects"]
+    assert "WARNING: no record was written" in job.format_summary(metadata, "out", 1.0)
+
+
+def _write_parquet(path, rows, row_group_size):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(
+        ["id", "t", "speed", "temp", "label"])}
+    table = pa.table({"id": pa.array(columns["id"], pa.string()),
+                      "t": pa.array(columns["t"], pa.int64()),
+                      "speed": pa.array(columns["speed"], pa.float32()),
+                      "temp": pa.array(columns["temp"], pa.float64()),
+                      "label": pa.array(columns["label"], pa.string())})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_parquet_long_format_end_to_end_with_row_numbers(tmp_path):
+    # q1 has 4 row groups of 2 rows: row numbers must continue across groups.
+    _write_parquet(tmp_path / "q1.parquet", [
+        ("s1", 2, 5.5, 6.0, "up"), ("s1", 0, 1.0, 2.0, "up"), (None, 0, 1.0, 1.0, None),
+        ("s2", 0, 1.0, None, None), ("s2", 1, 1.0, 1.0, None), ("s3", 0, 1.0, 1.0, None),
+        ("s3", 0, 2.0, 2.0, None), ("s6", 0, 1.0, float("inf"), None)], row_group_size=2)
+    _write_parquet(tmp_path / "q2.parquet", [("s1", 1, 3.0, 4.0, "up"),
+                                             ("s4", 0, 7.0, 8.0, "down"),
+                                             ("s4", 1, 9.0, 10.0, "down")], row_group_size=10)
+    (tmp_path / "q3.parquet").write_bytes(b"not parquet at all")
+    cfg = PreprocessConfig(min_length=2, train_fraction=1.0, val_fraction=0.0)
+    metadata = job.preprocess([str(tmp_path / "q*.parquet")], str(tmp_path / "out"), cfg)
+    counts = metadata["counts"]
+    # records: s1 (3 rows over 2 files), s2, s3, s4, s6, the id-less row, the broken file
+    assert (counts["read"], counts["written"], counts["rejected"]) == (7, 2, 5)
+    rejects = sorted((os.path.basename(r["source"]), r["line"], r["reason"])
+                     for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
+                     for r in map(json.loads, path.read_text().splitlines()))
+    assert rejects == [("q1.parquet", 3, "missing_id"), ("q1.parquet", 4, "non_numeric"),
+                       ("q1.parquet", 6, "duplicate_time"), ("q1.parquet", 8, "non_finite"),
+                       ("q3.parquet", 0, "unparseable")]
+    assert metadata["feature_names"] == ["speed", "temp"]
+    decoded = _read_split(tmp_path / "out", metadata, "train")
+    np.testing.assert_array_equal(decoded["s1"]["steps"],
+                                  np.array([[1, 2], [3, 4], [5.5, 6]], np.float32))
+    assert (decoded["s1"]["label"], decoded["s4"]["label"]) == ("up", "down")
+    np.testing.assert_array_equal(decoded["s4"]["steps"], [[7, 8], [9, 10]])

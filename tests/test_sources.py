@@ -195,3 +195,20 @@ def test_csv_split_column_and_length_limits():
     assert sources.assemble_rows(rows, max_length=2, too_long="truncate").length == 2
     bad = sources.parse_csv_row(["s", "0", "1", "dev"], header, FMT, "x", 2)
     assert sources.assemble_rows([bad]).reason == "bad_split"
+
+
+def test_parse_parquet_row_takes_typed_cells_and_rejects_null_and_bool():
+    columns = ["id", "t", "a", "b", "label"]
+    row = sources.parse_parquet_row({"id": 17, "t": 3, "a": 0.1, "b": "2.5", "label": None},
+                                    columns, FMT, "x.parquet", 5)
+    assert (row.id, row.time, row.values, row.label, row.line, row.error) == (
+        "17", 3.0, (0.1, 2.5), "", 5, None)
+    assert json.loads(row.text) == {"id": 17, "t": 3, "a": 0.1, "b": "2.5", "label": None}
+    for bad in (None, True):
+        flagged = sources.parse_parquet_row({"id": "s", "t": 0, "a": bad, "b": 1.0},
+                                            columns[:4], FMT)
+        assert flagged.error[0] == "non_numeric"
+    assert sources.parse_parquet_row({"id": None, "t": 0, "a": 1, "b": 1}, columns[:4],
+                                     FMT).reason == "missing_id"
+    assert sources.parse_parquet_row({"id": "s", "a": 1}, ["id", "a"], FMT).reason == (
+        "unparseable")

@@ -1,0 +1,121 @@
+"""What a dataset directory holds, and how well the configured batching packs it.
+
+    result = inspect_dataset("data/", cfg.data)
+    print(format_inspection(result))
+
+`inspect_dataset` reads `metadata.json` (counts, rejects per reason, length
+statistics, bucket boundaries, splits, compression) and iterates the train
+split once through `seqpipe.data.make_dataset` with the given `DataConfig`
+to measure its padding efficiency (real / padded timesteps): the number that
+tells whether the bucket boundaries and batch sizes suit this data. The
+result is a plain JSON-serializable dict (`seqpipe inspect --json`);
+`format_inspection` renders it as a short table for humans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from seqpipe import config as config_lib
+from seqpipe import records
+from seqpipe.config import DataConfig
+
+PADDING_SPLIT = "train"
+# The DataConfig keys shown beside the padding efficiency (those present are shown).
+_BATCHING_KEYS = ("batching", "batch_size", "timestep_budget", "bucket_boundaries",
+                  "pad_to_bucket_boundary", "pad_to_max")
+
+
+def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any]:
+    """Summarizes a finished dataset directory.
+
+    Args:
+        data_dir: a directory written by `seqpipe preprocess`.
+        data_cfg: the batching to measure (bucket boundaries, batch size or
+            timestep budget, padding to the bucket boundary).
+
+    Returns:
+        `{data_dir, schema_version, num_features, feature_names, compression,
+        tfds_readable, counts: {read, written, rejected, truncated,
+        rejected_by_reason (non-zero reasons only)}, splits: {split: {records,
+        timesteps, shards}}, length_stats: {min, max, mean, quantiles},
+        bucket_boundaries (the metadata's suggestion), data_config (the
+        batching measured, as a dict), padding}`; `padding` is
+        `seqpipe.data.padding_efficiency` of the train split, or None when the
+        train split is empty.
+
+    Raises:
+        records.DatasetError: not a finished, readable dataset directory.
+    """
+    metadata = records.read_metadata(data_dir)
+    counts = metadata["counts"]
+    length_stats = metadata["length_stats"]
+    return {
+        "data_dir": str(data_dir),
+        "schema_version": metadata["schema_version"],
+        "num_features": metadata["num_features"],
+        "feature_names": metadata["feature_names"],
+        "compression": metadata["compression"],
+        "tfds_readable": metadata["tfds_readable"],
+        "counts": {
+            **{key: counts[key] for key in ("read", "written", "rejected", "truncated")},
+            "rejected_by_reason": {reason: n for reason, n in
+                                   counts["rejected_by_reason"].items() if n},
+        },
+        "splits": {split: {"records": info["num_records"], "timesteps": info["num_timesteps"],
+                           "shards": info["num_shards"]}
+                   for split, info in metadata["splits"].items()},
+        "length_stats": {key: length_stats[key] for key in ("min", "max", "mean", "quantiles")},
+        "bucket_boundaries": metadata["bucket_boundaries"],
+        "data_config": config_lib.to_dict(data_cfg),
+        "padding": _padding(data_dir, data_cfg, metadata),
+    }
+
+
+def _padding(data_dir: str | Path, data_cfg: DataConfig,
+             metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`padding_efficiency` of the train split under `data_cfg` (None if it is empty)."""
+    if not metadata["splits"][PADDING_SPLIT]["num_records"]:
+        return None
+    from seqpipe import data
+
+    dataset = data.make_dataset(data_dir, PADDING_SPLIT, data_cfg, training=False,
+                                metadata=metadata)
+    return data.padding_efficiency(dataset)
+
+
+def format_inspection(result: Mapping[str, Any]) -> str:
+    """A short human-readable table of an `inspect_dataset` result."""
+    counts, lengths = result["counts"], result["length_stats"]
+    lines = [f"{result['data_dir']}: {result['num_features']} features "
+             f"({', '.join(result['feature_names'])}), schema {result['schema_version']}, "
+             f"compression {result['compression']}, "
+             f"tfds {'yes' if result['tfds_readable'] else 'no'}",
+             f"  read {counts['read']} = written {counts['written']} + rejected "
+             f"{counts['rejected']}" + (f" (truncated {counts['truncated']})"
+                                        if counts["truncated"] else "")]
+    lines += [f"    rejected {reason:<20} {n:>9}"
+              for reason, n in counts["rejected_by_reason"].items()]
+    lines.append(f"  {'split':<6} {'records':>9} {'timesteps':>11} {'shards':>6}")
+    lines += [f"  {split:<6} {info['records']:>9} {info['timesteps']:>11} {info['shards']:>6}"
+              for split, info in result["splits"].items()]
+    if lengths["min"] is not None:
+        quantiles = " ".join(f"p{float(q) * 100:g}={v:g}"
+                             for q, v in lengths["quantiles"].items())
+        lines.append(f"  lengths {lengths['min']}..{lengths['max']}, mean "
+                     f"{lengths['mean']:.1f}, {quantiles}")
+    lines.append(f"  suggested bucket boundaries {result['bucket_boundaries']}")
+    padding = result["padding"]
+    if padding is None:
+        lines.append("  padding efficiency: n/a (empty train split)")
+    else:
+        batching = ", ".join(f"{key}={value}" for key, value in result["data_config"].items()
+                             if key in _BATCHING_KEYS)
+        lines.append(f"  batching: {batching}")
+        lines.append(f"  padding efficiency {padding['efficiency']:.1%} on train: "
+                     f"{padding['real_timesteps']} real of {padding['padded_timesteps']} "
+                     f"padded timesteps, {padding['num_batches']} batches, "
+                     f"{padding['distinct_shapes']} distinct shapes")
+    return "\n".join(lines)
