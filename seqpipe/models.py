@@ -17,6 +17,17 @@ The graph, with the layer names `build_autoencoder` gives:
 Every tensor from `sequence_mask` to `reconstruction` that has a time axis
 carries the input mask, so the decoder skips padded steps like the encoder.
 
+Options that change the graph (measured in `benchmarks/embedding_quality.py`):
+
+* `input_noise > 0` inserts `input_noise` (`MaskedGaussianNoise`) after
+  `sequence_mask`: noise on the real steps in training only (denoising); the
+  targets stay clean, the exported encoder is unaffected at inference.
+* `embedding_from: all_layers` makes every encoder layer also return its final
+  state (the state at each sequence's last *real* step: masked steps do not
+  update it; for a bidirectional layer both directions' final states) and
+  concatenates them (`encoder_states`) before the projection, instead of using
+  the last layer's state only.
+
 The loss is the mean squared error over the valid (timestep, feature) entries
 only: `sum of squared errors / (number of valid timesteps * features)`. Keras'
 default reduction with a temporal `sample_weight` divides by `batch * time`
@@ -35,7 +46,7 @@ import tensorflow as tf
 from keras import ops
 
 from seqpipe.config import ModelConfig
-from seqpipe.layers import RepeatToLength, SequenceMask
+from seqpipe.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
 
 __all__ = [
     "MaskedMeanSquaredError",
@@ -50,6 +61,11 @@ EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"
 
 _RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+# Keras activation of each `model.activation`. `relu` is capped at 6 (Keras' relu6):
+# an unbounded relu lets a recurrent state grow geometrically over long sequences
+# (measured on 7..356-step data: embeddings ~1e23 after one epoch, then a non-finite
+# loss), and gradient clipping cannot stop an overflow in the forward pass.
+RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6", "relu_unbounded": "relu"}
 
 
 def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model, keras.Model]:
@@ -63,8 +79,9 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
         `(autoencoder, encoder)`. Both take `{"x": [B, T, F], "mask": [B, T]}`;
         the autoencoder returns the reconstruction `[B, T, F]` (with the input
         mask attached), the encoder the embedding `[B, E]`, where `E` is
-        `cfg.embedding_dim`, or the last encoder layer's width when that is 0
-        (`units`, doubled if bidirectional).
+        `cfg.embedding_dim`, or the summary's width when that is 0 (`units`,
+        doubled if bidirectional, times `layers` with `embedding_from:
+        all_layers`).
     """
     if not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"`num_features` must be a positive integer. "
@@ -74,16 +91,14 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
         "mask": keras.Input(shape=(None,), name="mask"),
     }
     sequence = SequenceMask(name="sequence_mask")([inputs["x"], inputs["mask"]])
+    encoder_input = sequence
+    if cfg.input_noise > 0:
+        encoder_input = MaskedGaussianNoise(cfg.input_noise, name="input_noise")(sequence)
 
-    hidden = sequence
-    for index in range(cfg.layers):
-        is_last = index == cfg.layers - 1
-        hidden = _recurrent_layer(cfg, cfg.units, return_sequences=not is_last,
-                                  bidirectional=cfg.bidirectional,
-                                  name=f"encoder_{cfg.cell}_{index + 1}")(hidden)
-    embedding = hidden
+    summary = _encode(cfg, encoder_input)
+    embedding = summary
     if cfg.embedding_dim > 0:
-        embedding = keras.layers.Dense(cfg.embedding_dim, name="embedding")(hidden)
+        embedding = keras.layers.Dense(cfg.embedding_dim, name="embedding")(summary)
 
     decoded = RepeatToLength(name="repeat_to_length")([embedding, sequence])
     for index in range(cfg.decoder_layers):
@@ -99,13 +114,48 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
     return autoencoder, encoder
 
 
+def _encode(cfg: ModelConfig, sequence):
+    """The stacked encoder: the summary vector `[B, S]` of a masked sequence.
+
+    With `embedding_from="last"` the last layer's final state; with
+    `"all_layers"` the final states of every layer, concatenated in layer order.
+    """
+    all_layers = cfg.embedding_from == "all_layers"
+    hidden, states = sequence, []
+    for index in range(cfg.layers):
+        is_last = index == cfg.layers - 1
+        layer = _recurrent_layer(cfg, cfg.units, return_sequences=not is_last,
+                                 bidirectional=cfg.bidirectional,
+                                 name=f"encoder_{cfg.cell}_{index + 1}",
+                                 return_state=all_layers and not is_last)
+        hidden = layer(hidden)
+        if all_layers and not is_last:
+            hidden, layer_states = hidden[0], hidden[1:]
+            states.extend(_hidden_states(cfg, layer_states))
+    if not states:
+        return hidden
+    return keras.layers.Concatenate(name="encoder_states")([*states, hidden])
+
+
+def _hidden_states(cfg: ModelConfig, states: list) -> list:
+    """The hidden states `h` among a recurrent layer's returned states.
+
+    An LSTM returns `[h, c]` per direction, a GRU `[h]`; a bidirectional layer
+    returns the forward direction's states, then the backward one's.
+    """
+    per_direction = 2 if cfg.cell == "lstm" else 1
+    return list(states[::per_direction])
+
+
 def _recurrent_layer(cfg: ModelConfig, units: int, return_sequences: bool,
-                     bidirectional: bool, name: str) -> keras.layers.Layer:
+                     bidirectional: bool, name: str,
+                     return_state: bool = False) -> keras.layers.Layer:
     layer = _RECURRENT_LAYERS[cfg.cell](
         units,
-        activation=cfg.activation,
+        activation=RECURRENT_ACTIVATIONS[cfg.activation],
         dropout=cfg.dropout,
         return_sequences=return_sequences,
+        return_state=return_state,
         name=name,
     )
     if bidirectional:

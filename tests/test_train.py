@@ -175,3 +175,24 @@ def test_another_architecture_is_refused_on_resume(trained, tmp_path, tiny_datas
     with pytest.raises(train.TrainingError, match=r"another architecture \(model.units "
                                                   r"16 -> 32\); use a new --model-dir"):
         train.train(tiny_dataset, copy, bigger, verbose=False)
+
+
+@pytest.mark.slow
+def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
+    """The seed question's settings (relu LSTMs, 100 units) on long-tailed 7..356 data."""
+    from beam_jobs.preprocess import preprocess
+    from seqpipe import synthetic
+    from seqpipe.config import load_config
+
+    cfg = load_config("default", ["model.activation=relu", "model.units=100",
+                                  "model.embedding_dim=0", "train.epochs=10",
+                                  "train.early_stopping_patience=0",
+                                  "train.checkpoint_every_steps=0"])
+    raw = tmp_path / "raw.jsonl"
+    synthetic.write_jsonl(cfg.synth, raw)
+    preprocess([str(raw)], str(tmp_path / "data"), cfg.preprocess)
+    summary = train.train(tmp_path / "data", tmp_path / "model", cfg, verbose=False)
+    history = json.loads((tmp_path / "model" / train.HISTORY_FILE).read_text())
+    assert sum(h["steps"] for h in history) >= 300
+    assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    assert summary["final_loss"] < history[0]["loss"]
