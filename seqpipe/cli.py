@@ -5,7 +5,9 @@
     seqpipe inspect    --data data/
     seqpipe train      --data data/ --model-dir runs/x
     seqpipe embed      --data data/ --model-dir runs/x --split test --output emb.parquet
+    seqpipe embed      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet
     seqpipe evaluate   --data data/ --model-dir runs/x
+    seqpipe report     --data data/ --model-dir runs/x
     seqpipe quickstart [--workdir DIR]
 
 Every command takes `--config` (a bundled name such as `tiny`, or a YAML path)
@@ -145,21 +147,36 @@ def _train(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
 
 
 def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a preprocessed dataset directory")
+    source.add_argument("--input", action="append",
+                        help="new raw JSON lines (file or glob, repeatable), validated "
+                             "like `preprocess`")
     parser.add_argument("--model-dir", required=True, help="a trained model directory")
-    parser.add_argument("--split", default="test", help="split to embed (default: test)")
+    parser.add_argument("--split", default="test",
+                        help="with --data: the split to embed (default: test)")
     parser.add_argument("--output", required=True, help="Parquet file to write")
 
 
 def _embed(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe import embed
 
-    embeddings = embed.compute_embeddings(args.data, args.model_dir, args.split)
+    result: dict[str, Any] = {}
+    if args.data:
+        embeddings = embed.compute_embeddings(args.data, args.model_dir, args.split)
+    else:
+        embeddings, rejections = embed.embed_raw(args.input, args.model_dir)
+        result["rejected"] = embed.count_rejections(rejections)
+        if rejections:
+            rejects = embed.write_rejections(
+                rejections, Path(args.output).with_suffix(".rejects.jsonl"))
+            result["rejects"] = str(rejects)
+            print(f"rejected {len(rejections)} records {result['rejected']}: see {rejects}")
     path = embed.write_parquet(embeddings, args.output)
     print(f"wrote {len(embeddings)} embeddings of size {embeddings.vectors.shape[1]} "
           f"to {path}")
     return {"output": str(path), "num_records": len(embeddings),
-            "embedding_dim": int(embeddings.vectors.shape[1])}
+            "embedding_dim": int(embeddings.vectors.shape[1]), **result}
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,12 +189,29 @@ def _evaluate(args: argparse.Namespace, cfg: Config,
               extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe import evaluate
 
-    output = Path(args.output or Path(args.model_dir) / "evaluation.json")
+    output = Path(args.output or Path(args.model_dir) / evaluate.EVALUATION_FILE)
     result = evaluate.evaluate_model(args.data, args.model_dir, cfg.eval)
     output.write_text(json.dumps(result, indent=2))
-    print(evaluate.format_table(result["table"]))
+    print(evaluate.format_evaluation(result))
     print(f"results: {output}")
     return result
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="the dataset the model was trained on")
+    parser.add_argument("--model-dir", required=True, help="a trained model directory")
+    parser.add_argument("--output", help="directory for the figures (default: MODEL_DIR/report)")
+    parser.add_argument("--tsne", action="store_true", help="also draw a t-SNE projection")
+
+
+def _report(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
+    from seqpipe import report
+
+    output = Path(args.output or Path(args.model_dir) / "report")
+    paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne)
+    for path in paths.values():
+        print(path)
+    return {name: str(path) for name, path in paths.items()}
 
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +237,9 @@ _COMMANDS = (
     ("train", _train, _add_train_arguments, "train the LSTM autoencoder"),
     ("embed", _embed, _add_embed_arguments, "embed a split to Parquet"),
     ("evaluate", _evaluate, _add_evaluate_arguments,
-     "SVM on embeddings vs pooled-statistics baseline"),
+     "SVM on embeddings vs pooled-statistics, hybrid and 1-NN DTW baselines"),
+    ("report", _report, _add_report_arguments,
+     "PNG figures and summary.md of a dataset and a trained model"),
     ("quickstart", _quickstart, _add_quickstart_arguments,
      "the whole chain on synthetic data (tiny config)"),
 )

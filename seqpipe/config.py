@@ -188,7 +188,7 @@ class DataConfig:
     pad_to_max: bool = False
     shuffle_buffer: int = 10000
     normalize: bool = True
-    reverse_target: bool = False
+    reverse_target: bool = True
     deterministic: bool = False
     seed: int = 0
 
@@ -218,10 +218,22 @@ class ModelConfig:
         decoder_layers: number of stacked decoder layers.
         embedding_dim: size of the embedding; 0 means the last encoder
             layer's state is the embedding (no projection).
-        bidirectional: bidirectional encoder layers.
+        bidirectional: bidirectional encoder layers. On by default: on the
+            synthetic default it took the SVM test accuracy from 0.82 to 0.96
+            (with `data.reverse_target`; benchmarks/embedding_quality.py).
         dropout: dropout on the recurrent layers' inputs.
-        activation: recurrent activation; `tanh` keeps the cuDNN path, `relu`
-            is allowed but leaves it and needs gradient clipping.
+        activation: recurrent activation. `tanh` (default) keeps the cuDNN
+            path. `relu` is ReLU capped at 6 (relu6): an unbounded ReLU state
+            explodes over hundreds of steps, whatever the gradient clipping.
+            `relu_unbounded` is the plain ReLU of the naive recipe; a
+            non-finite loss then stops training with the step named. Both
+            ReLU options leave the cuDNN path.
+        input_noise: standard deviation of Gaussian noise added to the real
+            (unmasked) input timesteps in training only: a denoising
+            autoencoder; 0 disables it. In normalized units.
+        embedding_from: `last` (the last encoder layer's final state) or
+            `all_layers` (the final states of every encoder layer,
+            concatenated, before the optional projection).
     """
 
     cell: str = "lstm"
@@ -230,13 +242,18 @@ class ModelConfig:
     decoder_units: int = 0
     decoder_layers: int = 1
     embedding_dim: int = 32
-    bidirectional: bool = False
+    bidirectional: bool = True
     dropout: float = 0.0
     activation: str = "tanh"
+    input_noise: float = 0.0
+    embedding_from: str = "last"
 
     def __post_init__(self):
         _require_choice(self.cell, ("lstm", "gru"), "model.cell")
-        _require_choice(self.activation, ("tanh", "relu"), "model.activation")
+        _require_choice(self.embedding_from, ("last", "all_layers"), "model.embedding_from")
+        _require(self.input_noise >= 0.0, "model.input_noise", "must be >= 0")
+        _require_choice(self.activation, ("tanh", "relu", "relu_unbounded"),
+                        "model.activation")
         _require(self.units >= 1, "model.units", "must be >= 1")
         _require(self.layers >= 1, "model.layers", "must be >= 1")
         _require(self.decoder_units >= 0, "model.decoder_units", "must be >= 0")
@@ -310,6 +327,15 @@ class EvalConfig:
         gamma_grid: values of gamma searched (RBF); `scale` is sklearn's.
         cv_folds: cross-validation folds on the train split.
         seed: seed of the cross-validation split.
+        hybrid_pooled: also evaluate the embeddings concatenated with the
+            pooled statistics (an extra row, "embedding + pooled statistics").
+        dtw_max_pairs: the 1-NN DTW baseline runs only when
+            `num_train * num_test` (and `num_train * num_val`) is at most
+            this many sequence pairs; above it the row is skipped with a
+            note. 0 disables the baseline.
+        dtw_window: Sakoe-Chiba band of the DTW baseline, as a fraction of
+            the longest sequence's length (1.0: no band); pairs of very
+            different lengths always get a band wide enough to align.
     """
 
     kernels: tuple[str, ...] = ("rbf", "linear")
@@ -317,6 +343,9 @@ class EvalConfig:
     gamma_grid: tuple[str, ...] = ("scale",)
     cv_folds: int = 3
     seed: int = 0
+    hybrid_pooled: bool = True
+    dtw_max_pairs: int = 200_000
+    dtw_window: float = 0.1
 
     def __post_init__(self):
         _require(bool(self.kernels) and set(self.kernels) <= {"rbf", "linear"},
@@ -324,6 +353,8 @@ class EvalConfig:
         _require(bool(self.c_grid) and all(c > 0 for c in self.c_grid), "eval.c_grid",
                  "must be non-empty and positive")
         _require(self.cv_folds >= 2, "eval.cv_folds", "must be >= 2")
+        _require(self.dtw_max_pairs >= 0, "eval.dtw_max_pairs", "must be >= 0")
+        _require(0.0 < self.dtw_window <= 1.0, "eval.dtw_window", "must be in (0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

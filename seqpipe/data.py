@@ -250,7 +250,7 @@ def make_dataset(
     if not ordered:  # shuffle the serialized records: cheaper to move than parsed ones
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
     stats = normalization if normalization is not None else metadata.get("feature_stats")
-    mean, std = _normalization(stats, num_features) if cfg.normalize else (None, None)
+    mean, std = normalization_arrays(stats, num_features) if cfg.normalize else (None, None)
     ds = _parse_records(ds, num_features, mean, std, cfg.reverse_target, skip_corrupt, ordered)
 
     per_replica_batch = _per_replica_batch(cfg, input_context)
@@ -492,7 +492,13 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
         lambda record, is_end: (path, record))
 
 
-def _normalization(stats: Mapping[str, Any] | None, num_features: int):
+def normalization_arrays(stats: Mapping[str, Any] | None,
+                         num_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(mean, std)` float32 arrays from `feature_stats`; a std of 0 becomes 1.
+
+    Raises:
+        records.DatasetError: `stats` lacks `mean`/`std` of `num_features` values.
+    """
     stats = stats or {}
     mean, std = stats.get("mean"), stats.get("std")
     if mean is None or std is None or len(mean) != num_features or len(std) != num_features:

@@ -16,6 +16,21 @@ statistics, anything `[N, D]`):
 Results are JSON-friendly dicts (`evaluate_svm`); `format_table` prints them for
 humans, next to `chance_accuracy` (what always answering the majority class scores).
 
+`evaluate_model` compares, on one dataset, with the same splits:
+
+* `embedding`: the trained encoder's embeddings (the SVM protocol above);
+* `hybrid` (`EvalConfig.hybrid_pooled`): the embeddings concatenated with the
+  pooled statistics, a documented hybrid for data where order-free statistics
+  carry signal the autoencoder misses (short real sequences often do);
+* `pooled_statistics`: per-feature mean, std, min, max, last (SVM protocol);
+* `dtw_1nn`: 1-nearest-neighbour under multivariate dynamic time warping
+  (`dtaidistance`, Sakoe-Chiba band `dtw_window`) on the normalized
+  sequences, train -> test, no hyperparameter search; skipped with a note when
+  `num_train * num_test > dtw_max_pairs` (quadratic cost).
+
+Labels are required: an unlabeled split raises `EvaluationError` ("evaluation
+needs labels: ...") before anything is computed.
+
 Example:
 
     train_x = pooled_statistics(train_sequences)            # [N, 5F] baseline
@@ -41,7 +56,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from seqpipe.config import EvalConfig
+from seqpipe.errors import SeqpipeError
 
+EVALUATION_FILE = "evaluation.json"  # in the model dir, where `seqpipe report` finds it
 POOLED_STATISTICS = ("mean", "std", "min", "max", "last")
 
 # libsvm iteration cap per fit. A linear kernel with a large C on data that is not
@@ -49,6 +66,10 @@ POOLED_STATISTICS = ("mean", "std", "min", "max", "last")
 # (C=100: ~17M iterations, 16 s per fit on 600 rows; capped: 0.4 s); stopping early
 # there costs nothing measurable, and every fit that hits the cap is counted in `notes`.
 SVC_MAX_ITER = 50_000
+
+
+class EvaluationError(SeqpipeError, ValueError):
+    """The data cannot be evaluated (no labels, a single class...): one-line message."""
 
 
 def pooled_statistics(sequences: Sequence[np.ndarray]) -> np.ndarray:
@@ -122,8 +143,8 @@ def evaluate_svm(train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray
                          f"{test_x.shape[1]}")
     classes = sorted(set(train_y.tolist()))
     if len(classes) < 2:
-        raise ValueError(f"the train split has a single class ({classes[0]!r}): an SVM "
-                         "needs at least two classes to separate")
+        raise EvaluationError(f"the train split has a single class ({classes[0]!r}): an "
+                              "SVM needs at least two classes to separate")
 
     notes: list[str] = []
     folds = _cv_folds(train_y, cfg.cv_folds, notes)
@@ -145,29 +166,108 @@ def evaluate_svm(train_x: np.ndarray, train_y: Sequence[Any], test_x: np.ndarray
         notes.append(f"{unconverged} SVM fits stopped at max_iter={SVC_MAX_ITER} (usually "
                      "a linear kernel with a large C on data it cannot separate)")
 
+    result = {
+        "best_params": _plain_params(search.best_params_),
+        "cv_accuracy": float(search.best_score_),
+        "cv_folds": folds,
+        **held_out_scores(classes, test_y, search.predict(test_x), notes),
+        "num_train": int(len(train_y)),
+    }
+    if val_x is not None or val_y is not None:
+        result.update(_validation_scores(search, val_x, val_y, result["labels"]))
+    return result
+
+
+def held_out_scores(classes: list[str], test_y: np.ndarray, predicted: np.ndarray,
+                notes: list[str]) -> dict[str, Any]:
+    """Everything a classifier is scored with on test, as plain JSON values.
+
+    Args:
+        classes: the labels seen in train (a test label outside them gets a note).
+        test_y: the true test labels (strings).
+        predicted: the predicted labels, row-aligned with `test_y`.
+        notes: the caller's notes; returned (with any addition) under `notes`.
+
+    Returns:
+        `test_accuracy`, `test_macro_f1`, `per_class`, `confusion_matrix` (rows:
+        true, columns: predicted, in the order of `labels`), `labels`,
+        `num_test`, `chance_accuracy`, `notes`.
+    """
     labels = sorted(set(classes) | set(test_y.tolist()))
     unseen = sorted(set(test_y.tolist()) - set(classes))
     if unseen:
         notes.append(f"test labels never seen in train (always misclassified): {unseen}")
-    predicted = search.predict(test_x)
-    result = {
+    return {
         "test_accuracy": float(accuracy_score(test_y, predicted)),
         "test_macro_f1": float(f1_score(test_y, predicted, labels=labels, average="macro",
                                         zero_division=0)),
-        "best_params": _plain_params(search.best_params_),
-        "cv_accuracy": float(search.best_score_),
-        "cv_folds": folds,
         "per_class": _per_class(test_y, predicted, labels),
         "confusion_matrix": confusion_matrix(test_y, predicted, labels=labels).tolist(),
         "labels": labels,
-        "num_train": int(len(train_y)),
         "num_test": int(len(test_y)),
         "chance_accuracy": chance_accuracy(test_y),
         "notes": notes,
     }
-    if val_x is not None or val_y is not None:
-        result.update(_validation_scores(search, val_x, val_y, labels))
-    return result
+
+
+def dtw_distances(queries: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                  window: int) -> np.ndarray:
+    """Multivariate DTW distances between every query and every reference.
+
+    `dtaidistance`'s C implementation (OpenMP-parallel): the square root of the
+    smallest sum of squared euclidean step distances along a warping path
+    within a Sakoe-Chiba band of `window` steps (widened by the library to the
+    length difference, so any two sequences can be aligned).
+
+    Args:
+        queries: `Q` arrays `[length, F]`.
+        references: `R` arrays `[length, F]`.
+        window: the band half-width in steps (>= 1).
+
+    Returns:
+        float64 `[Q, R]`.
+    """
+    from dtaidistance import dtw_ndim
+
+    series = [np.ascontiguousarray(s, dtype=np.float64) for s in (*queries, *references)]
+    num_queries = len(queries)
+    flat = dtw_ndim.distance_matrix_fast(
+        series, window=int(window), block=((0, num_queries), (num_queries, len(series))),
+        compact=True)
+    return np.asarray(flat, dtype=np.float64).reshape(num_queries, len(references))
+
+
+def evaluate_1nn_dtw(train_sequences: Sequence[np.ndarray], train_y: Sequence[Any],
+                     test_sequences: Sequence[np.ndarray], test_y: Sequence[Any],
+                     cfg: EvalConfig) -> dict[str, Any]:
+    """The 1-nearest-neighbour DTW baseline: each test sequence gets the label of
+    its DTW-nearest train sequence (ties: the first in train order).
+
+    Nothing is fitted or selected: the band is `cfg.dtw_window` times the
+    longest sequence's length. The cost is `num_train * num_test` DTW
+    computations; above `cfg.dtw_max_pairs` (or with it 0) nothing is computed
+    and the result is `{"skipped": reason, "notes": [reason]}`.
+
+    Returns:
+        The `held_out_scores` keys, plus `num_train`, `window` and `seconds`.
+    """
+    import time
+
+    train_y = _checked_labels(train_y, "train")
+    test_y = _checked_labels(test_y, "test")
+    pairs = len(train_sequences) * len(test_sequences)
+    if not cfg.dtw_max_pairs or pairs > cfg.dtw_max_pairs:
+        reason = (f"1-NN DTW skipped: {len(train_sequences)} train x {len(test_sequences)} "
+                  f"test = {pairs} pairs > eval.dtw_max_pairs={cfg.dtw_max_pairs}")
+        return {"skipped": reason, "notes": [reason]}
+    longest = max(len(s) for s in (*train_sequences, *test_sequences))
+    window = max(1, int(np.ceil(cfg.dtw_window * longest)))
+    started = time.monotonic()
+    distances = dtw_distances(test_sequences, train_sequences, window)
+    predicted = train_y[np.argmin(distances, axis=1)]
+    return {**held_out_scores(sorted(set(train_y.tolist())), test_y, predicted, []),
+            "num_train": int(len(train_y)), "window": window,
+            "seconds": time.monotonic() - started}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -176,7 +276,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     Args:
         rows: dicts with `method` and the `evaluate_svm` keys `test_accuracy`,
             `test_macro_f1` and optionally `chance_accuracy`; missing values
-            print as `-`.
+            print as `-`. A row with `skipped` (a reason) gets a note line
+            under the table.
 
     Example:
 
@@ -191,6 +292,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [f"{_cell(row.get(key)):>8}" for key, _ in columns]
         lines.append("  ".join([f"{str(row.get('method', '-')):<{width}}"] + cells))
+    lines += [f"note: {row['skipped']}" for row in rows if row.get("skipped")]
     return "\n".join(lines)
 
 
@@ -201,11 +303,11 @@ def _cell(value: Any) -> str:
 def _checked_labels(labels: Sequence[Any] | None, split: str) -> np.ndarray:
     """Labels as a string array; empty, `None` or `""` labels raise a clear error."""
     if labels is None or len(labels) == 0:
-        raise ValueError(f"evaluation needs labels: the {split} split has none")
+        raise EvaluationError(f"evaluation needs labels: the {split} split has none")
     missing = sum(1 for label in labels if label is None or str(label) == "")
     if missing:
-        raise ValueError(f"evaluation needs labels: {missing} of {len(labels)} {split} "
-                         "examples are unlabeled (label '' or None)")
+        raise EvaluationError(f"evaluation needs labels: {missing} of {len(labels)} "
+                              f"{split} examples are unlabeled (label '' or None)")
     return np.asarray([str(label) for label in labels])
 
 
@@ -294,18 +396,20 @@ def _validation_scores(search: GridSearchCV, val_x: np.ndarray | None,
 
 def evaluate_model(data_dir: str | Path, model_dir: str | Path,
                    cfg: EvalConfig) -> dict[str, Any]:
-    """The protocol above on a trained model's embeddings and on pooled statistics.
+    """The protocol above on a trained model's embeddings and on the baselines.
 
-    Both representations are evaluated on the same dataset splits: fitted and
-    selected on `train`, scored on `val` (if not empty) and `test`.
+    Every representation is evaluated on the same dataset splits: fitted and
+    selected on `train`, scored on `val` (if not empty) and `test`. The labels
+    are checked first, so unlabeled data fails at once with one line.
 
     Returns:
-        `{"embedding": ..., "pooled_statistics": ...}` (each an `evaluate_svm`
-        result), `chance_accuracy` on the test split, and `table` (rows for
-        `format_table`).
+        `embedding`, `pooled_statistics` and, if enabled, `hybrid` (each an
+        `evaluate_svm` result), `dtw_1nn` (an `evaluate_1nn_dtw` result or
+        `{"skipped": ...}`), `chance_accuracy` on the test split, `table`
+        (rows for `format_table`), `data_dir`, `model_dir`.
 
     Raises:
-        ValueError: the dataset is unlabeled.
+        EvaluationError: the dataset is unlabeled.
         records.DatasetError: missing data or a model that does not fit it.
     """
     from seqpipe import embed, records
@@ -317,36 +421,105 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
         if needed not in splits:
             raise records.DatasetError(f"{data_dir}: evaluation needs a non-empty "
                                        f"{needed!r} split")
+    sequences = {split: _read_labeled_split(data_dir, split, metadata) for split in splits}
     encoder = embed.load_encoder(model_dir)
-    embedded = {split: embed.compute_embeddings(data_dir, model_dir, split, encoder=encoder)
-                for split in splits}
-    pooled = {split: _pooled_split(data_dir, split, metadata) for split in splits}
-    results = {
-        "embedding": _evaluate_splits({s: (e.vectors, e.labels) for s, e in embedded.items()},
-                                      cfg),
-        "pooled_statistics": _evaluate_splits(pooled, cfg),
-    }
-    chance = chance_accuracy(embedded["test"].labels)
-    table = [{"method": "autoencoder embedding", **results["embedding"],
-              "chance_accuracy": chance},
-             {"method": "pooled statistics (baseline)", **results["pooled_statistics"],
-              "chance_accuracy": chance}]
-    return {**results, "chance_accuracy": chance, "table": table,
+    vectors = {split: _aligned_embeddings(
+        embed.compute_embeddings(data_dir, model_dir, split, encoder=encoder), ids)
+        for split, (ids, _, _) in sequences.items()}
+    labels = {split: split_labels for split, (_, _, split_labels) in sequences.items()}
+    pooled = {split: pooled_statistics(steps) for split, (_, steps, _) in sequences.items()}
+    features = {"embedding": vectors, "pooled_statistics": pooled}
+    if cfg.hybrid_pooled:
+        features["hybrid"] = {split: np.hstack([vectors[split], pooled[split]])
+                              for split in splits}
+    results = evaluate_features(features, labels, cfg)
+    stats = metadata.get("feature_stats")
+    normalized = {split: [embed.normalize(steps, stats) for steps in sequences[split][1]]
+                  for split in ("train", "test")}
+    results["dtw_1nn"] = evaluate_1nn_dtw(normalized["train"], labels["train"],
+                                          normalized["test"], labels["test"], cfg)
+    chance = chance_accuracy(labels["test"])
+    return {**results, "chance_accuracy": chance,
+            "table": [{"method": title, **results[key], "chance_accuracy": chance}
+                      for key, title in METHOD_TITLES.items() if key in results],
             "data_dir": str(data_dir), "model_dir": str(model_dir)}
 
 
-def _pooled_split(data_dir: str | Path, split: str,
-                  metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+METHOD_TITLES = {
+    "embedding": "autoencoder embedding",
+    "hybrid": "embedding + pooled statistics",
+    "pooled_statistics": "pooled statistics (baseline)",
+    "dtw_1nn": "1-NN DTW (baseline)",
+}
+
+
+def evaluate_features(features: dict[str, dict[str, np.ndarray]],
+                      labels: dict[str, np.ndarray], cfg: EvalConfig) -> dict[str, Any]:
+    """`evaluate_svm` on several representations of the same splits.
+
+    Args:
+        features: `{method: {split: [N_split, D]}}` with `train` and `test`
+            (and optionally `val`) rows aligned with `labels`.
+        labels: `{split: [N_split]}`.
+
+    Returns:
+        `{method: evaluate_svm result}`.
+    """
+    results = {}
+    for method, by_split in features.items():
+        val = (by_split["val"], labels["val"]) if "val" in by_split else (None, None)
+        results[method] = evaluate_svm(by_split["train"], labels["train"], by_split["test"],
+                                       labels["test"], cfg, val_x=val[0], val_y=val[1])
+    return results
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """The human summary of `evaluate_model`: the table, notes, then the embedding's
+    per-class scores and confusion matrix on test."""
+    embedding = result["embedding"]
+    labels = embedding["labels"]
+    width = max(len("label"), *(len(label) for label in labels))
+    lines = [format_table(result["table"]), "",
+             "autoencoder embedding, test split, per class:",
+             f"{'label':<{width}}  precision  recall      f1  support"]
+    for label in labels:
+        scores = embedding["per_class"][label]
+        lines.append(f"{label:<{width}}  {scores['precision']:>9.3f}  {scores['recall']:>6.3f}"
+                     f"  {scores['f1']:>6.3f}  {scores['support']:>7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted):",
+              " " * width + "  " + "  ".join(f"{label:>{width}}" for label in labels)]
+    for label, row in zip(labels, embedding["confusion_matrix"], strict=True):
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{n:>{width}d}" for n in row))
+    return "\n".join(lines)
+
+
+def _read_labeled_split(data_dir: str | Path, split: str, metadata: dict[str, Any]
+                        ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """`(ids, steps, labels)` of a split, raw (unnormalized), in shard order.
+
+    Raises:
+        EvaluationError: a record without a label (names the data directory).
+    """
     from seqpipe import records
 
-    sequences, labels = [], []
+    ids, steps, labels = [], [], []
     for record in records.read_split(data_dir, split, metadata):
-        sequences.append(record["steps"])
+        ids.append(record["id"])
+        steps.append(record["steps"])
         labels.append(record["label"])
-    return pooled_statistics(sequences), np.asarray(labels)
+    unlabeled = sum(1 for label in labels if not label)
+    if unlabeled:
+        raise EvaluationError(
+            f"evaluation needs labels: {unlabeled} of {len(labels)} {split} records of "
+            f"{data_dir} have none (give each raw record a 'label' and preprocess again; "
+            "`seqpipe embed` works without labels)")
+    return ids, steps, np.asarray(labels)
 
 
-def _evaluate_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                     cfg: EvalConfig) -> dict[str, Any]:
-    val_x, val_y = splits.get("val", (None, None))
-    return evaluate_svm(*splits["train"], *splits["test"], cfg, val_x=val_x, val_y=val_y)
+def _aligned_embeddings(embeddings, ids: list[str]) -> np.ndarray:
+    """The embedding vectors reordered to `ids`, checking each id appears exactly once."""
+    row_of = {record_id: row for row, record_id in enumerate(embeddings.ids.tolist())}
+    if len(row_of) != len(embeddings) or set(row_of) != set(ids):
+        raise ValueError(f"the embeddings of split {embeddings.split!r} do not match its "
+                         f"records one to one ({len(embeddings)} vectors, {len(ids)} records)")
+    return embeddings.vectors[[row_of[record_id] for record_id in ids]]

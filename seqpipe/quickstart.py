@@ -9,7 +9,9 @@ quickstart only chains them in one work directory and prints a summary:
 
     WORKDIR/raw/synthetic.jsonl      labeled raw sequences
     WORKDIR/data/                    TFRecord shards, metadata.json, rejects/
-    WORKDIR/model/                   checkpoints, autoencoder.keras, encoder/
+    WORKDIR/model/                   checkpoints, autoencoder.keras, encoder/,
+                                     evaluation.json
+    WORKDIR/model/report/            PNG figures and summary.md (`seqpipe report`)
     WORKDIR/embeddings/test.parquet  test-split embeddings
     WORKDIR/quickstart.json          every number of the summary
 """
@@ -40,7 +42,7 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
     _prepare_workdir(workdir, overwrite)
     paths = {name: workdir / name for name in ("raw", "data", "model", "embeddings")}
     raw_file = paths["raw"] / "synthetic.jsonl"
-    steps = 5
+    steps = 6
     started = time.monotonic()
 
     from seqpipe import synthetic
@@ -63,10 +65,16 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
     from seqpipe import evaluate
     evaluation = _stage(5, steps, "SVM evaluation", lambda: evaluate.evaluate_model(
         paths["data"], paths["model"], cfg.eval))
+    (paths["model"] / evaluate.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
+
+    from seqpipe import report
+    _stage(6, steps, "report figures", lambda: report.make_report(
+        paths["data"], paths["model"], paths["model"] / "report"))
 
     summary = _summary(synth, metadata, training, evaluation, time.monotonic() - started)
     summary["artefacts"] = {"raw": str(raw_file), "data": str(paths["data"]),
                             "model": str(paths["model"]), "embeddings": str(test_parquet),
+                            "report": str(paths["model"] / "report"),
                             "summary": str(workdir / "quickstart.json")}
     (workdir / "quickstart.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
@@ -112,6 +120,7 @@ def _summary(synth: dict[str, Any], metadata: dict[str, Any], training: dict[str
         "embedding_svm_test_accuracy": evaluation["embedding"]["test_accuracy"],
         "pooled_statistics_svm_test_accuracy":
             evaluation["pooled_statistics"]["test_accuracy"],
+        "dtw_1nn_test_accuracy": evaluation["dtw_1nn"].get("test_accuracy"),
         "chance_accuracy": evaluation["chance_accuracy"],
         "wall_seconds": seconds,
     }
@@ -136,6 +145,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("SVM test accuracy on embeddings", number(summary["embedding_svm_test_accuracy"])),
         ("SVM test accuracy on pooled statistics",
          number(summary["pooled_statistics_svm_test_accuracy"])),
+        ("1-NN DTW test accuracy (slow, small sets only)",
+         number(summary["dtw_1nn_test_accuracy"])),
         ("chance (majority class)", number(summary["chance_accuracy"])),
         ("wall time", f"{summary['wall_seconds']:.0f}s"),
     ]

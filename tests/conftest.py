@@ -31,3 +31,13 @@ def tiny_dataset(tmp_path_factory, tiny_config) -> Path:
     preprocess([str(raw)], str(data_dir), tiny_config.preprocess)
     return data_dir
 
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_dataset, tiny_config) -> Path:
+    """A model trained on `tiny_dataset` (2 epochs), shared by the tests that only read it."""
+    from seqpipe.train import train
+
+    model_dir = tmp_path_factory.mktemp("tiny-model") / "model"
+    train(tiny_dataset, model_dir, tiny_config, verbose=False)
+    return model_dir

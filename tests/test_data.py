@@ -29,7 +29,7 @@ LABELS = {"a": "x", "b": "y", "c": "x", "d": "y", "e": "x"}
 MEAN, STD = [1.0, 2.0], [2.0, 0.0]
 
 DETERMINISTIC = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5),
-                           normalize=False, deterministic=True)
+                           normalize=False, reverse_target=False, deterministic=True)
 
 
 def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compression="none",
@@ -100,7 +100,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_exact_batches(tiny, normalize):
     cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5),
-                     normalize=normalize, deterministic=True)
+                     normalize=normalize, reverse_target=False, deterministic=True)
     out = batches(tiny, cfg)
     assert len(out) == 3
     assert_batch(out[0], [SEQS["a"], SEQS["b"]], 2, normalize=normalize)
@@ -341,7 +341,8 @@ def test_padding_efficiency(tiny):
 
 # ---------------------------------------------------------------- sorted windows
 
-WINDOW = DataConfig(batch_size=2, timestep_budget=0, normalize=False, deterministic=True)
+WINDOW = DataConfig(batch_size=2, timestep_budget=0, normalize=False, reverse_target=False,
+                    deterministic=True)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -399,7 +400,7 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
     seqs = {f"s{i:02d}": rng.normal(size=(n, 2)) for i, n in enumerate(lengths)}
     root = write_dataset(tmp_path, seqs, num_shards=3)
     cfg = DataConfig(batch_size=6, timestep_budget=60, sort_window=25, length_grid=4,
-                     normalize=False, shuffle_buffer=20, seed=2)
+                     normalize=False, reverse_target=False, shuffle_buffer=20, seed=2)
     metadata = records.read_metadata(root)
     plan = data.plan_window(cfg, metadata)
     full = dict(zip(plan.grid, plan.batch_sizes, strict=True))

@@ -7,8 +7,18 @@ import json
 import numpy as np
 import pytest
 
+from seqpipe import evaluate
 from seqpipe.config import EvalConfig
-from seqpipe.evaluate import chance_accuracy, evaluate_svm, format_table, pooled_statistics
+from seqpipe.evaluate import (
+    EvaluationError,
+    chance_accuracy,
+    dtw_distances,
+    evaluate_1nn_dtw,
+    evaluate_features,
+    evaluate_svm,
+    format_table,
+    pooled_statistics,
+)
 
 CFG = EvalConfig(kernels=("rbf", "linear"), c_grid=(1.0, 10.0), cv_folds=3)
 
@@ -144,3 +154,118 @@ def test_format_table():
         "embeddings       0.912     0.910     0.250\n"
         "pooled stats     0.260         -         -"
     )
+
+
+def test_format_table_notes_skipped_rows():
+    rows = [{"method": "dtw", "skipped": "1-NN DTW skipped: too many pairs"}]
+    assert format_table(rows).splitlines()[-2:] == [
+        "dtw            -         -         -", "note: 1-NN DTW skipped: too many pairs"]
+
+
+def test_unlabeled_errors_are_one_line_seqpipe_errors():
+    from seqpipe.errors import SeqpipeError
+
+    with pytest.raises(EvaluationError, match="evaluation needs labels") as caught:
+        evaluate_svm(TRAIN_X, [""] * 9, TEST_X, TEST_Y, CFG)
+    assert isinstance(caught.value, SeqpipeError) and "\n" not in str(caught.value)
+
+
+def _reference_dtw(a, b):
+    """Textbook DTW: sqrt of the smallest path sum of squared euclidean step costs."""
+    cost = np.full((len(a) + 1, len(b) + 1), np.inf)
+    cost[0, 0] = 0.0
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            step = np.sum((a[i - 1] - b[j - 1]) ** 2)
+            cost[i, j] = step + min(cost[i - 1, j], cost[i, j - 1], cost[i - 1, j - 1])
+    return np.sqrt(cost[-1, -1])
+
+
+def test_dtw_distances_exact_numbers():
+    a = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    b = np.array([[0.0, 0.0], [2.0, 0.0]])
+    # Warping a onto b: (0,0)-(0,0) 0, (1,1)-(2,0) 2 or -(0,0) 2, (2,0)-(2,0) 0 -> sqrt(2).
+    assert dtw_distances([a], [b], window=3)[0, 0] == pytest.approx(np.sqrt(2.0))
+    rng = np.random.default_rng(0)
+    queries = [rng.normal(size=(n, 3)) for n in (4, 9)]
+    references = [rng.normal(size=(n, 3)) for n in (2, 7, 5)]
+    distances = dtw_distances(queries, references, window=100)
+    assert distances.shape == (2, 3)
+    expected = [[_reference_dtw(q, r) for r in references] for q in queries]
+    np.testing.assert_allclose(distances, expected, rtol=1e-9)
+
+
+def _bump(length, position, sign=1.0):
+    """A sequence of `length` steps with one feature-0 bump at `position` (0..1)."""
+    steps = np.zeros((length, 2))
+    steps[int(position * (length - 1)), 0] = 3.0 * sign
+    return steps
+
+
+def test_1nn_dtw_reads_order_and_skips_large_sets():
+    train = [_bump(n, 0.1) for n in (8, 12, 20)] + [_bump(n, 0.9) for n in (9, 14, 18)]
+    train_y = ["early"] * 3 + ["late"] * 3
+    test = [_bump(10, 0.15), _bump(25, 0.85)]
+    cfg = EvalConfig(dtw_window=0.2)
+    result = evaluate_1nn_dtw(train, train_y, test, ["early", "late"], cfg)
+    assert result["test_accuracy"] == 1.0 and result["num_train"] == 6
+    assert result["window"] == 5  # ceil(0.2 * 25)
+    skipped = evaluate_1nn_dtw(train, train_y, test, ["early", "late"],
+                               EvalConfig(dtw_max_pairs=11))
+    assert skipped == {"skipped": "1-NN DTW skipped: 6 train x 2 test = 12 pairs > "
+                                  "eval.dtw_max_pairs=11",
+                       "notes": [skipped["skipped"]]}
+
+
+def test_shuffled_test_labels_change_nothing_before_scoring():
+    """The test split is never used for fitting or selection, for every method."""
+    rng = np.random.default_rng(3)
+    labels = {"train": np.repeat(["a", "b", "c"], 6), "val": np.array(["a", "b", "c"]),
+              "test": np.array(["a", "b", "c", "a", "b", "c"])}
+    centres = {"a": 0.0, "b": 2.0, "c": 4.0}
+
+    def features(split):
+        return np.array([[centres[y] + rng.normal(0, 0.8), rng.normal()]
+                         for y in labels[split]])
+
+    by_method = {name: {split: features(split) for split in labels}
+                 for name in ("embedding", "pooled_statistics")}
+    shuffled = {**labels, "test": rng.permutation(labels["test"][::-1])}
+    assert not np.array_equal(shuffled["test"], labels["test"])
+    honest = evaluate_features(by_method, labels, CFG)
+    blind = evaluate_features(by_method, shuffled, CFG)
+    for method in by_method:
+        for key in ("best_params", "cv_accuracy", "cv_folds", "val_accuracy"):
+            assert blind[method][key] == honest[method][key], (method, key)
+        # Same predictions: the predicted-label counts (confusion column sums) agree.
+        np.testing.assert_array_equal(np.sum(blind[method]["confusion_matrix"], axis=0),
+                                      np.sum(honest[method]["confusion_matrix"], axis=0))
+    sequences = {split: [_bump(10, 0.1 + 0.4 * centres[y] / 4) for y in labels[split]]
+                 for split in ("train", "test")}
+    dtw = [evaluate_1nn_dtw(sequences["train"], labels["train"], sequences["test"], test_y,
+                            EvalConfig()) for test_y in (labels["test"], shuffled["test"])]
+    np.testing.assert_array_equal(np.sum(dtw[0]["confusion_matrix"], axis=0),
+                                  np.sum(dtw[1]["confusion_matrix"], axis=0))
+
+
+def test_evaluate_model_refuses_unlabeled_data_before_embedding(monkeypatch, tmp_path):
+    from seqpipe import records
+
+    metadata = {"splits": {"train": {"num_records": 2}, "test": {"num_records": 1}}}
+    monkeypatch.setattr(records, "read_metadata", lambda data_dir: metadata)
+    monkeypatch.setattr(records, "read_split", lambda data_dir, split, meta: iter(
+        [{"id": "x", "label": "", "steps": np.zeros((3, 2))}]))
+    # The model directory does not exist: reaching the encoder would fail differently.
+    with pytest.raises(EvaluationError, match="evaluation needs labels: 1 of 1 train "
+                                              "records of .* have none"):
+        evaluate.evaluate_model(tmp_path, tmp_path / "no-model", CFG)
+
+
+def test_format_evaluation_shows_per_class_and_confusion():
+    result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG)
+    text = evaluate.format_evaluation({"embedding": result, "table": [
+        {"method": "autoencoder embedding", **result}]})
+    assert "a          1.000   1.000   1.000        2" in text
+    assert text.splitlines()[-3:] == ["a          2      0      0",
+                                      "b          0      1      0",
+                                      "c          0      0      1"]

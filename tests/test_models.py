@@ -20,7 +20,7 @@ from seqpipe.models import (
 )
 
 F = 3
-TINY = ModelConfig(units=8, embedding_dim=4)
+TINY = ModelConfig(units=8, embedding_dim=4, bidirectional=False)
 
 # The seed Q&A's worked example: 1 sequence, 3 steps, 2 features, last step padded.
 QA_X = np.array([[[1.0, 2.0], [1.0, 2.0], [1.0, 1.0]]], dtype="float32")
@@ -113,7 +113,8 @@ class TestMaskedLoss:
 class TestArchitecture:
     def test_layer_names_and_shapes(self):
         autoencoder, encoder = _build(ModelConfig(units=8, layers=2, decoder_layers=2,
-                                                  decoder_units=5, embedding_dim=4))
+                                                  decoder_units=5, embedding_dim=4,
+                                                  bidirectional=False))
         names = [layer.name for layer in autoencoder.layers]
         assert names == ["x", "mask", "sequence_mask", "encoder_lstm_1", "encoder_lstm_2",
                          "embedding", "repeat_to_length", "decoder_lstm_1", "decoder_lstm_2",
@@ -125,13 +126,38 @@ class TestArchitecture:
         assert encoder.get_layer("embedding") is autoencoder.get_layer("embedding")
 
     @pytest.mark.parametrize("cfg, width", [
-        (ModelConfig(units=6, embedding_dim=0), 6),
+        (ModelConfig(units=6, embedding_dim=0, bidirectional=False), 6),
         (ModelConfig(cell="gru", units=6, embedding_dim=0, bidirectional=True), 12),
     ])
     def test_without_projection_the_last_state_is_the_embedding(self, cfg, width):
         _, encoder = _build(cfg)
         assert encoder.output.shape == (None, width)
         assert "embedding" not in [layer.name for layer in encoder.layers]
+
+    @pytest.mark.parametrize("cfg, width", [
+        (ModelConfig(units=6, layers=2, embedding_dim=0, embedding_from="all_layers",
+                     bidirectional=False), 12),
+        (ModelConfig(cell="gru", units=5, layers=3, embedding_dim=0, bidirectional=True,
+                     embedding_from="all_layers"), 30),
+    ], ids=["lstm2", "bigru3"])
+    def test_all_layers_concatenates_every_final_state(self, cfg, width):
+        _, encoder = _build(cfg)
+        assert encoder.output.shape == (None, width)
+        x, mask = _random_batch(np.random.default_rng(8), [5, 2], 5)
+        embedding = np.asarray(encoder(_inputs(x, mask)))
+        last = keras.Model(encoder.input, encoder.get_layer(
+            encoder.layers[-2].name).output)  # the last encoder layer's final state
+        np.testing.assert_allclose(embedding[:, -last.output.shape[-1]:],
+                                   np.asarray(last(_inputs(x, mask))), atol=1e-6)
+
+    def test_input_noise_only_in_training(self):
+        autoencoder, encoder = _build(ModelConfig(units=8, embedding_dim=4, input_noise=0.5,
+                                                  bidirectional=False))
+        assert "input_noise" in [layer.name for layer in autoencoder.layers]
+        inputs = _inputs(*_random_batch(np.random.default_rng(9), [5, 3], 5))
+        np.testing.assert_array_equal(encoder(inputs), encoder(inputs))
+        assert not np.allclose(autoencoder(inputs, training=True),
+                               autoencoder(inputs, training=False))
 
     def test_one_model_serves_several_lengths(self):
         autoencoder, encoder = _build()
@@ -148,7 +174,7 @@ class TestMaskFlow:
 
     def test_every_sequence_output_carries_the_input_mask(self):
         autoencoder, _ = _build(ModelConfig(units=8, layers=2, decoder_layers=2,
-                                            embedding_dim=4))
+                                            embedding_dim=4, bidirectional=False))
         mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], "float32")
         x = np.random.default_rng(0).normal(size=(2, 6, F)).astype("float32")
         x[0, 1] = 0.0  # a genuine all-zero step stays unmasked
@@ -177,7 +203,9 @@ class TestPaddingInvariance:
     @pytest.mark.parametrize("cfg", [
         TINY,
         ModelConfig(cell="gru", units=8, layers=2, embedding_dim=4, bidirectional=True),
-    ], ids=["lstm", "bigru2"])
+        ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
+                    embedding_from="all_layers", input_noise=0.3),
+    ], ids=["lstm", "bigru2", "bilstm2_all_layers_noise"])
     def test_embedding_ignores_padding_length_and_content(self, cfg):
         autoencoder, encoder = _build(cfg)
         garbage = 100.0 * np.random.default_rng(2).normal(size=(50, F))
@@ -213,9 +241,13 @@ class TestPaddingInvariance:
 
 
 class TestSaving:
-    def test_keras_file_round_trip_in_safe_mode(self, tmp_path):
-        autoencoder, _ = _build(ModelConfig(units=8, layers=2, embedding_dim=4,
-                                            bidirectional=True))
+    @pytest.mark.parametrize("cfg", [
+        ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True),
+        ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
+                    embedding_from="all_layers", input_noise=0.2),
+    ], ids=["bilstm2", "all_layers_noise"])
+    def test_keras_file_round_trip_in_safe_mode(self, tmp_path, cfg):
+        autoencoder, _ = _build(cfg)
         compile_autoencoder(autoencoder)
         inputs = _inputs(*_random_batch(np.random.default_rng(4), [4, 2], 5))
         autoencoder.save(tmp_path / "ae.keras")
@@ -281,7 +313,8 @@ class TestTraining:
         # A smoke check only: at this size unclipped training stays finite too, and on
         # long sequences a relu LSTM's state explodes in the forward pass (before any
         # update), which no gradient clipping can fix.
-        autoencoder, _ = _build(ModelConfig(units=8, embedding_dim=4, activation="relu"))
+        autoencoder, _ = _build(ModelConfig(units=8, embedding_dim=4, activation="relu",
+                                            bidirectional=False))
         compile_autoencoder(autoencoder, learning_rate=1e-2, clipnorm=1.0)
         rng = np.random.default_rng(7)
         batches = [_random_batch(rng, [30, 12, 25], 30, scale=50.0)]

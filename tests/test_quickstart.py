@@ -18,8 +18,8 @@ def test_quickstart_end_to_end(tmp_path):
                              "--workdir", str(workdir)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in range(1, 6):
-        assert f"[{stage}/5]" in result.stdout
+    for stage in range(1, 7):
+        assert f"[{stage}/6]" in result.stdout
     assert "seqpipe quickstart summary" in result.stdout
 
     summary = json.loads((workdir / "quickstart.json").read_text())
@@ -33,6 +33,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert summary["final_train_loss"] == history[-1]["loss"]
     assert 0.3 < summary["padding_efficiency"] < 1.0
 
+    for figure in ("lengths.png", "loss.png", "embeddings_pca.png", "summary.md"):
+        assert (workdir / "model" / "report" / figure).is_file(), figure
     test_embeddings = embed.read_parquet(workdir / "embeddings" / "test.parquet")
     assert len(test_embeddings) == metadata["splits"]["test"]["num_records"]
     assert len(set(test_embeddings.ids)) == len(test_embeddings)
