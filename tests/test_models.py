@@ -215,6 +215,21 @@ class TestPaddingInvariance:
         np.testing.assert_allclose(autoencoder(short)[:, :4], autoencoder(long)[:, :4],
                                    atol=1e-6)
 
+    def test_embedding_alone_equals_embedding_in_a_batch_of_longer_sequences(self):
+        """Padded to its own length alone, or to 10x in a batch with long sequences."""
+        autoencoder, encoder = _build(ModelConfig(units=8, embedding_dim=4))
+        length = len(self.SEQUENCE)
+        alone = self._padded(self.SEQUENCE, length, np.zeros((length, F)))
+        rng = np.random.default_rng(4)
+        x, mask = _random_batch(rng, [10 * length, length, 7 * length], 10 * length)
+        x[1] = 0.0
+        x[1, :length] = self.SEQUENCE
+        batched = _inputs(x, mask)
+        np.testing.assert_allclose(np.asarray(encoder(batched))[1], np.asarray(encoder(alone))[0],
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(autoencoder(batched))[1, :length],
+                                   np.asarray(autoencoder(alone))[0], atol=1e-6)
+
     def test_a_genuine_zero_step_is_data_not_padding(self):
         _, encoder = _build()
         with_zero = np.insert(self.SEQUENCE, 2, 0.0, axis=0)
