@@ -20,6 +20,8 @@ shows the traceback. Machine-readable results go to JSON files and, with
 from __future__ import annotations
 
 import argparse
+import errno
+import glob
 import json
 import sys
 from collections.abc import Sequence
@@ -38,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         cfg = load_config(args.config, args.set)
+        preflight(args)
         result = args.handler(args, cfg, extra)
     except KeyboardInterrupt:
         print("seqpipe: interrupted", file=sys.stderr)
@@ -52,9 +55,161 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# OS errors about the user's paths or environment (not bugs): one line, no traceback.
+_EXPECTED_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES,
+                    errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
 def _is_expected(error: Exception) -> bool:
-    return isinstance(error, (SeqpipeError, FileNotFoundError, FileExistsError,
-                              NotADirectoryError))
+    if isinstance(error, OSError):
+        return error.errno in _EXPECTED_ERRNOS or isinstance(
+            error, (FileNotFoundError, FileExistsError, NotADirectoryError,
+                    IsADirectoryError, PermissionError))
+    return isinstance(error, SeqpipeError)
+
+
+class PathError(SeqpipeError, ValueError):
+    """A path argument the command refuses (it would overwrite an input, or is not
+    what the command needs)."""
+
+
+# What a model directory holds (`seqpipe.train`); anything else in a non-empty
+# --model-dir means it is not one, and training refuses to write into it.
+MODEL_DIR_ENTRIES = ("autoencoder.keras", "encoder", "config.yaml", "dataset_metadata.json",
+                     "history.json", "history.csv", "summary.json", "checkpoints", "logs",
+                     ".lock", "evaluation.json", "report")
+# Files and directories of a model directory that only `seqpipe train` writes.
+_MODEL_ARTEFACTS = ("autoencoder.keras", "encoder", "config.yaml", "dataset_metadata.json",
+                    "history.json", "history.csv", "summary.json", "checkpoints", "logs")
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Cheap checks of the paths a command reads and writes, before any heavy import.
+
+    A typo in a path, a dataset that does not fit the model, or an output that
+    would overwrite an input fails here in a fraction of a second with one
+    line, not after TensorFlow loaded (or, worse, after the input is gone).
+
+    Raises:
+        records.DatasetError, PathError: see the messages.
+    """
+    from seqpipe import records
+
+    command = args.command
+    if command == "preprocess":
+        _check_preprocess_output(args.input, args.output)
+        return
+    data_metadata = None
+    if getattr(args, "data", None):
+        data_metadata = records.read_metadata(args.data)
+    model_dir = getattr(args, "model_dir", None)
+    if command == "train":
+        _check_train_model_dir(Path(model_dir), data_metadata, args.data)
+    elif model_dir is not None:
+        trained_on = _trained_on(Path(model_dir))
+        if data_metadata is not None:
+            records.check_compatible(trained_on, data_metadata, model_dir, args.data)
+    output = getattr(args, "output", None)
+    if command in ("embed", "evaluate") and output:
+        _check_output_file(Path(output), args, command)
+    elif command == "report" and output:
+        _check_output_not_inside(Path(output), args.data, "--data", "report --output")
+        _check_output_not_inside(Path(output), args.model_dir, "--model-dir",
+                                 "report --output", only=_MODEL_ARTEFACTS)
+
+
+def _same_or_inside(path: Path, directory: Path) -> bool:
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+def _check_output_not_inside(output: Path, directory: str | None, flag: str, what: str,
+                             only: Sequence[str] = ()) -> None:
+    """Refuses an output equal to or inside `directory` (or only its `only` entries)."""
+    if not directory:
+        return
+    targets = [Path(directory) / name for name in only] if only else [Path(directory)]
+    for target in targets:
+        if _same_or_inside(output, target):
+            raise PathError(f"{what} {str(output)!r} is inside {flag} {directory!r}, which "
+                            "it must not overwrite; choose another path")
+
+
+def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> None:
+    if output.is_dir():
+        raise PathError(f"{command} --output {str(output)!r} is a directory; give a file path")
+    _check_output_not_inside(output, getattr(args, "data", None), "--data",
+                             f"{command} --output")
+    _check_output_not_inside(output, args.model_dir, "--model-dir", f"{command} --output",
+                             only=_MODEL_ARTEFACTS)
+    written = [output]
+    if command == "embed":
+        written.append(output.with_suffix(".rejects.jsonl"))
+    for pattern in getattr(args, "input", None) or ():
+        if "://" in pattern:
+            continue
+        for path in glob.glob(pattern) or [pattern]:
+            for target in written:
+                if Path(path).exists() and _same_or_inside(target, Path(path)):
+                    raise PathError(f"{command} would write {str(target)!r}, which is the "
+                                    f"input {path!r}; choose another --output")
+
+
+def _check_preprocess_output(inputs: Sequence[str], output: str) -> None:
+    """Refuses an output that is an input, or inside a directory an input glob scans
+    (a re-run with the same glob would read the dataset as raw input)."""
+    out = Path(output)
+    for pattern in inputs:
+        if "://" in pattern:
+            continue
+        scanned = [Path(pattern)] if Path(pattern).is_dir() else []
+        if glob.has_magic(pattern):
+            base = Path(pattern)
+            while glob.has_magic(str(base)):
+                base = base.parent
+            scanned.append(base)
+        for directory in scanned:
+            if _same_or_inside(out, directory):
+                raise PathError(f"preprocess --output {output!r} is inside the input "
+                                f"directory {str(directory)!r} ({pattern!r}); choose an "
+                                "output outside the inputs")
+        for path in glob.glob(pattern):
+            if _same_or_inside(Path(path), out) or _same_or_inside(out, Path(path)):
+                raise PathError(f"preprocess --output {output!r} overlaps the input "
+                                f"{path!r}; choose an output outside the inputs")
+
+
+def _trained_on(model_dir: Path) -> dict[str, Any]:
+    """The training data's metadata of a trained model directory."""
+    from seqpipe import records
+
+    path = model_dir / "dataset_metadata.json"
+    if not model_dir.is_dir():
+        raise records.DatasetError(f"{model_dir}: no such model directory")
+    if not path.is_file():
+        raise records.DatasetError(f"{model_dir}: not a trained model directory (no "
+                                   f"{path.name}); run `seqpipe train` first")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise records.DatasetError(f"{path}: not valid JSON: {error}") from None
+
+
+def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
+                           data_dir: str) -> None:
+    """A new, empty or earlier seqpipe model dir whose data fits; nothing else."""
+    from seqpipe import records
+
+    if model_dir.exists() and not model_dir.is_dir():
+        raise PathError(f"--model-dir {str(model_dir)!r} is not a directory")
+    if not model_dir.is_dir():
+        return
+    entries = {p.name for p in model_dir.iterdir()}
+    if entries and not entries & set(MODEL_DIR_ENTRIES):
+        raise PathError(f"--model-dir {str(model_dir)!r} is not empty and holds no seqpipe "
+                        "model; choose a new or empty directory")
+    if metadata is not None and (model_dir / "dataset_metadata.json").is_file():
+        records.check_compatible(_trained_on(model_dir), metadata, model_dir, data_dir)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -413,21 +413,34 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def dump_config(config: Config, path: str | Path) -> None:
     """Writes the resolved config as YAML (loadable with `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")  # atomic: a kill never leaves half
+    temporary.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    temporary.replace(path)
 
 
 def _read_yaml(source: str | Path) -> dict[str, Any]:
     path = _resolve_source(source)
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        # one line: the location and the problem (a !!python/object tag lands here too)
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(error)}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason} at byte "
+                          f"{error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config: {error.strerror}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got "
                           f"{type(tree).__name__}")
     return tree
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def _resolve_source(source: str | Path) -> Path:
@@ -448,7 +461,8 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {error}") from None
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: "
+                          f"{_one_line(error)}") from None
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -465,7 +479,7 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
     if not isinstance(tree, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {type(tree).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(tree) - set(fields))
+    unknown = sorted(str(key) for key in set(tree) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; "
                           f"{where} has: {', '.join(fields)}")

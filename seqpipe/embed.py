@@ -301,8 +301,12 @@ def write_parquet(embeddings: Embeddings, output: str | Path) -> Path:
             pa.array(embeddings.vectors.astype(np.float32).ravel(), pa.float32()), dim),
     })
     temporary = output.with_name(f".{output.name}.tmp")
-    pq.write_table(table, temporary)
-    temporary.replace(output)
+    try:
+        pq.write_table(table, temporary)
+        temporary.replace(output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
     return output
 
 

@@ -1,0 +1,223 @@
+"""Interruptions: SIGKILL of real `seqpipe` subprocesses at random moments.
+
+* `preprocess` killed mid-run leaves nothing at `--output` that looks finished
+  (no `metadata.json`), and a re-run succeeds;
+* `train` killed several times in a loop always resumes and finishes with the
+  configured epochs and an honest history (each epoch once, in order);
+* `embed` killed mid-run leaves no partial Parquet at `--output`.
+
+Kill delays come from `random.Random(RELIABILITY_SEED)` (environment variable,
+default 0) and are printed, so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from reliability_helpers import run_cli, start_cli
+
+from seqpipe import records
+
+SEED = int(os.environ.get("RELIABILITY_SEED", "0"))
+
+
+def _kill_after(proc, delay: float) -> bool:
+    """SIGKILLs `proc` after `delay` s; True if it was still running (a real kill)."""
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    alive = proc.poll() is None
+    if alive:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return alive
+
+
+@pytest.mark.slow
+def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path):
+    rng = random.Random(SEED)
+    raw = tmp_path / "raw"
+    proc = run_cli("synth", "--output", raw, "--n", "12000", "--set", "synth.max_length=60")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "data"
+    kills = 0
+    for attempt in range(3):
+        proc = start_cli("preprocess", "--input", raw / "*.jsonl", "--output", out,
+                         log=tmp_path / "preprocess.log")
+        # the job is fast: wait until its staging directory exists, then a random delay
+        while proc.poll() is None and not list(tmp_path.glob(".data.tmp-*")):
+            time.sleep(0.01)
+        delay = rng.uniform(0.0, 1.2)
+        killed = _kill_after(proc, delay)
+        print(f"preprocess attempt {attempt}: kill after {delay:.2f}s -> killed={killed}")
+        if not killed:
+            break
+        kills += 1
+        assert not (out / records.METADATA_FILE).exists()
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+        # a staging dir may be left behind, hidden, and never with metadata.json
+        for leftover in tmp_path.glob(".data.tmp-*"):
+            assert not (leftover / records.METADATA_FILE).exists() or not out.exists()
+    assert kills >= 1, "the job finished before any kill: make the corpus bigger"
+    assert len(list(tmp_path.glob(".data.tmp-*"))) <= kills  # hidden leftovers only
+    if not (out / records.METADATA_FILE).exists():
+        proc = run_cli("preprocess", "--input", raw / "*.jsonl", "--output", out)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    metadata = records.read_metadata(out)
+    assert metadata["counts"]["read"] == metadata["counts"]["written"] == 12000
+
+
+@pytest.mark.slow
+def test_training_killed_repeatedly_resumes_and_finishes(small_dataset, small_overrides,
+                                                         tmp_path):
+    rng = random.Random(SEED + 1)
+    epochs = 4
+    model = tmp_path / "model"
+    args = ["train", "--data", small_dataset, "--model-dir", model, "--config", "tiny",
+            *[a for o in small_overrides for a in ("--set", o)],
+            "--set", f"train.epochs={epochs}", "--set", "train.checkpoint_every_steps=1",
+            "--set", "data.batch_size=4"]
+    kills, log = 0, tmp_path / "train.log"
+    for attempt in range(2):
+        delay = rng.uniform(6.0, 13.0)
+        proc = start_cli(*args, log=log)
+        killed = _kill_after(proc, delay)
+        print(f"train attempt {attempt}: kill after {delay:.2f}s -> killed={killed}")
+        if not killed:
+            break
+        kills += 1
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert kills >= 1
+    summary = json.loads((model / "summary.json").read_text())
+    history = json.loads((model / "history.json").read_text())
+    assert summary["epochs"] == epochs and summary["stopped_by"] == "epochs"
+    assert [h["epoch"] for h in history] == list(range(epochs)), history
+    for record in history:
+        assert math.isfinite(record["loss"]) and math.isfinite(record["val_loss"])
+        assert record["steps"] >= record.get("resumed_at_step", 0) >= 0
+    assert not (model / ".lock").exists()
+    assert (model / "encoder" / "saved_model.pb").is_file()
+    import keras
+
+    keras.models.load_model(model / "autoencoder.keras", safe_mode=True)
+    print(f"training: {kills} kills, log {log.read_text()[-400:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "train._Trainer._end_epoch saves the backup (epoch counter + 1) BEFORE "
+    "_write_epoch_logs writes history.json: a kill between the two resumes at the next "
+    "epoch and that epoch's history record is lost for good (history and summary "
+    "'epochs' one short). Fix: in _end_epoch call _write_epoch_logs(record, history) "
+    "before self.backup.save(); _restore already drops history entries with "
+    "epoch >= the restored counter."))
+def test_kill_between_backup_and_history_keeps_history_honest(small_dataset,
+                                                               small_overrides, tmp_path,
+                                                               monkeypatch):
+    from seqpipe import train as train_lib
+    from seqpipe.config import load_config
+
+    cfg = load_config("tiny", [*small_overrides, "train.epochs=2"])
+    original = train_lib._Trainer._write_epoch_logs
+
+    def dies_at_epoch_1(self, record, history):
+        if record["epoch"] == 0:
+            raise KeyboardInterrupt("simulated SIGKILL after the backup")
+        return original(self, record, history)
+
+    monkeypatch.setattr(train_lib._Trainer, "_write_epoch_logs", dies_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
+    monkeypatch.setattr(train_lib._Trainer, "_write_epoch_logs", original)
+    summary = train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert summary["epochs"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "train: a run killed after the backup of an epoch's LAST step but before the "
+    "epoch-end save resumes with skip == all steps, trains 0 steps and records "
+    "loss = 0/max(0, 1) = 0.0 with valid_timesteps 0 for that epoch: a perfect-looking "
+    "loss that was never measured. Fix: checkpoint the epoch's running sse and count "
+    "(tf.Variables in the tf.train.Checkpoint, reset at epoch end) and add them to the "
+    "resumed part, so the record is the loss over the whole epoch; at least record "
+    "loss None (not 0.0) when no step ran."))
+def test_kill_after_last_step_backup_keeps_loss_honest(small_dataset, small_overrides,
+                                                       tmp_path, monkeypatch):
+    from seqpipe import train as train_lib
+    from seqpipe.config import load_config
+
+    cfg = load_config("tiny", [*small_overrides, "train.epochs=2",
+                               "train.checkpoint_every_steps=1"])
+    original = train_lib._Trainer._end_epoch
+
+    def dies_before_epoch_end(self, record, history):
+        raise KeyboardInterrupt("simulated SIGKILL after the last step's backup")
+
+    monkeypatch.setattr(train_lib._Trainer, "_end_epoch", dies_before_epoch_end)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
+    monkeypatch.setattr(train_lib._Trainer, "_end_epoch", original)
+    train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[0]["valid_timesteps"] > 0 or history[0]["loss"] is None, history[0]
+
+
+@pytest.mark.slow
+def test_embed_killed_leaves_no_partial_parquet(small_dataset, small_model, tmp_path):
+    import pyarrow.parquet as pq
+
+    rng = random.Random(SEED + 2)
+    out = tmp_path / "emb.parquet"
+    expected = records.read_metadata(small_dataset)["splits"]["train"]["num_records"]
+    args = ["embed", "--data", small_dataset, "--model-dir", small_model, "--split",
+            "train", "--output", out]
+    for attempt in range(1):
+        delay = rng.uniform(4.0, 9.0)
+        proc = start_cli(*args, log=tmp_path / "embed.log")
+        killed = _kill_after(proc, delay)
+        print(f"embed attempt {attempt}: kill after {delay:.2f}s -> killed={killed}")
+        if out.exists():  # only ever a complete file (written to a temp name, renamed)
+            assert pq.read_table(out).num_rows == expected
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert pq.read_table(out).num_rows == expected
+
+
+def test_failed_parquet_write_leaves_nothing(small_dataset, small_model, tmp_path,
+                                             monkeypatch):
+    """Fault injection inside `embed.write_parquet`: the write dies half way."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from seqpipe import embed
+
+    embeddings = embed.Embeddings(ids=np.array(["a", "b"]), labels=np.array(["", ""]),
+                                  lengths=np.array([1, 2], np.int32),
+                                  vectors=np.ones((2, 4), np.float32), split="test")
+    out = tmp_path / "e.parquet"
+    embed.write_parquet(embeddings, out)
+    good = out.read_bytes()
+
+    def dies_half_way(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1" + b"\x00" * 100)  # a partial file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", dies_half_way)
+    with pytest.raises(OSError):
+        embed.write_parquet(embeddings, out)
+    assert out.read_bytes() == good  # the earlier complete file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["e.parquet"]  # no temp left
