@@ -6,10 +6,11 @@ uniform or long-tailed) as gzip TFRecord shards, then with the default
 
 1. input throughput: iterates `seqpipe.data.make_dataset` (training order,
    shuffled) for a few epochs and prints sequences/s and timesteps/s;
-2. training epoch ratio: the real autoencoder (`build_autoencoder`) and a
-   training step like `seqpipe.train`'s (`tf.function(reduce_retracing=True)`,
-   `masked_squared_error`, Adam), alternating an epoch fed by the pipeline with
-   an epoch fed by the same batches cached in memory, several times; prints
+2. training epoch ratio: seqpipe's trainer itself (`seqpipe.train._Trainer.
+   train_epoch`: the real step, loop, backups, and the next epoch's input
+   opened in the background as `run()` does it), alternating an epoch fed by
+   the pipeline with an epoch fed by the same batches cached in memory
+   (`train_epoch(batches=...)`: the same loop), several times; prints
    pipeline time / cached time per pair and the median (target <= 1.05), and
    how many times the step was traced.
 
@@ -32,13 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from padding_efficiency import sample_lengths, write_dataset  # noqa: E402
 
-from seqpipe import data, models  # noqa: E402
-from seqpipe.config import DataConfig, ModelConfig  # noqa: E402
+from seqpipe import data, records, train  # noqa: E402
+from seqpipe.config import DataConfig, load_config  # noqa: E402
 
 
 def throughput(root: Path, cfg: DataConfig, epochs: int) -> list[dict]:
@@ -60,56 +60,36 @@ def throughput(root: Path, cfg: DataConfig, epochs: int) -> list[dict]:
     return rows
 
 
-def make_train_step(units: int):
-    """A compiled training step as in `seqpipe.train` (one replica)."""
-    autoencoder, _ = models.build_autoencoder(ModelConfig(units=units), 8)
-    optimizer = keras.optimizers.Adam(1e-3)
+def epoch_ratios(root: Path, repeats: int, units: int, work: Path) -> dict:
+    """Alternates pipeline-fed and cached epochs of the same batches, with the trainer."""
+    cfg = load_config("default", [f"model.units={units}", "train.epochs=1000"])
+    trainer = train._Trainer(root, work, cfg, records.read_metadata(root),
+                             tf.distribute.get_strategy(), verbose=False)
 
-    @tf.function(reduce_retracing=True)
-    def step(inputs, targets, weights):
-        with tf.GradientTape() as tape:
-            predictions = autoencoder(inputs, training=True)
-            sse, count = models.masked_squared_error(targets, predictions, weights)
-            loss = sse / tf.maximum(count, 1.0)
-        variables = autoencoder.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return loss
+    def cached_batches(epoch: int) -> list:
+        """The batches the pipeline of `epoch` yields (its order is seeded by the epoch)."""
+        return list(trainer._distributed_dataset("train", epoch, 0, training=True))
 
-    return step
+    def timed(epoch: int, batches=None) -> float:
+        trainer.step_in_epoch.assign(0)
+        return trainer.train_epoch(epoch, batches=batches).seconds
 
-
-def timed_epoch(step, batches) -> float:
-    """Seconds to run `step` over every batch (the loss is read back, as the trainer does)."""
-    started = time.perf_counter()
-    for inputs, targets, weights in batches:
-        float(step(inputs, targets, weights))
-    return time.perf_counter() - started
-
-
-def epoch_ratios(root: Path, cfg: DataConfig, repeats: int, units: int) -> dict:
-    """Alternates pipeline-fed and cached epochs of the same batches."""
-    step = make_train_step(units)
-
-    def dataset(seed: int) -> tf.data.Dataset:
-        return data.make_dataset(root, "train", DataConfig(**{**cfg.__dict__, "seed": seed}),
-                                 training=True)
-
-    timed_epoch(step, list(dataset(cfg.seed)))  # warm-up: traces and builds the optimizer
+    timed(0)  # warm-up: traces the step, builds the optimizer, opens epoch 1 ahead
     pairs = []
     for repeat in range(repeats):
-        seed = cfg.seed + 1 + repeat
-        cached = list(dataset(seed))  # the batches a fresh pipeline with this seed yields
+        epoch = 1 + repeat
+        cached = cached_batches(epoch)
         if repeat % 2:  # alternate which goes first, so drift in load cancels out
-            from_memory = timed_epoch(step, cached)
-            fed = timed_epoch(step, dataset(seed))
+            from_memory = timed(epoch, cached)
+            fed = timed(epoch)
         else:
-            fed = timed_epoch(step, dataset(seed))
-            from_memory = timed_epoch(step, cached)
+            fed = timed(epoch)
+            from_memory = timed(epoch, cached)
         pairs.append({"pipeline_s": fed, "cached_s": from_memory, "ratio": fed / from_memory,
                       "batches": len(cached)})
+    trainer.close_inputs()
     return {"pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
-            "traces": step.experimental_get_tracing_count()}
+            "traces": trainer._train_step.experimental_get_tracing_count()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"input only, epoch {row['epoch']}: {row['seconds']:.2f} s, "
                   f"{row['sequences_per_s']:,.0f} sequences/s, "
                   f"{row['timesteps_per_s']:,.0f} timesteps/s")
-        result = epoch_ratios(root, cfg, args.repeats, args.units)
+        result = epoch_ratios(root, args.repeats, args.units, root / "model")
         for pair in result["pairs"]:
             print(f"training epoch ({pair['batches']} batches): pipeline "
                   f"{pair['pipeline_s']:.2f} s / cached {pair['cached_s']:.2f} s = "

@@ -42,10 +42,11 @@ TIMESTEP_BUDGET = 4096
 
 BUCKETS = dict(batching="buckets", batch_size=BATCH_SIZE, timestep_budget=0)
 MODES = {
-    # The default: sorted windows, B <= 32 and B*T <= 32 x mean length, T on a
-    # grid of 16 lengths per doubling.
+    # The default: sorted windows, B = 32 (no timestep budget), T on a grid of
+    # 16 lengths per doubling.
     "default_sorted_window": DataConfig(),
-    "window_fixed_batch": DataConfig(timestep_budget=0),
+    # With the auto budget: B <= 32 and B*T <= 32 x mean length.
+    "window_auto_budget": DataConfig(timestep_budget=-1),
     "window_grid_8": DataConfig(length_grid=8),
     "window_exact_T": DataConfig(length_grid=1024),
     "pad_to_max": DataConfig(**BUCKETS, pad_to_max=True),

@@ -17,7 +17,12 @@ on one CPU, several local GPUs and many workers:
   `train.checkpoint_every_steps` steps and at every epoch end) from which a
   killed run resumes mid-epoch with the same command, and the best weights by
   validation loss. Per-epoch data order derives from `data.seed + epoch`, so a
-  resumed epoch sees the batches it had not yet seen.
+  resumed epoch sees the batches it had not yet seen;
+* the input of the next split (validation, or the next epoch) is opened and
+  its first batch fetched in a background thread while the current split
+  trains: sorted-window batching must read a whole window before its first
+  batch, and that wait would otherwise idle the model at every epoch start
+  (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
 
 Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
 A non-finite loss stops the run with an error naming the epoch and step,
@@ -40,6 +45,7 @@ Outputs in the model directory:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -52,7 +58,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +255,11 @@ class _Trainer:
         self.writer = tf.summary.create_file_writer(self._writable("logs"))
         self._train_step = self._make_step(training=True)
         self._eval_step = self._make_step(training=False)
+        # Opened inputs by (split, epoch, skip): `_open_input` futures.
+        self._inputs: dict[tuple[str, int, int], concurrent.futures.Future] = {}
+        self._input_thread = (
+            None if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seqpipe-input"))
 
     def _writable(self, relative: str) -> str:
         """The chief writes into the model dir; other workers into temp dirs."""
@@ -266,16 +277,20 @@ class _Trainer:
         history = self._restore()
         started = time.monotonic()
         stop_reason = "epochs"
-        while int(self.epoch) < self.cfg.train.epochs:
-            learning_rate = learning_rate_for_epoch(self.cfg.train, int(self.epoch), history)
-            self.optimizer.learning_rate.assign(learning_rate)
-            record = self._run_epoch(int(self.epoch))
-            record["learning_rate"] = learning_rate
-            history.append(record)
-            self._end_epoch(record, history)
-            if self._should_stop_early(history):
-                stop_reason = "early_stopping"
-                break
+        try:
+            while int(self.epoch) < self.cfg.train.epochs:
+                learning_rate = learning_rate_for_epoch(self.cfg.train, int(self.epoch),
+                                                        history)
+                self.optimizer.learning_rate.assign(learning_rate)
+                record = self._run_epoch(int(self.epoch))
+                record["learning_rate"] = learning_rate
+                history.append(record)
+                self._end_epoch(record, history)
+                if self._should_stop_early(history):
+                    stop_reason = "early_stopping"
+                    break
+        finally:
+            self.close_inputs()
         if self.best.latest_checkpoint:
             self.best.checkpoint.restore(self.best.latest_checkpoint).expect_partial()
         summary = self._summary(history, time.monotonic() - started, stop_reason)
@@ -297,9 +312,26 @@ class _Trainer:
                   f"{int(self.epoch) + 1}, step {int(self.step_in_epoch)}")
         return history
 
+    def train_epoch(self, epoch: int, skip: int = 0,
+                    batches: Iterable[Any] | None = None) -> EpochResult:
+        """One pass over the train split from global step `skip`, exactly as `run()` does.
+
+        Updates the weights, the optimizer and `step_in_epoch`, and writes the
+        mid-epoch backups; not the epoch-end bookkeeping (history, best weights,
+        `epoch`). The benchmarks time training through this.
+
+        Args:
+            epoch: the epoch (seeds the data order).
+            skip: global steps of this epoch already done.
+            batches: iterate these (distributed) batches instead of the input
+                pipeline, e.g. the same batches cached in memory; no input is
+                then opened ahead.
+        """
+        return self._run_split("train", epoch, skip, training=True, batches=batches)
+
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         skip = int(self.step_in_epoch)
-        train_result = self._run_split("train", epoch, skip, training=True)
+        train_result = self.train_epoch(epoch, skip)
         record = {"epoch": epoch, "loss": train_result.loss,
                   "steps": train_result.num_steps + skip,
                   "valid_timesteps": train_result.num_valid_timesteps,
@@ -312,13 +344,19 @@ class _Trainer:
             record["val_loss"] = self._run_split("val", epoch, 0, training=False).loss
         return record
 
-    def _run_split(self, split: str, epoch: int, skip: int, training: bool) -> EpochResult:
-        dataset = self._distributed_dataset(split, epoch, skip, training)
+    def _run_split(self, split: str, epoch: int, skip: int, training: bool,
+                   batches: Iterable[Any] | None = None) -> EpochResult:
         step_fn = self._train_step if training else self._eval_step
         total_sse, total_count, steps = 0.0, 0.0, 0
         progress = self._progress(split, epoch)
         started = time.monotonic()
-        for batch in dataset:
+        self._trace_for_any_shape(step_fn)
+        if batches is None:
+            batches = self._batches(split, epoch, skip, training)
+            next_split = self._next_split(split, epoch)
+            if next_split is not None:
+                self._open_input(*next_split)
+        for batch in batches:
             sse, count = step_fn(batch)
             total_sse += float(sse)
             total_count += float(count)
@@ -337,6 +375,66 @@ class _Trainer:
         return EpochResult(loss=total_sse / max(total_count, 1.0), num_steps=steps,
                            num_valid_timesteps=int(total_count) // num_features,
                            seconds=time.monotonic() - started)
+
+    def close_inputs(self) -> None:
+        """Drops inputs opened ahead and stops their thread (`run()` does it at the end)."""
+        self._inputs = {}
+        if self._input_thread is not None:
+            self._input_thread.shutdown(wait=True, cancel_futures=True)
+            self._input_thread = None
+
+    def _trace_for_any_shape(self, step_fn) -> None:
+        """Traces `step_fn` once for every `[B, T]` (one replica in this process).
+
+        Otherwise `reduce_retracing` traces it up to three times (the first
+        shape, then `[32, None]`, then `[None, None]` when the first partial
+        batch comes, possibly epochs later): seconds each for this model.
+        Distributed batches (several replicas) keep the lazy tracing.
+        """
+        if (self.strategy.num_replicas_in_sync != 1
+                or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                or step_fn.experimental_get_tracing_count()):
+            return
+        steps = tf.TensorSpec([None, None, self.metadata["num_features"]], tf.float32)
+        mask = tf.TensorSpec([None, None], tf.float32)
+        step_fn.get_concrete_function(({"x": steps, "mask": mask}, steps, mask))
+
+    def _next_split(self, split: str, epoch: int) -> tuple[str, int, int, bool] | None:
+        """What `run()` iterates after `(split, epoch)`: val, else the next epoch."""
+        if split == "train" and self.has_val:
+            return "val", epoch, 0, False
+        if epoch + 1 < self.cfg.train.epochs:
+            return "train", epoch + 1, 0, True
+        return None
+
+    def _open_input(self, split: str, epoch: int, skip: int,
+                    training: bool) -> concurrent.futures.Future:
+        """Starts building the input of `(split, epoch)` from `skip` and fetching its first batch.
+
+        In the background thread when there is one, else right here.
+        """
+        key = (split, epoch, skip)
+        if key not in self._inputs:
+            def first_batch():
+                iterator = iter(self._distributed_dataset(split, epoch, skip, training))
+                return iterator, next(iterator, None)
+
+            if self._input_thread is None:
+                future: concurrent.futures.Future = concurrent.futures.Future()
+                try:
+                    future.set_result(first_batch())
+                except Exception as error:  # noqa: BLE001 - re-raised by result()
+                    future.set_exception(error)
+            else:
+                future = self._input_thread.submit(first_batch)
+            self._inputs[key] = future
+        return self._inputs[key]
+
+    def _batches(self, split: str, epoch: int, skip: int, training: bool) -> Iterator[Any]:
+        """The batches of `(split, epoch)` from `skip`, using an input opened ahead if any."""
+        future = self._open_input(split, epoch, skip, training)
+        self._inputs = {}  # inputs opened for another split or epoch will not be used
+        return _chain_first(future)
 
     def _distributed_dataset(self, split: str, epoch: int, skip: int, training: bool):
         data_cfg = dataclasses.replace(self.cfg.data, seed=self.cfg.data.seed + epoch)
@@ -361,7 +459,13 @@ class _Trainer:
         strategy = self.strategy
         replica_step = self._replica_train_step if training else self._replica_eval_step
 
-        @tf.function(reduce_retracing=True)
+        jit_compile = self.cfg.train.jit_compile
+        if jit_compile and strategy.num_replicas_in_sync > 1:
+            logger.warning("train.jit_compile is for one replica; %d replicas run without XLA",
+                           strategy.num_replicas_in_sync)
+            jit_compile = False
+
+        @tf.function(reduce_retracing=True, jit_compile=jit_compile)
         def step(batch):
             inputs, targets, weights = batch
             sse, count = strategy.run(replica_step, args=(inputs, targets, weights))
@@ -491,6 +595,15 @@ class _Trainer:
     def _log(self, message: str) -> None:
         if self.verbose and self.chief:
             print(message, flush=True)
+
+
+def _chain_first(future: concurrent.futures.Future) -> Iterator[Any]:
+    """The batches of an `_open_input` future: its first batch, then the rest."""
+    iterator, first = future.result()
+    if first is None:
+        return
+    yield first
+    yield from iterator
 
 
 def _has_data(weights: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,381 @@
+"""seqpipe vs the pad-to-max recipe: training and embedding throughput, side by side.
+
+On seed-shaped data (1,326 sequences, 8 features, lengths 7..356; once uniform,
+once long-tailed log-normal, as in `padding_efficiency.py`), in one process,
+alternating the variants epoch by epoch (the order flips every repeat, so
+drifting load from other processes hits every variant alike):
+
+* `naive`: the recipe of the seed question exactly: `Masking(0.0)` ->
+  `LSTM(100, activation="relu")` -> `RepeatVector(356)` ->
+  `LSTM(8, activation="relu", return_sequences=True)`, Adam, MSE, batch 32,
+  numpy arrays zero-padded to 356, `model.fit` one epoch per measurement
+  (timed from `on_epoch_begin` to `on_epoch_end`: the data adapter's setup is
+  not counted against it);
+* `seqpipe`: `ModelConfig(units=100, embedding_dim=0, decoder_units=8,
+  bidirectional=False, activation="relu")` (seqpipe's relu is relu6: the same
+  op count as relu, and it does not overflow), fed by `seqpipe.data.make_dataset`
+  from the TFRecord shards with the default `DataConfig` (sorted windows), trained
+  by `seqpipe.train._Trainer.train_epoch`: the real step, loop and backups;
+* `seqpipe_xla`: the same with `train.jit_compile=true` (only with `--xla`).
+
+Per epoch: seconds, real timesteps per second, and the speed-up over `naive`
+(naive seconds / seqpipe seconds of the same repeat). Then embedding the whole
+split: the naive encoder sub-model's `predict` on the padded arrays (batch 32)
+vs seqpipe's exported encoder (SavedModel) through `seqpipe.embed.compute_embeddings`.
+Also: padding efficiency of each, and the padding-invariance error of each
+embedding (max |e_alone - e_batched| / max |e| over 32 sequences embedded
+alone, unpadded, vs in one batch padded to 356 beside the longest sequence).
+
+`--memory` instead trains seqpipe (`seqpipe.train.train`, 1 epoch) on N and 4N
+sequences, each in a fresh subprocess, and reports the peak RSS
+(`resource.getrusage`), with the default shuffle buffer and with a small one.
+
+    taskset -c 0,1 python benchmarks/vs_pad_to_max.py [--repeats 5] [--xla] [--json out.json]
+    taskset -c 0,1 python benchmarks/vs_pad_to_max.py --memory [--json mem.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from padding_efficiency import MAX_LENGTH, NUM_FEATURES, sample_lengths, write_dataset  # noqa: E402
+
+from seqpipe import data, embed, models, records, train  # noqa: E402
+from seqpipe.config import dump_config, load_config  # noqa: E402
+
+BATCH_SIZE = 32
+UNITS, DECODER_UNITS = 100, 8
+PROBES = 32  # sequences in the padding-invariance check
+
+
+@dataclasses.dataclass
+class Data:
+    """One seed-shaped data set: TFRecords on disk and the same sequences in memory."""
+
+    kind: str
+    root: Path
+    sequences: list[np.ndarray]  # normalized as seqpipe normalizes them
+    metadata: dict
+
+    @property
+    def real_timesteps(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+
+def make_data(kind: str, root: Path, seed: int, num_copies: int = 1) -> Data:
+    """Writes the shards (via `padding_efficiency.write_dataset`) and keeps the arrays."""
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([sample_lengths(kind, rng) for _ in range(num_copies)])
+    twin = copy.deepcopy(rng)  # write_dataset draws the sequences from this state
+    root.mkdir(parents=True, exist_ok=True)
+    write_dataset(root, lengths, rng)
+    raw = [twin.normal(size=(n, NUM_FEATURES)).astype(np.float32) for n in lengths]
+    metadata = records.read_metadata(root)
+    mean, std = data.normalization_arrays(metadata["feature_stats"], NUM_FEATURES)
+    return Data(kind, root, [(s - mean) / std for s in raw], metadata)
+
+
+def pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    x = np.zeros((len(sequences), length, NUM_FEATURES), np.float32)
+    for i, s in enumerate(sequences):
+        x[i, :len(s)] = s
+    return x
+
+
+# ----------------------------------------------------------------------------- naive
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.started
+        self.loss = (logs or {}).get("loss")
+
+
+class Naive:
+    """The seed question's model, trained with `fit` on arrays padded to 356."""
+
+    def __init__(self, ds: Data, seed: int):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input(shape=(MAX_LENGTH, NUM_FEATURES))
+        masking = keras.layers.Masking(mask_value=0.0)
+        lstm = keras.layers.LSTM(UNITS, activation="relu")
+        encoded = lstm(masking(inputs))
+        repeated = keras.layers.RepeatVector(MAX_LENGTH)(encoded)
+        decoded = keras.layers.LSTM(DECODER_UNITS, activation="relu",
+                                    return_sequences=True)(repeated)
+        self.model = keras.Model(inputs, decoded)
+        self.model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+        # The encoder sub-model, on any length (same layers, same weights).
+        any_length = keras.Input(shape=(None, NUM_FEATURES))
+        self.encoder = keras.Model(any_length, lstm(masking(any_length)))
+        self.x = pad(ds.sequences, MAX_LENGTH)
+        self.real_timesteps = ds.real_timesteps
+
+    def train_epoch(self) -> dict:
+        timer = _EpochTimer()
+        self.model.fit(self.x, self.x, batch_size=BATCH_SIZE, epochs=1, shuffle=True,
+                       verbose=0, callbacks=[timer])
+        return {"seconds": timer.seconds, "loss": timer.loss}
+
+    def embed_all(self) -> float:
+        started = time.perf_counter()
+        self.encoder.predict(self.x, batch_size=BATCH_SIZE, verbose=0)
+        return time.perf_counter() - started
+
+    def embed_alone_and_batched(self, probes: list[np.ndarray], longest: np.ndarray):
+        alone = np.concatenate([self.encoder.predict(s[None], verbose=0) for s in probes])
+        batched = self.encoder.predict(pad([*probes, longest], MAX_LENGTH),
+                                       batch_size=len(probes) + 1, verbose=0)[:-1]
+        return alone, batched
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_timesteps / self.x.shape[0] / self.x.shape[1]
+
+
+# ----------------------------------------------------------------------------- seqpipe
+
+
+class Seqpipe:
+    """seqpipe's trainer (`_Trainer.train_epoch`) on its TFRecord pipeline."""
+
+    def __init__(self, ds: Data, work: Path, seed: int, overrides: tuple[str, ...] = ()):
+        self.cfg = load_config("default", [
+            f"model.units={UNITS}", "model.embedding_dim=0",
+            f"model.decoder_units={DECODER_UNITS}", "model.bidirectional=false",
+            "model.activation=relu", f"data.batch_size={BATCH_SIZE}",
+            f"train.seed={seed}", *overrides])
+        self.ds = ds
+        self.model_dir = work
+        self.trainer = train._Trainer(ds.root, work, self.cfg, ds.metadata,
+                                      tf.distribute.get_strategy(), verbose=False)
+        self.epoch = 0
+        self._served = None
+
+    def train_epoch(self) -> dict:
+        result = self.trainer.train_epoch(self.epoch)
+        self.epoch += 1
+        self.trainer.step_in_epoch.assign(0)
+        return {"seconds": result.seconds, "loss": result.loss, "steps": result.num_steps,
+                "real_timesteps": result.num_valid_timesteps}
+
+    def export(self):
+        """Writes what `seqpipe embed` reads and loads the SavedModel encoder."""
+        dump_config(self.cfg, self.model_dir / train.CONFIG_FILE)
+        (self.model_dir / train.METADATA_COPY).write_text(json.dumps(self.ds.metadata))
+        staging = self.model_dir / train.ENCODER_DIR
+        models.export_encoder(self.trainer.encoder, staging)
+        self._served = embed.load_encoder(self.model_dir)
+
+    def embed_all(self) -> float:
+        if self._served is None:
+            self.export()
+        started = time.perf_counter()
+        embed.compute_embeddings(self.ds.root, self.model_dir, "train", encoder=self._served)
+        return time.perf_counter() - started
+
+    def embed_alone_and_batched(self, probes: list[np.ndarray], longest: np.ndarray):
+        if self._served is None:
+            self.export()
+
+        def run(sequences, length):
+            x = pad(sequences, length)
+            mask = np.zeros(x.shape[:2], np.float32)
+            for i, s in enumerate(sequences):
+                mask[i, :len(s)] = 1.0
+            return self._served(x=tf.constant(x), mask=tf.constant(mask))[
+                models.EMBEDDING_KEY].numpy()
+
+        alone = np.concatenate([run([s], len(s)) for s in probes])
+        batched = run([*probes, longest], MAX_LENGTH)[:-1]
+        return alone, batched
+
+    def padding_stats(self) -> dict:
+        return data.padding_efficiency(data.make_dataset(
+            self.ds.root, "train", self.cfg.data, training=True, metadata=self.ds.metadata))
+
+    @property
+    def traces(self) -> int:
+        return self.trainer._train_step.experimental_get_tracing_count()
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def invariance_error(runner, ds: Data, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(s) for s in ds.sequences])
+    longest = ds.sequences[int(lengths.argmax())]
+    probes = [ds.sequences[i] for i in rng.choice(len(ds.sequences), PROBES, replace=False)]
+    alone, batched = runner.embed_alone_and_batched(probes, longest)
+    scale = float(np.max(np.abs(alone))) or 1.0
+    return float(np.max(np.abs(alone - batched)) / scale)
+
+
+def compare(kind: str, repeats: int, seed: int, xla: bool, work: Path) -> dict:
+    ds = make_data(kind, work / f"data-{kind}", seed)
+    runners = {"naive": Naive(ds, seed),
+               "seqpipe": Seqpipe(ds, work / f"model-{kind}", seed)}
+    if xla:
+        runners["seqpipe_xla"] = Seqpipe(ds, work / f"model-{kind}-xla", seed,
+                                         ("train.jit_compile=true",))
+    names = list(runners)
+    warmup = {name: runner.train_epoch() for name, runner in runners.items()}
+    epochs: dict[str, list[dict]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in (names if repeat % 2 == 0 else names[::-1]):
+            epochs[name].append(runners[name].train_epoch())
+    for runner in runners.values():  # warm-up: tracing, SavedModel export and load
+        runner.embed_all()
+    embeds: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in (names if repeat % 2 == 0 else names[::-1]):
+            embeds[name].append(runners[name].embed_all())
+
+    result = {"lengths": kind, "num_sequences": len(ds.sequences),
+              "real_timesteps": ds.real_timesteps, "variants": {}}
+    for name in names:
+        runner = runners[name]
+        seconds = [e["seconds"] for e in epochs[name]]
+        speedups = [n["seconds"] / e["seconds"] for n, e in zip(epochs["naive"], epochs[name],
+                                                                 strict=True)]
+        embed_speedups = [n / e for n, e in zip(embeds["naive"], embeds[name], strict=True)]
+        row = {
+            "warmup_epoch_s": warmup[name]["seconds"],
+            "epoch_s": seconds,
+            "epoch_s_median": statistics.median(seconds),
+            "timesteps_per_s_median": ds.real_timesteps / statistics.median(seconds),
+            "train_speedup": speedups,
+            "train_speedup_median": statistics.median(speedups),
+            "embed_s": embeds[name],
+            "embed_s_median": statistics.median(embeds[name]),
+            "embed_timesteps_per_s_median": ds.real_timesteps / statistics.median(embeds[name]),
+            "embed_speedup": embed_speedups,
+            "embed_speedup_median": statistics.median(embed_speedups),
+            "last_loss": epochs[name][-1]["loss"],
+            "invariance_error": invariance_error(runner, ds, seed),
+        }
+        if isinstance(runner, Seqpipe):
+            stats = runner.padding_stats()
+            row.update(padding_efficiency=stats["efficiency"], steps=epochs[name][-1]["steps"],
+                       distinct_shapes=stats["distinct_shapes"], traces=runner.traces)
+        else:
+            row.update(padding_efficiency=runner.padding_efficiency,
+                       steps=-(-len(ds.sequences) // BATCH_SIZE), distinct_shapes=1)
+        result["variants"][name] = row
+    return result
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}..{max(values):.2f}"
+
+
+def print_table(results: list[dict]) -> None:
+    header = (f"{'lengths':<10} {'variant':<12} {'pad.eff':>7} {'steps':>5} {'epoch s':>8} "
+              f"{'timesteps/s':>11} {'train x':>7} {'(spread)':>11} {'embed s':>8} "
+              f"{'embed x':>7} {'(spread)':>11} {'invariance':>10}")
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        for name, row in result["variants"].items():
+            print(f"{result['lengths']:<10} {name:<12} {row['padding_efficiency']:>7.3f} "
+                  f"{row['steps']:>5} {row['epoch_s_median']:>8.2f} "
+                  f"{row['timesteps_per_s_median']:>11,.0f} {row['train_speedup_median']:>7.2f} "
+                  f"{spread(row['train_speedup']):>11} {row['embed_s_median']:>8.2f} "
+                  f"{row['embed_speedup_median']:>7.2f} {spread(row['embed_speedup']):>11} "
+                  f"{row['invariance_error']:>10.1e}")
+        naive = result["variants"]["naive"]["padding_efficiency"]
+        print(f"{result['lengths']}: physical limit 1/naive padding efficiency = {1 / naive:.2f}x")
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _memory_child(data_dir: str, shuffle_buffer: int) -> None:
+    """Trains one epoch on `data_dir` in this fresh process; prints peak RSS as JSON."""
+    metadata = records.read_metadata(data_dir)
+    cfg = load_config("default", [
+        f"model.units={UNITS}", "model.embedding_dim=0",
+        f"model.decoder_units={DECODER_UNITS}", "model.bidirectional=false",
+        "train.epochs=1", f"data.shuffle_buffer={shuffle_buffer}"])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory(prefix="seqpipe-mem-") as tmp:
+        train.train(data_dir, Path(tmp) / "model", cfg, verbose=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mb": peak / 1024, "before_train_mb": before / 1024,
+                      "num_sequences": metadata["splits"]["train"]["num_records"],
+                      "timesteps": metadata["splits"]["train"]["num_timesteps"]}))
+
+
+def memory(kind: str, seed: int, work: Path) -> list[dict]:
+    """Peak RSS of a 1-epoch training run on N and 4N sequences, each in a subprocess."""
+    rows = []
+    for copies in (1, 4):
+        data_dir = work / f"mem-{kind}-{copies}"
+        make_data(kind, data_dir, seed, num_copies=copies)
+        for shuffle_buffer in (10000, 1000):
+            out = subprocess.run(
+                [sys.executable, __file__, "--_memory-child", str(data_dir),
+                 str(shuffle_buffer)], capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"lengths": kind, "copies": copies, "shuffle_buffer": shuffle_buffer,
+                         **row})
+            print(f"{kind:<10} shuffle_buffer {shuffle_buffer:>6} {row['num_sequences']:>6} "
+                  f"sequences ({row['timesteps']:>9,} timesteps): peak RSS "
+                  f"{row['peak_rss_mb']:,.0f} MB (before training "
+                  f"{row['before_train_mb']:,.0f} MB)", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", nargs="+", default=["uniform", "lognormal"],
+                        choices=["uniform", "lognormal"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--xla", action="store_true", help="also seqpipe with jit_compile")
+    parser.add_argument("--memory", action="store_true", help="peak RSS at N and 4N instead")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--_memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._memory_child:
+        data_dir, shuffle_buffer = args._memory_child
+        _memory_child(data_dir, int(shuffle_buffer))
+        return
+    print(f"{os.cpu_count()} cores visible, tensorflow {tf.__version__}, keras "
+          f"{keras.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="seqpipe-vs-") as tmp:
+        if args.memory:
+            results = [row for kind in args.lengths for row in memory(kind, args.seed, Path(tmp))]
+        else:
+            results = [compare(kind, args.repeats, args.seed, args.xla, Path(tmp))
+                       for kind in args.lengths]
+            print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
