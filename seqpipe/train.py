@@ -243,10 +243,15 @@ class _Trainer:
         # Loop counters live outside the strategy scope: plain host variables.
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # The running squared-error sum and valid count of the current epoch: a run
+        # resumed mid-epoch reports the loss of the whole epoch, not of its tail.
+        self.epoch_sse = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
             model=self.autoencoder, optimizer=self.optimizer, epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss)
+            step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss,
+            epoch_sse=self.epoch_sse, epoch_count=self.epoch_count)
         self.backup = tf.train.CheckpointManager(
             self.checkpoint, self._writable("checkpoints/backup"), max_to_keep=1)
         self.best = tf.train.CheckpointManager(
@@ -332,9 +337,10 @@ class _Trainer:
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         skip = int(self.step_in_epoch)
         train_result = self.train_epoch(epoch, skip)
-        record = {"epoch": epoch, "loss": train_result.loss,
+        epoch_count = float(self.epoch_count)
+        record = {"epoch": epoch, "loss": float(self.epoch_sse) / max(epoch_count, 1.0),
                   "steps": train_result.num_steps + skip,
-                  "valid_timesteps": train_result.num_valid_timesteps,
+                  "valid_timesteps": int(epoch_count) // self.metadata["num_features"],
                   "seconds": train_result.seconds,
                   "timesteps_per_second": train_result.num_valid_timesteps
                   / max(train_result.seconds, 1e-9)}
@@ -369,6 +375,8 @@ class _Trainer:
                     f"{self.model_dir / 'checkpoints' / 'backup'} is from before this step)")
             if training:
                 self.step_in_epoch.assign_add(1)
+                self.epoch_sse.assign_add(float(sse))
+                self.epoch_count.assign_add(float(count))
                 self._maybe_backup(skip + steps)
             progress(steps, total_sse / max(total_count, 1.0))
         num_features = self.metadata["num_features"]
@@ -523,10 +531,14 @@ class _Trainer:
         if monitored < float(self.best_val_loss):
             self.best_val_loss.assign(monitored)
             self.best.save()
+        # History first: a kill between the two then re-runs the epoch's tail
+        # (`_restore` drops records of epochs the backup has not finished).
+        self._write_epoch_logs(record, history)
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
+        self.epoch_sse.assign(0.0)
+        self.epoch_count.assign(0.0)
         self.backup.save()
-        self._write_epoch_logs(record, history)
         self._log(_format_epoch(record, self.cfg.train.epochs))
 
     def _write_epoch_logs(self, record: dict[str, Any], history: list[dict[str, Any]]):
