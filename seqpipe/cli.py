@@ -30,6 +30,14 @@ from typing import Any
 
 from seqpipe.config import Config, load_config
 from seqpipe.errors import SeqpipeError
+from seqpipe.model_dir import (
+    ENTRIES,
+    EVALUATION_FILE,
+    METADATA_COPY,
+    REPORT_DIR,
+    TRAINING_ARTEFACTS,
+    training_metadata,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,16 +81,6 @@ class PathError(SeqpipeError, ValueError):
     what the command needs)."""
 
 
-# What a model directory holds (`seqpipe.train`); anything else in a non-empty
-# --model-dir means it is not one, and training refuses to write into it.
-MODEL_DIR_ENTRIES = ("autoencoder.keras", "encoder", "config.yaml", "dataset_metadata.json",
-                     "history.json", "history.csv", "summary.json", "checkpoints", "logs",
-                     ".lock", "evaluation.json", "report")
-# Files and directories of a model directory that only `seqpipe train` writes.
-_MODEL_ARTEFACTS = ("autoencoder.keras", "encoder", "config.yaml", "dataset_metadata.json",
-                    "history.json", "history.csv", "summary.json", "checkpoints", "logs")
-
-
 def preflight(args: argparse.Namespace) -> None:
     """Cheap checks of the paths a command reads and writes, before any heavy import.
 
@@ -106,7 +104,7 @@ def preflight(args: argparse.Namespace) -> None:
     if command == "train":
         _check_train_model_dir(Path(model_dir), data_metadata, args.data)
     elif model_dir is not None:
-        trained_on = _trained_on(Path(model_dir))
+        trained_on = training_metadata(Path(model_dir))
         if data_metadata is not None:
             records.check_compatible(trained_on, data_metadata, model_dir, args.data)
     output = getattr(args, "output", None)
@@ -115,7 +113,7 @@ def preflight(args: argparse.Namespace) -> None:
     elif command == "report" and output:
         _check_output_not_inside(Path(output), args.data, "--data", "report --output")
         _check_output_not_inside(Path(output), args.model_dir, "--model-dir",
-                                 "report --output", only=_MODEL_ARTEFACTS)
+                                 "report --output", only=TRAINING_ARTEFACTS)
 
 
 def _same_or_inside(path: Path, directory: Path) -> bool:
@@ -141,7 +139,7 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
     _check_output_not_inside(output, getattr(args, "data", None), "--data",
                              f"{command} --output")
     _check_output_not_inside(output, args.model_dir, "--model-dir", f"{command} --output",
-                             only=_MODEL_ARTEFACTS)
+                             only=TRAINING_ARTEFACTS)
     written = [output]
     if command == "embed":
         written.append(output.with_suffix(".rejects.jsonl"))
@@ -179,22 +177,6 @@ def _check_preprocess_output(inputs: Sequence[str], output: str) -> None:
                                 f"{path!r}; choose an output outside the inputs")
 
 
-def _trained_on(model_dir: Path) -> dict[str, Any]:
-    """The training data's metadata of a trained model directory."""
-    from seqpipe import records
-
-    path = model_dir / "dataset_metadata.json"
-    if not model_dir.is_dir():
-        raise records.DatasetError(f"{model_dir}: no such model directory")
-    if not path.is_file():
-        raise records.DatasetError(f"{model_dir}: not a trained model directory (no "
-                                   f"{path.name}); run `seqpipe train` first")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise records.DatasetError(f"{path}: not valid JSON: {error}") from None
-
-
 def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
                            data_dir: str) -> None:
     """A new, empty or earlier seqpipe model dir whose data fits; nothing else."""
@@ -205,11 +187,11 @@ def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
     if not model_dir.is_dir():
         return
     entries = {p.name for p in model_dir.iterdir()}
-    if entries and not entries & set(MODEL_DIR_ENTRIES):
+    if entries and not entries & set(ENTRIES):
         raise PathError(f"--model-dir {str(model_dir)!r} is not empty and holds no seqpipe "
                         "model; choose a new or empty directory")
-    if metadata is not None and (model_dir / "dataset_metadata.json").is_file():
-        records.check_compatible(_trained_on(model_dir), metadata, model_dir, data_dir)
+    if metadata is not None and (model_dir / METADATA_COPY).is_file():
+        records.check_compatible(training_metadata(model_dir), metadata, model_dir, data_dir)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -344,7 +326,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config,
               extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe import evaluate
 
-    output = Path(args.output or Path(args.model_dir) / evaluate.EVALUATION_FILE)
+    output = Path(args.output or Path(args.model_dir) / EVALUATION_FILE)
     result = evaluate.evaluate_model(args.data, args.model_dir, cfg.eval)
     output.write_text(json.dumps(result, indent=2))
     print(evaluate.format_evaluation(result))
@@ -362,7 +344,7 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe import report
 
-    output = Path(args.output or Path(args.model_dir) / "report")
+    output = Path(args.output or Path(args.model_dir) / REPORT_DIR)
     paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne)
     for path in paths.values():
         print(path)

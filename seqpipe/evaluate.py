@@ -58,7 +58,6 @@ from sklearn.svm import SVC
 from seqpipe.config import EvalConfig
 from seqpipe.errors import SeqpipeError
 
-EVALUATION_FILE = "evaluation.json"  # in the model dir, where `seqpipe report` finds it
 POOLED_STATISTICS = ("mean", "std", "min", "max", "last")
 
 # libsvm iteration cap per fit. A linear kernel with a large C on data that is not

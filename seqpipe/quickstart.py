@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seqpipe.config import Config
+from seqpipe.model_dir import EVALUATION_FILE, REPORT_DIR
 
 T = TypeVar("T")
 
@@ -65,16 +66,16 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
     from seqpipe import evaluate
     evaluation = _stage(5, steps, "SVM evaluation", lambda: evaluate.evaluate_model(
         paths["data"], paths["model"], cfg.eval))
-    (paths["model"] / evaluate.EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
+    (paths["model"] / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
 
     from seqpipe import report
     _stage(6, steps, "report figures", lambda: report.make_report(
-        paths["data"], paths["model"], paths["model"] / "report"))
+        paths["data"], paths["model"], paths["model"] / REPORT_DIR))
 
     summary = _summary(synth, metadata, training, evaluation, time.monotonic() - started)
     summary["artefacts"] = {"raw": str(raw_file), "data": str(paths["data"]),
                             "model": str(paths["model"]), "embeddings": str(test_parquet),
-                            "report": str(paths["model"] / "report"),
+                            "report": str(paths["model"] / REPORT_DIR),
                             "summary": str(workdir / "quickstart.json")}
     (workdir / "quickstart.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))

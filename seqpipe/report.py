@@ -33,8 +33,13 @@ from matplotlib.figure import Figure
 
 from seqpipe import embed, records
 from seqpipe.config import load_config
-from seqpipe.evaluate import EVALUATION_FILE
-from seqpipe.train import AUTOENCODER_FILE, CONFIG_FILE, HISTORY_FILE, METADATA_COPY
+from seqpipe.model_dir import (
+    AUTOENCODER_FILE,
+    CONFIG_FILE,
+    EVALUATION_FILE,
+    HISTORY_FILE,
+    METADATA_COPY,
+)
 
 SUMMARY_FILE = "summary.md"
 DPI = 110

@@ -68,17 +68,19 @@ import tensorflow as tf
 from seqpipe import data, models, records
 from seqpipe.config import Config, TrainConfig, dump_config, load_config, to_dict
 from seqpipe.errors import SeqpipeError
+from seqpipe.model_dir import (
+    AUTOENCODER_FILE,
+    CONFIG_FILE,
+    ENCODER_DIR,
+    HISTORY_CSV,
+    HISTORY_FILE,
+    LOCK_FILE,
+    METADATA_COPY,
+    SUMMARY_FILE,
+)
 
 logger = logging.getLogger(__name__)
 
-AUTOENCODER_FILE = "autoencoder.keras"
-ENCODER_DIR = "encoder"
-CONFIG_FILE = "config.yaml"
-METADATA_COPY = "dataset_metadata.json"
-HISTORY_FILE = "history.json"
-HISTORY_CSV = "history.csv"
-SUMMARY_FILE = "summary.json"
-LOCK_FILE = ".lock"
 
 
 class TrainingError(SeqpipeError, RuntimeError):

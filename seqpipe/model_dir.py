@@ -1,0 +1,62 @@
+"""The layout of a model directory, in one place (no TensorFlow import).
+
+`seqpipe train` writes, the other commands read:
+
+    autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable
+    encoder/               SavedModel: serving_default(x, mask) -> {"embedding"}
+    config.yaml            the resolved config (written when training starts)
+    dataset_metadata.json  the training data's metadata.json (idem)
+    history.json, .csv     per-epoch loss, val_loss, learning rate, timesteps/s
+    summary.json           epochs, best val loss, throughput, padding efficiency
+    checkpoints/           backup/ (resume) and best/
+    logs/                  TensorBoard
+    .lock                  present while a training run writes the directory
+    evaluation.json        `seqpipe evaluate` results (read by `seqpipe report`)
+    report/                `seqpipe report` figures
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from seqpipe.records import DatasetError
+
+AUTOENCODER_FILE = "autoencoder.keras"
+ENCODER_DIR = "encoder"
+CONFIG_FILE = "config.yaml"
+METADATA_COPY = "dataset_metadata.json"
+HISTORY_FILE = "history.json"
+HISTORY_CSV = "history.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+LOCK_FILE = ".lock"
+EVALUATION_FILE = "evaluation.json"
+REPORT_DIR = "report"
+
+# What only `seqpipe train` writes; other commands must never write over these.
+TRAINING_ARTEFACTS = (AUTOENCODER_FILE, ENCODER_DIR, CONFIG_FILE, METADATA_COPY, HISTORY_FILE,
+                      HISTORY_CSV, SUMMARY_FILE, CHECKPOINTS_DIR, LOGS_DIR)
+# Everything a model directory may hold; anything else means it is not one.
+ENTRIES = (*TRAINING_ARTEFACTS, LOCK_FILE, EVALUATION_FILE, REPORT_DIR)
+
+
+def training_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """The metadata of the data a model was trained on.
+
+    Raises:
+        DatasetError: no such directory, or not a trained model directory.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / METADATA_COPY
+    if not model_dir.is_dir():
+        raise DatasetError(f"{model_dir}: no such model directory")
+    if not path.is_file():
+        raise DatasetError(f"{model_dir}: not a trained model directory (no {path.name}); "
+                           "run `seqpipe train` first")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
