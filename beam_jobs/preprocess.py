@@ -15,35 +15,54 @@ stable hash of its id), writes TFRecord shards per split and computes the
 statistics the trainer needs. The output directory:
 
     seqpipe-{split}.tfrecord-SSSSS-of-NNNNN   records (`seqpipe.records` contract)
-    rejects/rejects-*.jsonl                   {reason, message, source, line, record}
+    rejects/rejects-*.jsonl                   {reason, message, source, line, offset,
+                                               record, record_truncated}
     dataset_info.json, features.json          TFDS metadata (uncompressed shards only)
     metadata.json                             written last (`records.read_metadata`)
 
-Atomic: the pipeline writes into a temporary directory beside `output_dir`,
-the driver adds the metadata, and the directory is renamed into place only
-when everything succeeded; a failed run leaves nothing at `output_dir`. An
+Atomic: the pipeline writes into a temporary directory beside `output_dir`
+(shard files first as parts under `_work/`), the driver renames the parts to
+their shard names, adds the metadata, and the directory is renamed into place
+only when everything succeeded; a failed run leaves nothing at `output_dir`
+(at most a hidden `.NAME.tmp-*` directory if the process is killed). An
 existing non-empty `output_dir` is refused. Output must be a local (or
 mounted) path: the final rename is a local filesystem operation.
 
 Decisions (details where they are made):
 - feature count: the most common width; other widths are rejected
   (`sources.dataset_feature_count`).
-- duplicate ids: the copy from the smallest (file, line) is kept, the others
-  are rejected (`sources.check_duplicate`); only (id, origin) pairs are
-  grouped, never whole sequences.
-- reading: a JSONL or CSV file is read whole by one worker (exact line
-  numbers; gzip cannot be split anyway), so parallelism comes from the number
-  of input files: give a big dataset as many files (a glob), as exports
-  usually are. Parquet files are read by row group (exact row numbers), so
-  one big Parquet file is read by many workers.
+- duplicate ids: the copy from the smallest (file, line or byte offset) is
+  kept, the others are rejected (`sources.dataset_verdicts`); only a small
+  `transforms.Candidate` per record is grouped, never whole sequences.
+- one pass: each worker parses, validates, encodes and writes the records it
+  read into its own part files (`transforms.WriteCandidates`); the records
+  never go through the runner. The dataset-level checks (feature count,
+  duplicate ids) run on the candidates afterwards, and the rare part that
+  holds a record they reject is rewritten without it (`transforms.DropRejected`)
+  before anything is renamed into place.
+- reading: a gzip JSONL file, or an uncompressed one up to 64 MiB
+  (`transforms.SPLIT_BYTES`), is read whole by one worker, with exact line
+  numbers; a bigger uncompressed JSONL file is read in 64 MiB byte ranges by
+  many workers, and its records are located by byte offset (`offset`, with
+  `line` 0). A CSV file is read whole by one worker (a quoted field may hold a
+  newline, so a byte range cannot find its first row safely). Parquet files
+  are read by row group (exact row numbers), so one big Parquet file is read
+  by many workers.
 - all records rejected: the dataset is still written (0 records, `rejects/`,
   metadata.json with the counts, `tfds_readable` false) so the rejects can be
   inspected next to the counts; the summary says so.
-- shards: `num_shards` per split if set, else one per 64 MiB of records, at
-  least 2, at most one per record; records go to shards by a hash of their id
-  and are written in a fixed order, so re-runs give byte-identical shards
-  (`transforms.WriteShards`). Shards that get no record are not written, so a
-  split may have fewer shards than asked (small data only).
+- shards (`num_shards` 0, the default): the part files the workers wrote, at
+  most 64 MiB of records each (`transforms.TARGET_SHARD_BYTES`); every bundle
+  splits each split over 2 parts by id hash (`transforms.MIN_SHARDS`), so a
+  split has at least 2 shards unless it has 1 record, and more with more
+  workers or data. The same inputs and runner settings give byte-identical
+  shards (inputs are spread over the workers in a fixed order,
+  `transforms.Spread`); another worker count gives the same records per
+  split in other files.
+- shards (`num_shards` N > 0): exactly N per split (at most one per record),
+  each record in the shard given by a hash of its id, written in hashed-id
+  order: byte-identical on every runner and worker count
+  (`transforms.Reshard`), at the cost of one shuffle of all records.
 - statistics: lengths over every written record (exact quantiles, numpy's
   linear interpolation); features (population std) over the train split only.
 
@@ -78,6 +97,7 @@ from seqpipe.errors import SeqpipeError
 
 WORK_DIR = "_work"
 PARTS_DIR = "parts"
+RESHARD_DIR = "reshard"
 SUMMARY_FILE = "summary.json"
 REJECTS_DIR = "rejects"
 FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",),
@@ -117,6 +137,7 @@ def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.Preproces
         _make_readable(staging)
         work = staging / WORK_DIR
         (work / PARTS_DIR).mkdir(parents=True)
+        (work / RESHARD_DIR).mkdir()
         with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
             build_pipeline(pipeline, files_by_format, str(staging), cfg)
         summary = json.loads((work / SUMMARY_FILE).read_text())
@@ -139,33 +160,33 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
     """Adds the whole job to `pipeline`, writing into `staging_dir`."""
     work = os.path.join(staging_dir, WORK_DIR)
     results = ([pipeline
-                | f"list_{fmt}_inputs" >> beam.Create(sorted(files))
+                | f"list_{fmt}_inputs" >> beam.Create(sorted(files), reshuffle=False)
                 | f"read_{fmt}" >> make_reader(fmt, cfg)
                 for fmt, files in files_by_format.items()]
                | "all_records" >> beam.Flatten())
-    sequences, record_rejects = results | "route_rejections" >> transforms.RouteRejections()
-    sequences, width_rejects, num_features = (
-        sequences | "check_feature_count" >> transforms.CheckFeatureCount())
-    sequences, duplicate_rejects = sequences | "drop_duplicate_ids" >> (
-        transforms.DropDuplicateIds())
-    keyed = sequences | "assign_splits" >> transforms.AssignSplits(
-        cfg.train_fraction, cfg.val_fraction)
-    rejects = ((record_rejects, width_rejects, duplicate_rejects)
-               | "all_rejects" >> beam.Flatten())
-
-    shard_parts = keyed | "write_shards" >> transforms.WriteShards(
-        os.path.join(work, PARTS_DIR), cfg.num_shards, cfg.compression)
+    parts_dir = os.path.join(work, PARTS_DIR)
+    parts, candidates, record_rejects = results | "write_candidates" >> (
+        transforms.WriteCandidates(parts_dir, cfg.train_fraction, cfg.val_fraction,
+                                   cfg.compression))
+    written, drops, num_features = candidates | "check_dataset" >> transforms.CheckDataset()
+    parts, dataset_rejects = (parts, drops, num_features) | "drop_rejected" >> (
+        transforms.DropRejected(parts_dir, cfg.compression))
+    rejects = (record_rejects, dataset_rejects) | "all_rejects" >> beam.Flatten()
+    shards = parts
+    if cfg.num_shards:
+        shards = parts | "reshard" >> transforms.Reshard(
+            os.path.join(work, RESHARD_DIR), cfg.num_shards, cfg.compression)
     _ = rejects | "write_rejects" >> transforms.WriteRejects(
         os.path.join(staging_dir, REJECTS_DIR, "rejects"))
 
-    summary = dict(keyed | "compute_stats" >> transforms.ComputeStats())
-    summary["counts"] = (results, keyed, rejects) | "count_records" >> (
+    summary = dict(parts | "compute_stats" >> transforms.ComputeStats())
+    summary["counts"] = (results, written, rejects) | "count_records" >> (
         transforms.CountRecords())
     summary["num_features"] = num_features
-    summary["shard_parts"] = shard_parts | "collect_shard_parts" >> (
-        transforms.CollectShardParts())
+    summary["shard_parts"] = shards | "shard_part_dicts" >> beam.Map(
+        transforms.shard_part_dict)
     _ = summary | "write_summary" >> transforms.WriteSummary(
-        os.path.join(work, SUMMARY_FILE))
+        os.path.join(work, SUMMARY_FILE), list_names=("shard_parts",))
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -263,7 +284,7 @@ def finalize_shards(staging: Path, parts: Sequence[Mapping[str, Any]]
     """
     shards = {}
     for split in records.SPLITS:
-        own = sorted((p for p in parts if p["split"] == split), key=lambda p: p["index"])
+        own = sorted((p for p in parts if p["split"] == split), key=lambda p: p["order"])
         files = []
         for index, part in enumerate(own):
             name = records.shard_name(split, index, len(own))

@@ -1,30 +1,37 @@
 """The PTransforms of the preprocessing job, one per concern.
 
     file paths ──read_jsonl | read_csv | read_parquet──▶ Sequence | Rejection  (one per
-      record, parsed and length-checked) ──route_rejections──▶ Sequence
-      ──check_feature_count──▶ ──drop_duplicate_ids──▶ Sequence
-      ──assign_splits──▶ (split, Sequence) ──write_shards──▶ ShardPart per shard file
+      record, parsed and length-checked)
+      ──write_candidates──▶ part files (one pass, written by the worker that read
+                            the record) + a small Candidate per record + rejects
+    Candidates ──check_dataset──▶ kept Candidates, drops (feature count, duplicate ids)
+    parts + drops ──drop_rejected──▶ final parts (the few parts holding a drop are
+                                     rewritten) + rejects  [──reshard──▶ num_shards]
     rejections of every stage ──write_rejects──▶ rejects/*.jsonl
-    read / written / rejected ──count_records──▶ counts;  ──compute_stats──▶ stats
+    read / kept / rejected ──count_records──▶ counts;  parts ──compute_stats──▶ stats
 
 Per-record logic lives in `seqpipe.sources` (pure, tested without Beam); this
 module wires it into Beam, counts every rejection with a Beam counter
 (`seqpipe/rejected_<reason>`) and aggregates statistics with CombineFns whose
 merges are exact or numerically stable (Chan et al.'s parallel variance).
 
-Readers: `ReadJsonLines` (one record a line), `ReadCsvLong` and
-`ReadParquetLong` (long format, one row per timestep, both ending in
-`AssembleLongRows`). A new input format is one more reader PTransform that turns file paths into
-`Sequence | Rejection` elements, one per input record, checked on their own
-(a long-format reader groups rows by id with a GroupByKey, sorts them by time,
-then applies `sources.check_length`); everything downstream is shared.
+Readers: `ReadJsonLines` (one record a line; big uncompressed files in byte
+ranges), `ReadCsvLong` and `ReadParquetLong` (long format, one row per
+timestep, both ending in `AssembleLongRows`). A new input format is one more
+reader PTransform that turns file paths into `Sequence | Rejection` elements,
+one per input record, checked on their own (a long-format reader groups rows
+by id with a GroupByKey, sorts them by time, then applies
+`sources.check_length`); everything downstream is shared.
 
-Shards are written by `WriteShards`, not `WriteToTFRecord`: the shard count is
-sized from the data's actual byte count (known only inside the pipeline), each
-record goes to the shard given by a hash of its id, and each shard's records
-are written in a fixed (hashed-id) order, so a re-run writes identical files.
-Shard files land in a parts directory; the driver renames them to their TFDS
-names once it knows how many are non-empty.
+Why one pass: with the records themselves flowing from stage to stage, every
+dataset-level check (it needs all records before any can be written) made
+the DirectRunner hold and re-send the whole data set through its single
+runner process, which then bounded both speed and memory. Now only
+`Candidate`s (~150 bytes each, `CandidateCoder`) and per-part summaries
+travel; the statistics of each part are accumulated while it is written.
+Part files are TFRecords framed with Beam's TFRecord codec and
+`records.encode_sequence`'s hand-written protobuf, so workers never import
+TensorFlow. The driver renames the final parts to their TFDS shard names.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
+import uuid
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -43,17 +51,23 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from seqpipe import records, sources
 from seqpipe.sources import Rejection, Sequence
 
 METRICS_NAMESPACE = "seqpipe"
 REJECTS = "rejects"
+CANDIDATES = "candidates"
+DROPS = "drops"
 
 # Automatic shard count: one shard per TARGET_SHARD_BYTES of encoded records,
 # at least MIN_SHARDS (parallel reads by a few workers) and at most one per record.
 TARGET_SHARD_BYTES = 64 * 2**20
+# An uncompressed JSONL file bigger than this is read in ranges of this size.
+SPLIT_BYTES = 64 * 2**20
 MIN_SHARDS = 2
 HISTOGRAM_BINS = 20
 LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -66,42 +80,158 @@ def _count(name: str, n: int = 1) -> None:
 # ---------------------------------------------------------------- reading
 
 
+def _keyed_by(element, key_fn):
+    return key_fn(element), element
+
+
+def _values(element):
+    return element[1]
+
+
+def _identity(element):
+    return element
+
+
+class Spread(beam.PTransform):
+    """Spreads elements over the workers, like `Reshuffle`, but in a fixed order.
+
+    A GroupByKey on a unique key (`key_fn`, the element itself by default)
+    instead of Reshuffle's random keys: the DirectRunner hands the groups out
+    round-robin in arrival order, so the same inputs give every worker the
+    same work in the same order, run after run (reproducible part files).
+    """
+
+    def __init__(self, key_fn=_identity):
+        super().__init__()
+        self._key_fn = key_fn
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "key" >> beam.Map(_keyed_by, self._key_fn)
+                | "group" >> beam.GroupByKey()
+                | "values" >> beam.FlatMap(_values))
+
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """Part of an input file to read: the lines that start in `[start, end)`.
+
+    `end` None means the whole file, read from its first byte, so records get
+    line numbers; a bounded range gets byte offsets instead (it cannot know
+    how many lines came before it).
+    """
+
+    path: str
+    start: int = 0
+    end: int | None = None
+
+
+def _range_key(file_range: FileRange) -> tuple[str, int]:
+    return file_range.path, file_range.start
+
+
+class _PlanRangesFn(beam.DoFn):
+    """Path -> `FileRange`s: ranges of `split_bytes` for a big uncompressed file, else whole."""
+
+    def __init__(self, split_bytes: int):
+        self._split_bytes = split_bytes
+
+    def process(self, path: str):
+        [metadata] = FileSystems.match([path])[0].metadata_list
+        compressed = CompressionTypes.detect_compression_type(path) != (
+            CompressionTypes.UNCOMPRESSED)
+        if compressed or metadata.size_in_bytes <= self._split_bytes:
+            yield FileRange(path)
+            return
+        for start in range(0, metadata.size_in_bytes, self._split_bytes):
+            yield FileRange(path, start, min(start + self._split_bytes,
+                                             metadata.size_in_bytes))
+
+
 class _ReadJsonLinesFn(beam.DoFn):
-    """Reads one (optionally compressed) JSONL file; validates every non-blank line."""
+    """Reads one `FileRange` of a JSONL file; validates every non-blank line in it."""
 
     def __init__(self, min_length: int, max_length: int, too_long: str):
         self._limits = {"min_length": min_length, "max_length": max_length,
                         "too_long": too_long}
 
-    def process(self, path: str):
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
-            for number, data in enumerate(iter(stream.readline, b""), start=1):
-                if not data.strip():
-                    continue
+    def process(self, file_range: FileRange):
+        lines = (self._whole_file(file_range.path) if file_range.end is None
+                 else self._byte_range(file_range))
+        for line, offset, data in lines:
+            if isinstance(data, Rejection):  # the rest of the file cannot be read
                 _count("read")
-                result = sources.validate_json_line(data.rstrip(b"\r\n"), path, number,
-                                                    **self._limits)
-                if isinstance(result, Sequence) and result.truncated_from:
-                    _count("truncated")
-                yield result
+                yield data
+                continue
+            if not data.strip():
+                continue
+            _count("read")
+            result = sources.validate_json_line(data.rstrip(b"\r\n"), file_range.path, line,
+                                                offset, **self._limits)
+            if isinstance(result, Sequence) and result.truncated_from:
+                _count("truncated")
+            yield result
+
+    @staticmethod
+    def _whole_file(path: str):
+        """(line number, None, line) of a whole (optionally compressed) file.
+
+        A file that breaks off (a truncated or corrupt gzip stream) ends with
+        one `unparseable` rejection for the unreadable rest, after its good lines.
+        """
+        number = 0
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+                for number, data in enumerate(iter(stream.readline, b""), start=1):
+                    yield number, None, data
+        except (OSError, EOFError, zlib.error) as error:
+            yield number + 1, None, sources.reject(
+                sources.UNPARSEABLE, f"cannot read the file after line {number}: {error}",
+                path, number + 1, "")
+
+    @staticmethod
+    def _byte_range(file_range: FileRange):
+        """(0, byte offset, line) of the lines starting in the range of an uncompressed file.
+
+        A line belongs to the range holding its first byte: a range that does
+        not start the file skips the line already begun (the previous range
+        reads it whole), and a range reads past its end to finish its last line.
+        """
+        with FileSystems.open(file_range.path,
+                              compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+            position = file_range.start
+            if position:
+                stream.seek(position - 1)
+                position += len(stream.readline()) - 1
+            while position < file_range.end and (data := stream.readline()):
+                yield 0, position, data
+                position += len(data)
 
 
 class ReadJsonLines(beam.PTransform):
     """File paths -> one `Sequence | Rejection` per non-blank line (`validate_json_line`).
 
-    Each file is read whole by one worker (gzip files cannot be split anyway),
-    which gives exact line numbers; the dataset-level checks downstream
-    redistribute the records.
+    A gzip file, or an uncompressed one of at most `split_bytes`, is read whole
+    by one worker, with exact line numbers. A bigger uncompressed file is read
+    in byte ranges of `split_bytes` by many workers; its records are located
+    by byte offset (`Sequence.offset`, `line` 0) instead. The ranges (or files)
+    are spread over the workers in a fixed order (`Spread`).
     Every reader yields records checked on their own (parsing, length limits);
     the dataset-level checks come after.
     """
 
-    def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject"):
+    def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject",
+                 split_bytes: int | None = None):
         super().__init__()
         self._limits = (min_length, max_length, too_long)
+        self._split_bytes = split_bytes or SPLIT_BYTES
 
     def expand(self, paths):
-        return paths | "read_and_validate_lines" >> beam.ParDo(_ReadJsonLinesFn(*self._limits))
+        return (paths
+                | "plan_ranges" >> beam.ParDo(_PlanRangesFn(self._split_bytes))
+                | "spread_ranges" >> Spread(_range_key)
+                | "read_and_validate_lines" >> beam.ParDo(_ReadJsonLinesFn(*self._limits)))
 
 
 class _ReadCsvRowsFn(beam.DoFn):
@@ -110,12 +240,17 @@ class _ReadCsvRowsFn(beam.DoFn):
     def __init__(self, fmt: sources.LongFormat):
         self._fmt = fmt
 
+    def setup(self):
+        # A field longer than the csv module's default limit (128 KiB) must become
+        # a rejected row, not a csv.Error that fails the job.
+        csv.field_size_limit(2**31 - 1)
+
     def process(self, path: str):
         with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
             lines = (data.decode("utf-8", errors="replace")
                      for data in iter(stream.readline, b""))
             reader = csv.reader(lines)
-            header = [column.strip() for column in next(reader, [])]
+            header = [column.strip().removeprefix("\ufeff") for column in next(reader, [])]
             for fields in reader:
                 if any(field.strip() for field in fields):
                     yield sources.parse_csv_row(fields, header, self._fmt, path,
@@ -183,6 +318,7 @@ class ReadCsvLong(_ReadLong):
 
     def expand(self, paths):
         return (paths
+                | "spread_files" >> Spread()
                 | "read_rows" >> beam.ParDo(_ReadCsvRowsFn(self._fmt))
                 | "assemble_rows" >> AssembleLongRows(*self._limits))
 
@@ -219,6 +355,12 @@ class _ListRowGroupsFn(beam.DoFn):
             first_row += metadata.row_group(index).num_rows
 
 
+def _row_group_key(group: RowGroup | Rejection) -> tuple[str, int]:
+    if isinstance(group, Rejection):
+        return group.source, -1
+    return group.path, group.index
+
+
 class _ReadRowGroupFn(beam.DoFn):
     """`RowGroup` -> a `Row | Rejection` per row (`sources.parse_parquet_row`)."""
 
@@ -251,145 +393,100 @@ class ReadParquetLong(_ReadLong):
     def expand(self, paths):
         return (paths
                 | "list_row_groups" >> beam.ParDo(_ListRowGroupsFn())
-                | "spread_row_groups" >> beam.Reshuffle()
+                | "spread_row_groups" >> Spread(_row_group_key)
                 | "read_row_groups" >> beam.ParDo(_ReadRowGroupFn(self._fmt))
                 | "assemble_rows" >> AssembleLongRows(*self._limits))
 
 
-# ---------------------------------------------------------------- validation
-
-
-class _SplitRejectionsFn(beam.DoFn):
-    """Passes sequences on; routes rejections to the `rejects` output and counts them."""
-
-    def process(self, result: Sequence | Rejection):
-        if isinstance(result, Rejection):
-            _count(f"rejected_{result.reason}")
-            yield beam.pvalue.TaggedOutput(REJECTS, result)
-        else:
-            yield result
-
-
-def _split_rejections(results, label: str):
-    """(sequences, rejects) of a PCollection of `Sequence | Rejection`."""
-    outputs = results | label >> beam.ParDo(_SplitRejectionsFn()).with_outputs(
-        REJECTS, main="sequences")
-    return outputs.sequences, outputs[REJECTS]
-
-
-class RouteRejections(beam.PTransform):
-    """`Sequence | Rejection` -> (sequences, rejects), counting each rejection by reason."""
-
-    def expand(self, results):
-        return _split_rejections(results, "route_rejects")
-
-
-def _width(sequence: Sequence) -> int:
-    return sequence.num_features
-
-
-class CheckFeatureCount(beam.PTransform):
-    """sequences -> (sequences, rejects, num_features singleton).
-
-    The dataset's feature count is `sources.dataset_feature_count` of all widths
-    (the most common one); other widths are rejected as `wrong_feature_count`.
-    """
-
-    def expand(self, sequences):
-        num_features = (sequences
-                        | "widths" >> beam.Map(_width)
-                        | "count_widths" >> beam.CombineGlobally(CounterCombineFn())
-                        | "most_common_width" >> beam.Map(sources.dataset_feature_count))
-        checked = sequences | "compare_width" >> beam.Map(
-            sources.check_feature_count, beam.pvalue.AsSingleton(num_features))
-        kept, rejects = _split_rejections(checked, "route_rejects")
-        return kept, rejects, num_features
-
-
-def _id_origin(sequence: Sequence):
-    return sequence.id, sources.origin(sequence)
-
-
-class FirstOriginCombineFn(beam.CombineFn):
-    """Origins of one id -> (number of copies, smallest origin)."""
-
-    def create_accumulator(self):
-        return 0, None
-
-    def add_input(self, accumulator, element):
-        return self.merge_accumulators([accumulator, (1, element)])
-
-    def merge_accumulators(self, accumulators):
-        count, first = 0, None
-        for n, candidate in accumulators:
-            count += n
-            if candidate is not None and (first is None or candidate < first):
-                first = candidate
-        return count, first
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def _is_duplicated(element) -> bool:
-    return element[1][0] > 1
-
-
-def _kept_origin(element):
-    sequence_id, (_, first) = element
-    return sequence_id, first
-
-
-def _check_duplicate(sequence: Sequence, kept: Mapping[str, tuple]):
-    return sources.check_duplicate(sequence, kept.get(sequence.id))
-
-
-class DropDuplicateIds(beam.PTransform):
-    """sequences -> (sequences, rejects): one record per id (`sources.check_duplicate`).
-
-    Only (id, origin) pairs are grouped, never the sequences: the ids that
-    occur more than once, with the origin to keep, reach every worker as a
-    side input (small unless the data is mostly duplicates).
-    """
-
-    def expand(self, sequences):
-        kept = (sequences
-                | "id_origins" >> beam.Map(_id_origin)
-                | "first_origin_per_id" >> beam.CombinePerKey(FirstOriginCombineFn())
-                | "duplicated_only" >> beam.Filter(_is_duplicated)
-                | "kept_origins" >> beam.Map(_kept_origin))
-        checked = sequences | "keep_first_copy" >> beam.Map(
-            _check_duplicate, beam.pvalue.AsDict(kept))
-        return _split_rejections(checked, "route_rejects")
-
-
-def _with_split(sequence: Sequence, train_fraction: float, val_fraction: float):
-    return sources.assign_split(sequence, train_fraction, val_fraction), sequence
-
-
-class AssignSplits(beam.PTransform):
-    """sequences -> (split, sequence): the record's split field, else a hash of its id."""
-
-    def __init__(self, train_fraction: float, val_fraction: float):
-        super().__init__()
-        self._fractions = (train_fraction, val_fraction)
-
-    def expand(self, sequences):
-        return sequences | "split_of_record" >> beam.Map(_with_split, *self._fractions)
-
-
-# ---------------------------------------------------------------- writing
+# ---------------------------------------------------------------- writing and checking
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardPart:
-    """One written shard file, before the driver gives it its final name."""
+    """One written shard file, before the driver gives it its final name.
+
+    Attributes:
+        split: the split of every record in the file.
+        path: where it was written (inside the parts directory).
+        num_records, num_bytes: records in the file and its size.
+        order: sort key among the parts of its split, for the final numbering
+            (the (source, line) of the first record, or the shard index).
+        stats: the `DatasetStatsCombineFn` accumulator of its records (None
+            for resharded files, whose statistics their input parts carry).
+    """
 
     split: str
-    index: int
     path: str
     num_records: int
     num_bytes: int
+    order: tuple = ()
+    stats: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The file name, unique within the parts directory."""
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A record written to a part file, with what the dataset-level checks need.
+
+    Attributes:
+        id, source, line, label, offset: the record's id and `sources.origin`.
+        split_field: the record's own `split` field (None if it had none), to
+            re-serialize it exactly if it is rejected later.
+        width: its feature count.
+        truncated: whether `too_long=truncate` cut it.
+        part, index: the name of the part file holding it (`ShardPart.name`)
+            and its 0-based position there.
+
+    One travels through the runner per record (`CandidateCoder` keeps it small).
+    """
+
+    id: str
+    source: str
+    line: int
+    label: str
+    split_field: str | None
+    width: int
+    truncated: bool
+    part: str
+    index: int
+    offset: int | None = None
+
+
+class CandidateCoder(beam.coders.Coder):
+    """A `Candidate` as the plain tuple of its fields: half the bytes of pickling it.
+
+    The runner holds every candidate of the data set once (grouped by id), so
+    their size is the job's memory per record outside the workers.
+    """
+
+    def __init__(self):
+        self._fields = beam.coders.FastPrimitivesCoder()
+
+    def encode(self, value: Candidate) -> bytes:
+        return self._fields.encode(tuple(getattr(value, f) for f in _CANDIDATE_FIELDS))
+
+    def decode(self, encoded: bytes) -> Candidate:
+        return Candidate(*self._fields.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+_CANDIDATE_FIELDS = tuple(field.name for field in dataclasses.fields(Candidate))
+beam.coders.registry.register_coder(Candidate, CandidateCoder)
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """A written candidate that the dataset-level checks reject: reason and message."""
+
+    candidate: Candidate
+    reason: str
+    message: str
 
 
 def id_hash(sequence_id: str) -> int:
@@ -409,15 +506,259 @@ def num_shards_for(num_records: int, num_bytes: int, configured: int = 0) -> int
     return min(wanted, num_records)
 
 
-def _encode(element):
-    split, sequence = element
-    return split, sequence.id, records.encode_sequence(sequence.id, sequence.steps,
-                                                       sequence.label)
+def _compression_type(compression: str) -> str:
+    return CompressionTypes.GZIP if compression == "gzip" else CompressionTypes.UNCOMPRESSED
 
 
-def _split_size(element):
-    split, _, data = element
-    return split, (1, len(data))
+def read_tfrecords(path: str, compression: str = "none"):
+    """Yields the records of one TFRecord file (no TensorFlow needed)."""
+    with FileSystems.open(path, compression_type=_compression_type(compression)) as stream:
+        while (data := _TFRecordUtil.read_record(stream)) is not None:
+            yield data
+
+
+class PartWriter:
+    """One shard file being written, with the statistics of what it holds.
+
+    Records are TFRecord-framed with Beam's TFRecord codec (the format
+    `WriteToTFRecord` writes; no TensorFlow import in the workers) through
+    `FileSystems`, so the parts directory may be on any Beam filesystem.
+    Statistics are accumulated in batches of `STATS_BATCH` records
+    (`DatasetStatsCombineFn.add_inputs`). A part that receives records of
+    several widths keeps no statistics (`stats` None): some of its records are
+    then always rejected as `wrong_feature_count`, so `DropRejected` rewrites
+    it and computes them anew.
+    """
+
+    STATS_BATCH = 256
+
+    def __init__(self, parts_dir: str, split: str, compression: str, name: str = ""):
+        self.split = split
+        self.name = name or f"{split}-{uuid.uuid4().hex}"
+        self.path = FileSystems.join(parts_dir, self.name)
+        self._stream = FileSystems.create(self.path,
+                                          compression_type=_compression_type(compression))
+        self.num_records = 0
+        self.record_bytes = 0
+        self._order: tuple = ()
+        self._width = 0
+        self._stats_fn = DatasetStatsCombineFn()
+        self._stats = self._stats_fn.create_accumulator()
+        self._pending: list[tuple[str, Sequence]] = []
+
+    def write(self, data: bytes, sequence: Sequence, order: tuple = ()) -> int:
+        """Appends one encoded record; returns its index in the file."""
+        _TFRecordUtil.write_record(self._stream, data)
+        self._order = self._order or order
+        self._width = self._width or sequence.num_features
+        if sequence.num_features != self._width:
+            self._stats, self._pending = None, []
+        if self._stats is not None:
+            self._pending.append((self.split, sequence))
+            if len(self._pending) >= self.STATS_BATCH:
+                self._flush_stats()
+        self.num_records += 1
+        self.record_bytes += _TFRecordUtil.encoded_num_bytes(data)
+        return self.num_records - 1
+
+    def _flush_stats(self) -> None:
+        if self._stats is not None:
+            self._stats = self._stats_fn.add_inputs(self._stats, self._pending)
+        self._pending = []
+
+    def close(self, order: tuple = ()) -> ShardPart:
+        """Closes the file; the part that describes it."""
+        self._stream.close()
+        self._flush_stats()
+        [metadata] = FileSystems.match([self.path])[0].metadata_list
+        return ShardPart(split=self.split, path=self.path, num_records=self.num_records,
+                         num_bytes=metadata.size_in_bytes, order=order or self._order,
+                         stats=self._stats)
+
+
+def _windowed(value):
+    return GlobalWindows.windowed_value(value)
+
+
+class _WriteCandidatesFn(beam.DoFn):
+    """`Sequence | Rejection` -> part files; outputs parts, `Candidate`s and rejections.
+
+    Each bundle keeps `MIN_SHARDS` part files open per split (a record's slot
+    is its id hash), starts a new one when a file reaches
+    `TARGET_SHARD_BYTES`, and closes them all when the bundle ends.
+    """
+
+    def __init__(self, parts_dir: str, train_fraction: float, val_fraction: float,
+                 compression: str):
+        self._parts_dir = parts_dir
+        self._fractions = (train_fraction, val_fraction)
+        self._compression = compression
+
+    def start_bundle(self):
+        self._open: dict[tuple[str, int], PartWriter] = {}
+
+    def process(self, result: Sequence | Rejection):
+        if isinstance(result, Rejection):
+            _count(f"rejected_{result.reason}")
+            yield beam.pvalue.TaggedOutput(REJECTS, result)
+            return
+        split = sources.assign_split(result, *self._fractions)
+        slot = split, id_hash(result.id) % MIN_SHARDS
+        writer = self._open.get(slot) or self._open.setdefault(
+            slot, PartWriter(self._parts_dir, split, self._compression))
+        data = records.encode_sequence(result.id, result.steps, result.label)
+        index = writer.write(data, result, order=sources.origin(result)[:3])
+        yield beam.pvalue.TaggedOutput(CANDIDATES, Candidate(
+            id=result.id, source=result.source, line=result.line, label=result.label,
+            split_field=result.split, width=result.num_features,
+            truncated=bool(result.truncated_from), part=writer.name, index=index,
+            offset=result.offset))
+        if writer.record_bytes >= TARGET_SHARD_BYTES:
+            yield self._open.pop(slot).close()
+
+    def finish_bundle(self):
+        for writer in self._open.values():
+            yield _windowed(writer.close())
+        self._open = {}
+
+
+class WriteCandidates(beam.PTransform):
+    """`Sequence | Rejection` -> (parts, candidates, rejects), in one pass over the data.
+
+    Every sequence is assigned its split (`sources.assign_split`), encoded
+    (`records.encode_sequence`) and written to a part file by the worker that
+    parsed it, so the records never travel between workers or through the
+    runner; only a small `Candidate` per record does, for the dataset-level
+    checks (`CheckDataset`). Part files stay in `parts_dir` until the driver
+    renames them: a candidate that those checks reject is removed by
+    `DropRejected`, before anything looks finished.
+    """
+
+    def __init__(self, parts_dir: str, train_fraction: float, val_fraction: float,
+                 compression: str = "none"):
+        super().__init__()
+        self._args = (parts_dir, train_fraction, val_fraction, compression)
+
+    def expand(self, results):
+        outputs = results | "write_parts" >> beam.ParDo(
+            _WriteCandidatesFn(*self._args)).with_outputs(CANDIDATES, REJECTS, main="parts")
+        return outputs.parts, outputs[CANDIDATES], outputs[REJECTS]
+
+
+def _width(candidate: Candidate) -> int:
+    return candidate.width
+
+
+def _by_id(candidate: Candidate):
+    return candidate.id, candidate
+
+
+class _JudgeCopiesFn(beam.DoFn):
+    """(id, candidates) -> kept candidates; `(part, Drop)` for the rejected copies."""
+
+    def process(self, element, num_features: int):
+        sequence_id, copies = element
+        copies = list(copies)
+        verdicts = sources.dataset_verdicts(
+            sequence_id, [(sources.origin(c), c.width) for c in copies], num_features)
+        for candidate, verdict in zip(copies, verdicts, strict=True):
+            if verdict is None:
+                yield candidate
+            else:
+                yield beam.pvalue.TaggedOutput(DROPS, (candidate.part,
+                                                       Drop(candidate, *verdict)))
+
+
+class CheckDataset(beam.PTransform):
+    """candidates -> (kept candidates, (part, Drop) pairs, num_features singleton).
+
+    The dataset-level checks, on `Candidate`s only (never the steps): the
+    feature count is `sources.dataset_feature_count` of all widths (the most
+    common one), and `sources.dataset_verdicts` judges the copies of each id
+    (other widths are `wrong_feature_count`; of duplicated ids the copy with
+    the smallest origin is kept).
+    """
+
+    def expand(self, candidates):
+        num_features = (candidates
+                        | "widths" >> beam.Map(_width)
+                        | "count_widths" >> beam.CombineGlobally(CounterCombineFn())
+                        | "most_common_width" >> beam.Map(sources.dataset_feature_count))
+        judged = (candidates
+                  | "key_by_id" >> beam.Map(_by_id).with_output_types(tuple[str, Candidate])
+                  | "group_copies" >> beam.GroupByKey()
+                  | "judge_copies" >> beam.ParDo(
+                      _JudgeCopiesFn(), beam.pvalue.AsSingleton(num_features))
+                  .with_outputs(DROPS, main="kept"))
+        return judged.kept, judged[DROPS], num_features
+
+
+class _DropRejectedFn(beam.DoFn):
+    """Rewrites a part without its dropped records; rejections for those.
+
+    A part without drops passes unchanged (the common case: no file is read
+    twice). The rewritten file gets a new name, so a retried bundle never
+    reads a half-rewritten file.
+    """
+
+    def __init__(self, parts_dir: str, compression: str):
+        self._parts_dir = parts_dir
+        self._compression = compression
+
+    def process(self, part: ShardPart, drops_by_part, num_features: int):
+        drops = {drop.candidate.index: drop for drop in drops_by_part[part.name]}
+        if not drops:
+            if part.stats is None:
+                raise RuntimeError(f"{part.path}: records of several widths, none rejected")
+            _count("written", part.num_records)
+            yield part
+            return
+        writer = PartWriter(self._parts_dir, part.split, self._compression)
+        for index, data in enumerate(read_tfrecords(part.path, self._compression)):
+            drop = drops.get(index)
+            decoded = records.decode_sequence(
+                data, drop.candidate.width if drop else num_features)
+            if drop is None:
+                writer.write(data, Sequence(id=decoded["id"], steps=decoded["steps"],
+                                            label=decoded["label"]))
+                continue
+            _count(f"rejected_{drop.reason}")
+            c = drop.candidate
+            sequence = Sequence(id=c.id, steps=decoded["steps"], label=c.label,
+                                split=c.split_field, source=c.source, line=c.line,
+                                offset=c.offset)
+            yield beam.pvalue.TaggedOutput(
+                REJECTS, sources.reject_sequence(sequence, drop.reason, drop.message))
+        _count("written", writer.num_records)
+        final = writer.close(order=part.order)
+        if final.num_records:
+            yield final
+
+
+class DropRejected(beam.PTransform):
+    """(parts, (part, Drop) pairs, num_features) -> (final parts, rejects).
+
+    Removes the candidates that the dataset-level checks rejected from their
+    part files (rewriting only the parts that hold one) and turns them into
+    rejections with their re-serialized record.
+    """
+
+    def __init__(self, parts_dir: str, compression: str = "none"):
+        super().__init__()
+        self._parts_dir = parts_dir
+        self._compression = compression
+
+    def expand(self, pcolls):
+        parts, drops, num_features = pcolls
+        outputs = parts | "rewrite_parts" >> beam.ParDo(
+            _DropRejectedFn(self._parts_dir, self._compression),
+            beam.pvalue.AsMultiMap(drops), beam.pvalue.AsSingleton(num_features),
+        ).with_outputs(REJECTS, main="parts")
+        return outputs.parts, outputs[REJECTS]
+
+
+def _split_records(part: ShardPart):
+    return part.split, (part.num_records, part.num_bytes)
 
 
 def _shard_count(element, configured: int):
@@ -425,9 +766,24 @@ def _shard_count(element, configured: int):
     return split, num_shards_for(num_records, num_bytes, configured)
 
 
-def _assign_shard(element, shard_counts: Mapping[str, int]):
-    split, sequence_id, data = element
-    return (split, id_hash(sequence_id) % shard_counts[split]), (sequence_id, data)
+def _record_id(data: bytes) -> str:
+    from tensorflow.core.example import example_pb2
+
+    feature = example_pb2.Example.FromString(data).features.feature
+    return feature[records.ID_KEY].bytes_list.value[0].decode()
+
+
+class _ReadPartFn(beam.DoFn):
+    """A part -> ((split, shard), (id, record)) for each of its records."""
+
+    def __init__(self, compression: str):
+        self._compression = compression
+
+    def process(self, part: ShardPart, shard_counts: Mapping[str, int]):
+        for data in read_tfrecords(part.path, self._compression):
+            sequence_id = _record_id(data)
+            yield (part.split, id_hash(sequence_id) % shard_counts[part.split]), (
+                sequence_id, data)
 
 
 class _WriteShardFn(beam.DoFn):
@@ -437,43 +793,44 @@ class _WriteShardFn(beam.DoFn):
         self._parts_dir = parts_dir
         self._compression = compression
 
-    def setup(self):
-        import tensorflow as tf
-
-        self._tf = tf
-        self._options = tf.io.TFRecordOptions(
-            compression_type="GZIP" if self._compression == "gzip" else "")
-
     def process(self, element):
         (split, index), entries = element
+        stream = FileSystems.create(FileSystems.join(self._parts_dir, f"{split}-{index:05d}"),
+                                    compression_type=_compression_type(self._compression))
         entries = sorted(entries, key=lambda entry: (id_hash(entry[0]), entry[0]))
-        path = os.path.join(self._parts_dir, f"{split}-{index:05d}")
-        with self._tf.io.TFRecordWriter(path, options=self._options) as writer:
-            for _, data in entries:
-                writer.write(data)
-        _count("written", len(entries))
-        yield ShardPart(split=split, index=index, path=path, num_records=len(entries),
-                        num_bytes=self._tf.io.gfile.stat(path).length)
+        for _, data in entries:
+            _TFRecordUtil.write_record(stream, data)
+        stream.close()
+        path = FileSystems.join(self._parts_dir, f"{split}-{index:05d}")
+        [metadata] = FileSystems.match([path])[0].metadata_list
+        yield ShardPart(split=split, path=path, num_records=len(entries),
+                        num_bytes=metadata.size_in_bytes, order=(index,))
 
 
-class WriteShards(beam.PTransform):
-    """(split, sequence) -> `ShardPart` per written file (TFRecords of `encode_sequence`)."""
+class Reshard(beam.PTransform):
+    """parts -> exactly `num_shards` shards per split (at most one per record).
 
-    def __init__(self, parts_dir: str, num_shards: int = 0, compression: str = "none"):
+    The deterministic mode (`num_shards > 0`): each record goes to the shard
+    given by a hash of its id and each shard is written in hashed-id order,
+    so a re-run writes byte-identical files whatever the runner's bundling.
+    It costs a shuffle of every record through the runner; the default
+    (`num_shards == 0`) keeps the parts the workers wrote.
+    """
+
+    def __init__(self, parts_dir: str, num_shards: int, compression: str = "none"):
         super().__init__()
         self._parts_dir = parts_dir
         self._num_shards = num_shards
         self._compression = compression
 
-    def expand(self, keyed_sequences):
-        encoded = keyed_sequences | "encode" >> beam.Map(_encode)
-        shard_counts = (encoded
-                        | "split_sizes" >> beam.Map(_split_size)
+    def expand(self, parts):
+        shard_counts = (parts
+                        | "split_sizes" >> beam.Map(_split_records)
                         | "sum_split_sizes" >> beam.CombinePerKey(SumTuplesCombineFn())
                         | "shards_per_split" >> beam.Map(_shard_count, self._num_shards))
-        return (encoded
-                | "assign_shards" >> beam.Map(_assign_shard,
-                                              beam.pvalue.AsDict(shard_counts))
+        return (parts
+                | "read_parts" >> beam.ParDo(_ReadPartFn(self._compression),
+                                             beam.pvalue.AsDict(shard_counts))
                 | "group_shards" >> beam.GroupByKey()
                 | "write_shard_files" >> beam.ParDo(
                     _WriteShardFn(self._parts_dir, self._compression)))
@@ -602,15 +959,22 @@ class DatasetStatsCombineFn(beam.CombineFn):
         return {}, Counter(), None, Counter()
 
     def add_input(self, accumulator, element):
-        split, sequence = element
+        return self.add_inputs(accumulator, [element])
+
+    def add_inputs(self, accumulator, elements):
+        """Adds many (split, sequence) at once: one moments update for all train steps."""
         sizes, lengths, moments, labels = accumulator
-        num_records, num_timesteps = sizes.get(split, (0, 0))
-        sizes[split] = (num_records + 1, num_timesteps + sequence.length)
-        lengths[sequence.length] += 1
-        if split == "train":
-            moments = self._moments.add_input(moments, sequence.steps)
-        if sequence.label:
-            labels[sequence.label] += 1
+        train_steps = []
+        for split, sequence in elements:
+            num_records, num_timesteps = sizes.get(split, (0, 0))
+            sizes[split] = (num_records + 1, num_timesteps + sequence.length)
+            lengths[sequence.length] += 1
+            if split == "train":
+                train_steps.append(sequence.steps)
+            if sequence.label:
+                labels[sequence.label] += 1
+        if train_steps:
+            moments = merge_moments(moments, moments_of(np.concatenate(train_steps)))
         return sizes, lengths, moments, labels
 
     def merge_accumulators(self, accumulators):
@@ -638,18 +1002,35 @@ def _pick(stats: Mapping[str, Any], name: str):
     return stats[name]
 
 
+class MergeStatsCombineFn(DatasetStatsCombineFn):
+    """`DatasetStatsCombineFn` accumulators (one per part) -> the dataset statistics."""
+
+    def add_input(self, accumulator, other):
+        return self.merge_accumulators([accumulator, other])
+
+    def add_inputs(self, accumulator, others):
+        return self.merge_accumulators([accumulator, *others])
+
+
+def _part_stats(part: ShardPart):
+    return part.stats
+
+
 class ComputeStats(beam.PTransform):
-    """(split, sequence) -> {name: singleton PCollection} of the dataset statistics.
+    """parts -> {name: singleton PCollection} of the dataset statistics.
 
     `split_sizes`: [(split, (num_records, num_timesteps))]; `length_counts`:
     [[length, n]] over every written record (exact: lengths are few distinct
     ints); `feature_moments`: `FeatureMomentsCombineFn` on the train split only;
-    `label_counts`: [[label, n]] of labeled records. One combiner computes them
-    all (`DatasetStatsCombineFn`): one pass, partial results per bundle.
+    `label_counts`: [[label, n]] of labeled records. Each part carries the
+    `DatasetStatsCombineFn` accumulator of its records (computed while it was
+    written, in one pass), so this only merges one accumulator per part.
     """
 
-    def expand(self, keyed):
-        stats = keyed | "combine_stats" >> beam.CombineGlobally(DatasetStatsCombineFn())
+    def expand(self, parts):
+        stats = (parts
+                 | "part_stats" >> beam.Map(_part_stats)
+                 | "merge_stats" >> beam.CombineGlobally(MergeStatsCombineFn()))
         return {name: stats | f"pick_{name}" >> beam.Map(_pick, name) for name in STATS}
 
 
@@ -657,16 +1038,16 @@ def _read_key(result: Sequence | Rejection):
     return "read", result.source, ""
 
 
-def _written_key(element):
-    return "written", element[1].source, ""
+def _written_key(candidate: Candidate):
+    return "written", candidate.source, ""
 
 
-def _truncated_key(element):
-    return "truncated", element[1].source, ""
+def _truncated_key(candidate: Candidate):
+    return "truncated", candidate.source, ""
 
 
-def _is_truncated(element) -> bool:
-    return bool(element[1].truncated_from)
+def _is_truncated(candidate: Candidate) -> bool:
+    return candidate.truncated
 
 
 def _rejected_key(rejection: Rejection):
@@ -674,7 +1055,7 @@ def _rejected_key(rejection: Rejection):
 
 
 class CountRecords(beam.PTransform):
-    """(read results, written (split, sequence), rejects) -> [[kind, source, reason, n]].
+    """(read results, written `Candidate`s, rejects) -> [[kind, source, reason, n]].
 
     `kind` is `read`, `written`, `truncated` or `rejected` (with its reason).
     """
@@ -698,43 +1079,45 @@ def _count_rows(counter: Mapping[tuple[str, str, str], int]) -> list[list[Any]]:
     return sorted([*key, n] for key, n in counter.items())
 
 
-def _named(value, name: str):
-    return name, value
-
-
-def _shard_part_dict(part: ShardPart) -> dict[str, Any]:
-    return dataclasses.asdict(part)
+def shard_part_dict(part: ShardPart) -> dict[str, Any]:
+    """A part as JSON for the driver (without its statistics)."""
+    return {field.name: getattr(part, field.name)
+            for field in dataclasses.fields(part) if field.name != "stats"}
 
 
 class WriteSummary(beam.PTransform):
-    """{name: singleton PCollection} -> one JSON object file at `path` (for the driver).
+    """{name: PCollection} -> one JSON object file at `path` (for the driver).
 
-    Counts and statistics travel as data, not as runner metrics, so the driver
-    reads them the same way on every runner.
+    Each PCollection is a singleton (its one value is stored) or, for the
+    names in `list_names`, a list of values. Counts and statistics travel as
+    data, not as runner metrics, so the driver reads them the same way on
+    every runner. One write step with the values as side inputs (no
+    combine stages: each stage costs a round trip to the workers).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, list_names: tuple[str, ...] = ()):
         super().__init__()
         self._path = path
+        self._list_names = list_names
 
-    def expand(self, singletons: Mapping[str, Any]):
-        named = [pcoll | f"name_{name}" >> beam.Map(_named, name)
-                 for name, pcoll in singletons.items()]
-        return (named
-                | "merge_entries" >> beam.Flatten()
-                | "to_dict" >> beam.combiners.ToDict()
-                | "to_json" >> beam.Map(json.dumps, sort_keys=True)
-                | "write_json" >> beam.io.WriteToText(self._path, num_shards=1,
-                                                      shard_name_template=""))
+    def expand(self, pcolls: Mapping[str, Any]):
+        values = {name: beam.pvalue.AsList(pcoll) if name in self._list_names
+                  else beam.pvalue.AsSingleton(pcoll) for name, pcoll in pcolls.items()}
+        pipeline = next(iter(pcolls.values())).pipeline
+        return (pipeline
+                | "start" >> beam.Create([self._path])
+                | "write_json" >> beam.Map(_write_summary, **values))
 
 
-class CollectShardParts(beam.PTransform):
-    """`ShardPart`s -> one list of dicts."""
+def _write_summary(path: str, **values) -> str:
+    return _write_json(values, path)
 
-    def expand(self, parts):
-        return (parts
-                | "to_dicts" >> beam.Map(_shard_part_dict)
-                | "collect" >> beam.combiners.ToList())
+
+def _write_json(value: Any, path: str) -> str:
+    """Writes one JSON document (whole: a retry overwrites it); returns the path."""
+    with FileSystems.create(path, mime_type="application/json") as stream:
+        stream.write(json.dumps(value, sort_keys=True).encode("utf-8"))
+    return path
 
 
 # ---------------------------------------------------------------- statistics (pure)

@@ -55,6 +55,12 @@ class DatasetError(SeqpipeError, ValueError):
 def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> bytes:
     """Serializes one sequence to `tf.train.Example` bytes.
 
+    The bytes are written directly in the protobuf wire format (no TensorFlow
+    import, one contiguous copy of the float32 steps); they equal
+    `tf.train.Example(...).SerializeToString(deterministic=True)` byte for byte
+    (tests/test_records.py checks it), so the same sequence gives the same
+    bytes in every process.
+
     Args:
         sequence_id: the record's unique id.
         steps: float array of shape `[length, num_features]`, length >= 1.
@@ -63,26 +69,55 @@ def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> byt
     Returns:
         The serialized example.
     """
-    from tensorflow.core.example import example_pb2, feature_pb2
-
     steps = np.asarray(steps, dtype=np.float32)
     if steps.ndim != 2 or steps.shape[0] < 1:
         raise ValueError(f"steps must have shape [length >= 1, num_features]; "
                          f"Received: shape={steps.shape}")
-    features = {
-        ID_KEY: feature_pb2.Feature(
-            bytes_list=feature_pb2.BytesList(value=[sequence_id.encode()])),
-        LABEL_KEY: feature_pb2.Feature(
-            bytes_list=feature_pb2.BytesList(value=[label.encode()])),
-        LENGTH_KEY: feature_pb2.Feature(
-            int64_list=feature_pb2.Int64List(value=[steps.shape[0]])),
-        STEPS_KEY: feature_pb2.Feature(
-            float_list=feature_pb2.FloatList(value=steps.ravel().tolist())),
-    }
-    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
-    # deterministic: the feature map is serialized in key order, so the same sequence
-    # gives the same bytes in every process (reproducible shards).
-    return example.SerializeToString(deterministic=True)
+    # Map entries in key order (id < label < length < steps), as deterministic
+    # serialization orders them.
+    entries = b"".join((
+        _map_entry(ID_KEY, _BYTES_LIST, _field(1, sequence_id.encode())),
+        _map_entry(LABEL_KEY, _BYTES_LIST, _field(1, label.encode())),
+        _map_entry(LENGTH_KEY, _INT64_LIST, _packed(_varint(steps.shape[0]))),
+        _map_entry(STEPS_KEY, _FLOAT_LIST, _packed(steps.astype("<f4").tobytes())),
+    ))
+    return _field(1, entries)  # Example.features
+
+
+# Protobuf wire format of `tf.train.Example` (tensorflow/core/example/feature.proto):
+# Example{features=1: Features{feature=1: map<string, Feature>}}, a map entry is
+# {key=1, value=2}, Feature is a oneof of BytesList=1, FloatList=2, Int64List=3,
+# each a `repeated value = 1` (floats and int64s packed).
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    """A non-negative int as a protobuf base-128 varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): tag, length, payload."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _packed(payload: bytes) -> bytes:
+    """The packed `value` field of a Float/Int64List; an empty list is omitted."""
+    return _field(1, payload) if payload else b""
+
+
+def _map_entry(key: str, kind: int, value_list: bytes) -> bytes:
+    """One `Features.feature` map entry: {key, Feature{kind: value_list}}."""
+    feature = _field(kind, value_list)
+    return _field(1, _field(1, key.encode()) + _field(2, feature))
 
 
 def decode_sequence(serialized: bytes, num_features: int) -> dict[str, Any]:

@@ -51,7 +51,9 @@ Dataset-level decisions (made in Beam over all parsed records, decided here):
   rejected as `wrong_feature_count`.
 - duplicate ids: the copy from the smallest `(source, line)` is kept, every other
   copy is rejected as `duplicate_id` naming the kept one (`origin`,
-  `check_duplicate`; `resolve_duplicates` applies both to a group of copies).
+  `check_duplicate`; `resolve_duplicates` applies it to a group of copies, and
+  `dataset_verdicts` applies both checks to the copies of one id without
+  their steps, as the Beam job does).
   Identical copies are treated the same way: the job never merges records.
 
 Integer ids and labels are accepted and kept as their decimal string (`7` and
@@ -66,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -92,7 +95,10 @@ REASONS = (UNPARSEABLE, MISSING_ID, BAD_SPLIT, BAD_LABEL, EMPTY, WRONG_FEATURE_C
            NON_NUMERIC, NON_FINITE, TOO_SHORT, TOO_LONG, DUPLICATE_ID, DUPLICATE_TIME)
 
 MAX_RECORD_CHARS = 10_000
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The smallest magnitude that rounds to infinity in float32 (max + half an ulp): a
+# value below it, e.g. 3.4028235e38 as numpy prints float32 max, is finite.
+_FLOAT32_LIMIT = 2.0**128 - 2.0**103
+_NUMBER_TYPES = frozenset((float, int))  # exact types: JSON true/false (bool) are not numbers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +113,9 @@ class Sequence:
         source: the input file it came from.
         line: 1-based line (or row) number in `source`; 0 when unknown.
         truncated_from: the original length when `too_long=truncate` cut it, else 0.
+        offset: the byte offset of the record's line in `source` when the file
+            was read in byte ranges (then `line` is 0: a range does not know
+            how many lines came before it); None otherwise.
     """
 
     id: str
@@ -116,6 +125,7 @@ class Sequence:
     source: str = ""
     line: int = 0
     truncated_from: int = 0
+    offset: int | None = None
 
     @property
     def length(self) -> int:
@@ -137,6 +147,8 @@ class Rejection:
         line: 1-based line number in `source`; 0 when unknown.
         record: the original record text, cut to `MAX_RECORD_CHARS` characters.
         record_truncated: whether `record` was cut.
+        offset: the byte offset of the record in `source` when the file was
+            read in byte ranges (`line` is then 0); None otherwise.
     """
 
     reason: str
@@ -145,6 +157,7 @@ class Rejection:
     line: int = 0
     record: str = ""
     record_truncated: bool = False
+    offset: int | None = None
 
     def to_json(self) -> str:
         """One JSON line for `rejects/`."""
@@ -152,42 +165,47 @@ class Rejection:
 
 
 def reject(reason: str, message: str, source: str, line: int,
-           record: str | bytes) -> Rejection:
+           record: str | bytes, offset: int | None = None) -> Rejection:
     """Builds a `Rejection`, keeping at most `MAX_RECORD_CHARS` of the record."""
     if isinstance(record, bytes):
         record = record.decode("utf-8", errors="replace")
     return Rejection(reason=reason, message=message, source=source, line=line,
                      record=record[:MAX_RECORD_CHARS],
-                     record_truncated=len(record) > MAX_RECORD_CHARS)
+                     record_truncated=len(record) > MAX_RECORD_CHARS, offset=offset)
 
 
-def parse_json_line(data: str | bytes, source: str = "", line: int = 0
-                    ) -> Sequence | Rejection:
+def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
+                    offset: int | None = None) -> Sequence | Rejection:
     """Parses one JSON line `{"id", "steps", "label"?, "split"?}` to a `Sequence`.
 
     Args:
         data: the line, without or with its line ending.
         source: the input file, kept for rejects and counts.
-        line: 1-based line number in `source`.
+        line: 1-based line number in `source` (0 when read by byte range).
+        offset: the line's byte offset in `source` when read by byte range.
 
     Returns:
         The `Sequence` (length not yet checked: see `check_length`) or a `Rejection`.
     """
     def fail(reason: str, message: str) -> Rejection:
-        return reject(reason, message, source, line, data)
+        return reject(reason, message, source, line, data, offset)
 
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        obj = json.loads(text)
+        obj = json.loads(text.removeprefix("\ufeff"))  # a UTF-8 BOM (first line of a file)
     except UnicodeDecodeError as error:
         return fail(UNPARSEABLE, f"not UTF-8: {error}")
     except ValueError as error:
         return fail(UNPARSEABLE, f"not JSON: {error}")
+    except RecursionError:
+        return fail(UNPARSEABLE, "not JSON this parser can read: nested too deeply")
     if not isinstance(obj, dict):
         return fail(UNPARSEABLE, f"expected a JSON object, got {type(obj).__name__}")
     sequence_id = _as_key(obj.get("id"))
     if not sequence_id:
         return fail(MISSING_ID, f"'id' must be a non-empty string; got {obj.get('id')!r}")
+    if not _is_unicode(sequence_id):
+        return fail(MISSING_ID, f"'id' is not valid Unicode text: {sequence_id!r}")
     split = obj.get("split")
     if split is not None and split not in records.SPLITS:
         return fail(BAD_SPLIT, f"'split' must be one of {list(records.SPLITS)} or absent; "
@@ -195,6 +213,8 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0
     label = obj.get("label")
     if label is not None and label != "" and _as_key(label) is None:
         return fail(BAD_LABEL, f"'label' must be a string or an integer; got {label!r}")
+    if isinstance(label, str) and not _is_unicode(label):
+        return fail(BAD_LABEL, f"'label' is not valid Unicode text: {label!r}")
     steps = obj.get("steps")
     if not isinstance(steps, list):
         return fail(UNPARSEABLE, f"'steps' must be a list of timesteps; got "
@@ -203,7 +223,7 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0
     if isinstance(array_or_error, tuple):
         return fail(*array_or_error)
     return Sequence(id=sequence_id, steps=array_or_error, label=_as_key(label) or "",
-                    split=split, source=source, line=line)
+                    split=split, source=source, line=line, offset=offset)
 
 
 def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
@@ -215,6 +235,31 @@ def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
     """
     if not steps:
         return EMPTY, "'steps' is empty"
+    problem = None if _is_number_matrix(steps) else _shape_or_type_problem(steps)
+    if problem:
+        return problem
+    try:
+        values = np.asarray(steps, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64: JSON allows any number of digits
+        t, f = next((t, f) for t, row in enumerate(steps) for f, value in enumerate(row)
+                    if abs(value) >= _FLOAT32_LIMIT)
+        return NON_FINITE, f"steps[{t}][{f}] is not a finite float32 (too large)"
+    bad = ~np.isfinite(values) | (np.abs(values) >= _FLOAT32_LIMIT)
+    if bad.any():
+        t, f = (int(i) for i in np.argwhere(bad)[0])
+        return NON_FINITE, f"steps[{t}][{f}] = {steps[t][f]!r} is not a finite float32"
+    return values.astype(np.float32)
+
+
+def _is_number_matrix(steps: list[Any]) -> bool:
+    """Fast check (C-level iteration) that steps are equal-width lists of JSON numbers."""
+    return (set(map(type, steps)) == {list} and len(set(map(len, steps))) == 1
+            and len(steps[0]) > 0
+            and set(map(type, itertools.chain.from_iterable(steps))) <= _NUMBER_TYPES)
+
+
+def _shape_or_type_problem(steps: list[Any]) -> tuple[str, str] | None:
+    """The first timestep that is not a list, has another width, or a non-number."""
     width = None
     for t, row in enumerate(steps):
         if not isinstance(row, list):
@@ -226,21 +271,16 @@ def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
             return (WRONG_FEATURE_COUNT,
                     f"timestep {t} has {len(row)} features, timestep 0 has {width}")
         for f, value in enumerate(row):
-            if type(value) not in (float, int):  # bool is an int subclass: rejected
+            if type(value) not in _NUMBER_TYPES:  # bool is an int subclass: rejected
                 return NON_NUMERIC, f"steps[{t}][{f}] is not a number: {value!r}"
-    values = np.asarray(steps, dtype=np.float64)
-    bad = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)
-    if bad.any():
-        t, f = (int(i) for i in np.argwhere(bad)[0])
-        return NON_FINITE, f"steps[{t}][{f}] = {steps[t][f]!r} is not a finite float32"
-    return values.astype(np.float32)
+    return None
 
 
-def validate_json_line(data: str | bytes, source: str = "", line: int = 0, *,
-                       min_length: int = 1, max_length: int = 0,
-                       too_long: str = "reject") -> Sequence | Rejection:
+def validate_json_line(data: str | bytes, source: str = "", line: int = 0,
+                       offset: int | None = None, *, min_length: int = 1,
+                       max_length: int = 0, too_long: str = "reject") -> Sequence | Rejection:
     """`parse_json_line`, then `check_length`; rejects keep the original line."""
-    result = parse_json_line(data, source, line)
+    result = parse_json_line(data, source, line, offset)
     if isinstance(result, Rejection):
         return result
     return check_length(result, min_length, max_length, too_long, record=data)
@@ -270,7 +310,7 @@ def check_length(sequence: Sequence, min_length: int, max_length: int,
         return sequence
     if record is None:
         return reject_sequence(sequence, reason, message)
-    return reject(reason, message, sequence.source, sequence.line, record)
+    return reject(reason, message, sequence.source, sequence.line, record, sequence.offset)
 
 
 def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rejection:
@@ -278,8 +318,15 @@ def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rej
     if sequence.num_features == num_features:
         return sequence
     return reject_sequence(sequence, WRONG_FEATURE_COUNT,
-                           f"{sequence.num_features} features, the dataset has "
-                           f"{num_features}")
+                           _width_message(sequence.num_features, num_features))
+
+
+def _width_message(width: int, num_features: int) -> str:
+    return f"{width} features, the dataset has {num_features}"
+
+
+def _duplicate_message(sequence_id: str, kept: Origin) -> str:
+    return f"id {sequence_id!r} is already kept from {location(*kept[:3])}"
 
 
 def dataset_feature_count(width_counts: Mapping[int, int]) -> int:
@@ -292,12 +339,26 @@ def dataset_feature_count(width_counts: Mapping[int, int]) -> int:
     return min(width_counts, key=lambda width: (-width_counts[width], width))
 
 
-def origin(sequence: Sequence) -> tuple[str, int, str]:
-    """Where a sequence came from, as the duplicate policy orders copies: (source, line, label)."""
-    return sequence.source, sequence.line, sequence.label
+Origin = tuple[str, int, int, str]
 
 
-def check_duplicate(sequence: Sequence, kept: tuple[str, int, str] | None
+def origin(sequence: Sequence) -> Origin:
+    """Where a sequence came from, as the duplicate policy orders copies.
+
+    `(source, line, offset, label)`, offset -1 when unknown: within a file
+    either every record has a line number or (read by byte range) every record
+    has an offset, so both order the copies by their place in the file.
+    """
+    offset = -1 if sequence.offset is None else sequence.offset
+    return sequence.source, sequence.line, offset, sequence.label
+
+
+def location(source: str, line: int, offset: int | None = None) -> str:
+    """`source:line`, or `source@offset` for a record read by byte range."""
+    return f"{source}@{offset}" if offset is not None and offset >= 0 else f"{source}:{line}"
+
+
+def check_duplicate(sequence: Sequence, kept: Origin | None
                     ) -> Sequence | Rejection:
     """The sequence, unless its id is kept from another `origin` (`duplicate_id`).
 
@@ -308,8 +369,7 @@ def check_duplicate(sequence: Sequence, kept: tuple[str, int, str] | None
     """
     if kept is None or origin(sequence) == kept:
         return sequence
-    return reject_sequence(sequence, DUPLICATE_ID,
-                           f"id {sequence.id!r} is already kept from {kept[0]}:{kept[1]}")
+    return reject_sequence(sequence, DUPLICATE_ID, _duplicate_message(sequence.id, kept))
 
 
 def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejection]]:
@@ -326,13 +386,43 @@ def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejec
     return ordered[0], [check_duplicate(s, kept) for s in ordered[1:]]
 
 
+def dataset_verdicts(sequence_id: str, copies: list[tuple[Origin, int]],
+                     num_features: int) -> list[tuple[str, str] | None]:
+    """Both dataset-level checks on every copy of one id, without their steps.
+
+    Args:
+        sequence_id: the id the copies share.
+        copies: `(origin, width)` of each copy (see `origin`).
+        num_features: the dataset's feature count (`dataset_feature_count`).
+
+    Returns:
+        Per copy, None if it is kept, else `(reason, message)`: a width other
+        than `num_features` is `wrong_feature_count`; of the remaining copies
+        the one with the smallest origin is kept (the first of equal ones) and
+        the others are `duplicate_id`, as `check_feature_count` then
+        `check_duplicate` decide.
+    """
+    verdicts: list[tuple[str, str] | None] = [
+        None if width == num_features else (WRONG_FEATURE_COUNT,
+                                             _width_message(width, num_features))
+        for _, width in copies]
+    right_width = [i for i, verdict in enumerate(verdicts) if verdict is None]
+    if len(right_width) > 1:
+        kept = min(right_width, key=lambda i: copies[i][0])
+        for i in right_width:
+            if i != kept:
+                verdicts[i] = (DUPLICATE_ID, _duplicate_message(sequence_id, copies[kept][0]))
+    return verdicts
+
+
 def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
     """Rejects an already parsed sequence; its record is re-serialized as JSON.
 
     The float32 values are written in their shortest form, so the JSON parses
     back to exactly the same float32 steps.
     """
-    return reject(reason, message, sequence.source, sequence.line, to_json_line(sequence))
+    return reject(reason, message, sequence.source, sequence.line, to_json_line(sequence),
+                  sequence.offset)
 
 
 def to_json_line(sequence: Sequence) -> str:
@@ -370,6 +460,15 @@ def assign_split(sequence: Sequence, train_fraction: float, val_fraction: float)
     if sequence.split:
         return sequence.split
     return hash_split(sequence.id, train_fraction, val_fraction)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_key(value: Any) -> str | None:
@@ -484,7 +583,7 @@ def parse_long_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
         except (TypeError, ValueError):
             error = error or (NON_NUMERIC, f"{column}={row[column]!r} is not a number")
             number = 0.0
-        if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+        if not math.isfinite(number) or abs(number) >= _FLOAT32_LIMIT:
             error = error or (NON_FINITE, f"{column}={row[column]!r} is not a finite float32")
         numbers.append(number)
     return Row(id=sequence_id, time=numbers[0], values=tuple(numbers[1:]),
@@ -525,6 +624,10 @@ def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
     for before, after in zip(ordered, ordered[1:], strict=False):
         if before.time == after.time:
             return fail(DUPLICATE_TIME, f"two rows at time {after.time:g}")
+    widths = sorted({len(r.values) for r in ordered})
+    if len(widths) > 1:
+        return fail(WRONG_FEATURE_COUNT, f"rows have different feature counts {widths} "
+                                         "(files with different headers?)")
     steps = np.array([r.values for r in ordered], dtype=np.float32)
     if steps.shape[1] == 0:
         return fail(WRONG_FEATURE_COUNT, "no feature columns")

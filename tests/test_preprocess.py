@@ -1,5 +1,6 @@
 """The Beam preprocessing job: transforms on literal records, then end-to-end runs."""
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -124,33 +125,103 @@ def test_read_jsonl_plain_and_gzip_with_line_numbers(tmp_path):
                                        ("y.jsonl.gz", 2, "c")]))
 
 
+def test_read_jsonl_in_byte_ranges_reads_every_line_once_at_its_offset(tmp_path):
+    lines = [b'{"id": "r%d", "steps": [[%d]]}' % (i, i) for i in range(40)]
+    lines[7], lines[20] = b"", b"not json"  # a blank line and a rejection
+    data = b"".join(line + (b"\r\n" if i % 3 else b"\n") for i, line in enumerate(lines))
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(data[:-1])  # no final newline
+    offsets = [i for i in range(len(data)) if i == 0 or data[i - 1:i] == b"\n"]
+    expected = {(offset, line.split(b'"')[3].decode() if b"id" in line else "unparseable")
+                for offset, line in zip(offsets, lines, strict=True) if line}
+    for split_bytes in (1, 7, 29, 64, 1000):  # ranges inside, at and across line ends
+        with BeamTestPipeline() as p:
+            results = (p | beam.Create([str(path)])
+                       | transforms.ReadJsonLines(split_bytes=split_bytes)
+                       | beam.Map(lambda r: (r.line, r.offset,
+                                             getattr(r, "id", None) or r.reason)))
+            assert_that(results, equal_to(sorted((0, o, what) for o, what in expected)))
+
+
+def test_readers_survive_bom_long_fields_and_truncated_gzip(tmp_path):
+    good = b'{"id": "a", "steps": [[1, 2], [3, 4]]}\n'
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfid,t,x,y\nc,0,1,1\nc,1,2,2\n"
+                                       b"big,0,1," + b"9" * 200_000 + b"\n")
+    whole = gzip.compress(b"".join(b'{"id": "z%d", "steps": [[%d, 1]]}\n' % (i, i)
+                                   for i in range(2000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    metadata = job.preprocess([str(tmp_path / "*")], str(tmp_path / "out"),
+                              PreprocessConfig(train_fraction=1.0, val_fraction=0.0))
+    counts = metadata["counts"]
+    by_input = {os.path.basename(k): v for k, v in counts["by_input"].items()}
+    assert by_input["bom.jsonl"] == {"read": 1, "written": 1, "rejected": 0}
+    assert by_input["bom.csv"] == {"read": 2, "written": 1, "rejected": 1}  # big: non_finite
+    cut = by_input["cut.jsonl.gz"]
+    assert cut["rejected"] == 1 and 0 < cut["written"] < 2000  # the readable lines, then one
+    assert counts["read"] == counts["written"] + counts["rejected"]
+
+
 def _seq(sequence_id, length=2, width=2, source="s", line=1, **kwargs):
     steps = np.full((length, width), float(length), dtype=np.float32)
     return Sequence(id=sequence_id, steps=steps, source=source, line=line, **kwargs)
 
 
-def test_validation_transforms_route_every_rejection():
+def _part_records(part) -> list[tuple[str, list]]:
+    """(id, steps) of every record of a part file, in file order."""
+    return [(r["id"], r["steps"].tolist()) for r in
+            (records.decode_sequence(data, len(_seq("x").steps[0]))
+             for data in transforms.read_tfrecords(part.path))]
+
+
+def test_write_check_and_drop_route_every_record(tmp_path):
+    # Two bundles' worth of records in one: a mixed-width part (narrow), duplicates in
+    # the same part and across sources, and a record-level rejection.
     literal = [
-        _seq("ok1"), _seq("ok2", length=3), _seq("narrow", width=1),
+        _seq("ok1"), _seq("ok2", length=3), _seq("narrow", width=1, line=2),
         _seq("dup", source="b", line=1), _seq("dup", source="a", line=5),
+        _seq("dup", source="a", line=7), _seq("cut", truncated_from=9),
         Rejection("unparseable", "bad", "s", 4, "{"),
     ]
+    parts_dir = str(tmp_path)
     with BeamTestPipeline() as p:
         results = p | beam.Create(literal)
-        sequences, record_rejects = results | transforms.RouteRejections()
-        sequences, width_rejects, num_features = sequences | transforms.CheckFeatureCount()
-        sequences, dup_rejects = sequences | transforms.DropDuplicateIds()
-        keyed = sequences | transforms.AssignSplits(1.0, 0.0)
-        kept = keyed | "describe_kept" >> beam.Map(
-            lambda kv: (kv[0], kv[1].id, kv[1].source))
-        assert_that(kept, equal_to([("train", "ok1", "s"), ("train", "ok2", "s"),
-                                    ("train", "dup", "a")]), label="kept")
-        reasons = ((record_rejects, width_rejects, dup_rejects) | beam.Flatten()
+        parts, candidates, record_rejects = results | transforms.WriteCandidates(
+            parts_dir, 1.0, 0.0)
+        kept, drops, num_features = candidates | transforms.CheckDataset()
+        final, dataset_rejects = (parts, drops, num_features) | transforms.DropRejected(
+            parts_dir)
+        assert_that(kept | "describe_kept" >> beam.Map(lambda c: (c.id, c.source, c.line)),
+                    equal_to([("ok1", "s", 1), ("ok2", "s", 1), ("dup", "a", 5),
+                              ("cut", "s", 1)]), label="kept")
+        reasons = ((record_rejects, dataset_rejects) | beam.Flatten()
                    | beam.Map(lambda r: (r.reason, r.source, r.line)))
-        assert_that(reasons, equal_to([("wrong_feature_count", "s", 1),
-                                       ("duplicate_id", "b", 1), ("unparseable", "s", 4)]),
-                    label="rejects")
+        assert_that(reasons, equal_to([("wrong_feature_count", "s", 2),
+                                       ("duplicate_id", "b", 1), ("duplicate_id", "a", 7),
+                                       ("unparseable", "s", 4)]), label="rejects")
         assert_that(num_features, equal_to([2]), label="num_features")
+        written = final | "part_contents" >> beam.FlatMap(_part_records) | beam.Map(
+            lambda r: r[0])
+        assert_that(written, equal_to(["ok1", "ok2", "dup", "cut"]), label="written")
+        assert_that(final | "split_of_parts" >> beam.Map(lambda part: part.split),
+                    lambda splits: set(splits) == {"train"}, label="splits")
+        stats = final | transforms.ComputeStats()
+        assert_that(stats["split_sizes"], equal_to([[("train", (4, 9))]]), label="sizes")
+
+
+def test_rejected_duplicate_keeps_its_record_and_the_kept_copy_its_steps(tmp_path):
+    kept_copy = _seq("d", length=2, source="a", line=1)
+    later = Sequence(id="d", steps=np.array([[0.5, 1.5], [2.5, 3.5]], np.float32),
+                     label="x", split="test", source="b", line=3)
+    with BeamTestPipeline() as p:
+        parts, candidates, _ = (p | beam.Create([later, kept_copy])
+                                | transforms.WriteCandidates(str(tmp_path), 1.0, 0.0))
+        _, drops, num_features = candidates | transforms.CheckDataset()
+        final, rejects = (parts, drops, num_features) | transforms.DropRejected(str(tmp_path))
+        assert_that(rejects | beam.Map(lambda r: (r.reason, r.record)), equal_to([(
+            "duplicate_id", sources.to_json_line(later))]), label="rejects")
+        contents = final | beam.FlatMap(_part_records)
+        assert_that(contents, equal_to([("d", kept_copy.steps.tolist())]), label="kept")
 
 
 def _moments_close_to(values):
@@ -164,40 +235,74 @@ def _moments_close_to(values):
     return check
 
 
-def test_compute_stats_and_count_records_are_exact():
-    train = [_seq("t1", length=2, source="f"), _seq("t2", length=4, source="f", label="x")]
-    keyed = [("train", s) for s in train] + [("test", _seq("e1", length=3, label="y"))]
+def _written_part(directory, split, sequences):
+    writer = transforms.PartWriter(str(directory), split, "none")
+    for sequence in sequences:
+        writer.write(records.encode_sequence(sequence.id, sequence.steps, sequence.label),
+                     sequence)
+    return writer.close()
+
+
+def test_compute_stats_and_count_records_are_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(transforms.PartWriter, "STATS_BATCH", 2)  # several flushes
+    train = [_seq("t1", length=2, source="f"), _seq("t2", length=4, source="f", label="x"),
+             _seq("t3", length=1, source="f")]
+    test = [_seq("e1", length=3, label="y")]
+    parts = [_written_part(tmp_path, "train", train[:2]), _written_part(tmp_path, "train",
+                                                                         train[2:]),
+             _written_part(tmp_path, "test", test)]
     train_steps = np.concatenate([s.steps for s in train]).astype(np.float64)
     rejection = Rejection("empty", "no steps", "f", 9, "{}")
+    written = [transforms.Candidate(s.id, s.source, s.line, s.label, None, 2,
+                                    s.id == "t3", "p", 0) for s in train + test]
     with BeamTestPipeline() as p:
-        keyed_pc = p | "keyed" >> beam.Create(keyed)
-        stats = keyed_pc | transforms.ComputeStats()
-        assert_that(stats["split_sizes"], equal_to([[("test", (1, 3)), ("train", (2, 6))]]),
+        stats = p | "parts" >> beam.Create(parts) | transforms.ComputeStats()
+        assert_that(stats["split_sizes"], equal_to([[("test", (1, 3)), ("train", (3, 7))]]),
                     label="split_sizes")
-        assert_that(stats["length_counts"], equal_to([[[2, 1], [3, 1], [4, 1]]]),
+        assert_that(stats["length_counts"], equal_to([[[1, 1], [2, 1], [3, 1], [4, 1]]]),
                     label="length_counts")
         assert_that(stats["label_counts"], equal_to([[["x", 1], ["y", 1]]]),
                     label="label_counts")
         assert_that(stats["feature_moments"], _moments_close_to(train_steps),
                     label="feature_moments")
-        read = p | "read" >> beam.Create([s for _, s in keyed] + [rejection])
+        read = p | "read" >> beam.Create([*train, *test, rejection])
         rejects = p | "rejects" >> beam.Create([rejection])
-        counts = (read, keyed_pc, rejects) | transforms.CountRecords()
-        assert_that(counts, equal_to([[["read", "f", "", 3], ["read", "s", "", 1],
+        written_pc = p | "written" >> beam.Create(written)
+        counts = (read, written_pc, rejects) | transforms.CountRecords()
+        assert_that(counts, equal_to([[["read", "f", "", 4], ["read", "s", "", 1],
                                        ["rejected", "f", "empty", 1],
-                                       ["written", "f", "", 2], ["written", "s", "", 1]]]),
+                                       ["truncated", "f", "", 1],
+                                       ["written", "f", "", 3], ["written", "s", "", 1]]]),
                     label="counts")
 
 
-def test_write_shards_sizes_and_writes_every_record(tmp_path):
-    keyed = [("train", _seq(f"t{i}")) for i in range(10)] + [("val", _seq("v0"))]
+def test_write_candidates_rolls_parts_over_at_the_target_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(transforms, "TARGET_SHARD_BYTES", 200)
+    sequences = [_seq(f"t{i}", length=4) for i in range(20)]
     with BeamTestPipeline() as p:
-        parts = (p | beam.Create(keyed) | transforms.WriteShards(str(tmp_path))
-                 | beam.Map(lambda part: (part.split, part.num_records)))
-        totals = parts | beam.CombinePerKey(sum)
-        assert_that(totals, equal_to([("train", 10), ("val", 1)]))
-    assert len(list(tmp_path.glob("train-*"))) == 2  # MIN_SHARDS for a small split
-    assert len(list(tmp_path.glob("val-*"))) == 1  # capped at one shard per record
+        parts, _, _ = (p | beam.Create(sequences)
+                       | transforms.WriteCandidates(str(tmp_path), 1.0, 0.0))
+        sizes = parts | beam.Map(lambda part: (part.num_records, part.num_bytes))
+        assert_that(sizes, lambda rows: (sum(n for n, _ in rows) == 20 and len(rows) > 2
+                                         and all(size < 200 + 120 for _, size in rows)))
+    assert len(list(tmp_path.iterdir())) > 2
+
+
+def test_reshard_writes_exactly_num_shards_in_hashed_id_order(tmp_path):
+    parts = [_written_part(tmp_path / "in", "train", [_seq(f"t{i}") for i in range(i0, i0 + 5)])
+             for i0 in (0, 5)] + [_written_part(tmp_path / "in", "val", [_seq("v0")])]
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        with BeamTestPipeline() as p:
+            shards = (p | beam.Create(parts[::-1] if run == "b" else parts)
+                      | transforms.Reshard(str(tmp_path / run), num_shards=3))
+            assert_that(shards | beam.Map(lambda part: (part.split, part.order)),
+                        equal_to([("train", (0,)), ("train", (1,)), ("train", (2,)),
+                                  ("val", (0,))]))
+    for path in (tmp_path / "a").iterdir():
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+        ids = [r[0] for r in _part_records(transforms.ShardPart("train", str(path), 0, 0))]
+        assert ids == sorted(ids, key=lambda i: (transforms.id_hash(i), i))
 
 
 def test_num_shards_for():
@@ -383,18 +488,78 @@ def test_failed_run_leaves_no_dataset(dataset, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [output] and not any(output.iterdir())
 
 
+def _all_records(directory: Path, metadata: dict) -> dict[str, list]:
+    """{split: [(id, label, steps as a list)] sorted by id}."""
+    return {split: sorted((i, r["label"], r["steps"].tolist())
+                          for i, r in _read_split(directory, metadata, split).items())
+            for split in records.SPLITS}
+
+
 @pytest.mark.slow
-def test_multi_process_direct_runner_writes_identical_shards(dataset, tmp_path):
+def test_multi_process_direct_runner_writes_the_same_dataset(dataset, tmp_path):
     output = tmp_path / "mp"
     metadata = job.preprocess(
         dataset["files"], str(output), CFG,
         ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     reference = dataset["metadata"]
     assert metadata["counts"] == reference["counts"]
-    assert metadata["splits"] == reference["splits"]
+    for key in ("length_stats", "bucket_boundaries", "label_counts", "num_features"):
+        assert metadata[key] == reference[key]
+    for key, values in metadata["feature_stats"].items():
+        np.testing.assert_allclose(values, reference["feature_stats"][key], rtol=1e-12)
+    assert [metadata["splits"][s]["num_records"] for s in records.SPLITS] == [
+        reference["splits"][s]["num_records"] for s in records.SPLITS]
+    assert _all_records(output, metadata) == _all_records(dataset["out"], reference)
+
+
+@pytest.mark.slow
+def test_num_shards_gives_byte_identical_shards_on_any_runner(dataset, tmp_path):
+    cfg = dataclasses.replace(CFG, num_shards=3)
+    single = job.preprocess(dataset["files"], str(tmp_path / "one"), cfg)
+    multi = job.preprocess(dataset["files"], str(tmp_path / "mp"), cfg,
+                           ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert single["splits"] == multi["splits"]
+    assert single["splits"]["train"]["num_shards"] == 3
     for split in records.SPLITS:
-        for name in metadata["splits"][split]["files"]:
-            assert (output / name).read_bytes() == (dataset["out"] / name).read_bytes()
+        for name in single["splits"][split]["files"]:
+            assert (tmp_path / "one" / name).read_bytes() == (
+                tmp_path / "mp" / name).read_bytes()
+    assert _all_records(tmp_path / "one", single) == _all_records(dataset["out"],
+                                                                  dataset["metadata"])
+
+
+def test_big_file_read_in_byte_ranges_gives_the_same_dataset(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(transforms, "SPLIT_BYTES", 300)  # a.jsonl (plain) is split
+    metadata = job.preprocess(dataset["files"], str(tmp_path / "out"), CFG,
+                              ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    reference = dataset["metadata"]
+    assert metadata["counts"] == reference["counts"]
+    assert _all_records(tmp_path / "out", metadata) == _all_records(dataset["out"], reference)
+    a_text = Path(dataset["files"][0]).read_bytes()
+    rejects = [json.loads(line) for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    a_rejects = [r for r in rejects if r["source"].endswith("a.jsonl")]
+    assert len(a_rejects) == len(BAD_A)
+    for rejection in a_rejects:  # located by byte offset: the record starts there
+        assert rejection["line"] == 0
+        assert a_text[rejection["offset"]:].startswith(rejection["record"].encode())
+    duplicate = next(r for r in rejects if r["reason"] == "duplicate_id")
+    assert duplicate["message"].startswith("id 'g03' is already kept from ")
+    assert "a.jsonl@" in duplicate["message"] and duplicate["offset"] is None
+
+
+def test_failure_inside_the_pipeline_leaves_no_dataset(dataset, tmp_path, monkeypatch):
+    encode = records.encode_sequence
+
+    def fail_on_g05(sequence_id, *args):
+        if sequence_id == "g05":
+            raise OSError("disk full")
+        return encode(sequence_id, *args)
+
+    monkeypatch.setattr(records, "encode_sequence", fail_on_g05)
+    with pytest.raises(Exception, match="disk full"):
+        job.preprocess(dataset["files"], str(tmp_path / "out"), CFG)
+    assert list(tmp_path.iterdir()) == []  # no output, no staging directory
 
 
 def test_csv_long_format_end_to_end(tmp_path):
@@ -477,3 +642,10 @@ def test_parquet_long_format_end_to_end_with_row_numbers(tmp_path):
                                   np.array([[1, 2], [3, 4], [5.5, 6]], np.float32))
     assert (decoded["s1"]["label"], decoded["s4"]["label"]) == ("up", "down")
     np.testing.assert_array_equal(decoded["s4"]["steps"], [[7, 8], [9, 10]])
+
+
+def test_part_writer_keeps_no_statistics_for_mixed_widths(tmp_path):
+    one_width = _written_part(tmp_path, "train", [_seq("a"), _seq("b")])
+    mixed = _written_part(tmp_path, "train", [_seq("a"), _seq("n", width=1), _seq("b")])
+    assert one_width.stats is not None and mixed.stats is None
+    assert (mixed.num_records, len(list(transforms.read_tfrecords(mixed.path)))) == (3, 3)

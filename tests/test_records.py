@@ -51,6 +51,21 @@ def test_tfds_features_decode_the_same_bytes():
         records.encode_sequence("q", steps, "k"))
 
 
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 300), st.integers(0, 40)),
+                  elements=st.floats(width=32)),
+       st.text(min_size=1, max_size=200), st.text(max_size=200))
+def test_encoding_is_the_deterministic_protobuf_serialization(steps, sequence_id, label):
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sequence_id.encode()])),
+        "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode()])),
+        "length": tf.train.Feature(int64_list=tf.train.Int64List(value=[len(steps)])),
+        "steps": tf.train.Feature(float_list=tf.train.FloatList(
+            value=steps.ravel().tolist()))}))
+    assert records.encode_sequence(sequence_id, steps, label) == (
+        example.SerializeToString(deterministic=True))
+
+
 @pytest.mark.parametrize("steps", [np.zeros((0, 2)), np.zeros(3), np.zeros((1, 2, 3))])
 def test_encode_rejects_bad_shapes(steps):
     with pytest.raises(ValueError, match="Received: shape="):

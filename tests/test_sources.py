@@ -115,6 +115,59 @@ def test_resolve_duplicates_keeps_smallest_source_and_line():
     assert "a.jsonl:2" in rejected[0].message
 
 
+def test_dataset_verdicts_reject_other_widths_then_keep_the_smallest_origin():
+    copies = [(("b.jsonl", 1, -1, ""), 3), (("a.jsonl", 9, -1, ""), 3),
+              (("a.jsonl", 2, -1, ""), 2), (("a.jsonl", 5, -1, ""), 3)]
+    verdicts = sources.dataset_verdicts("d", copies, num_features=3)
+    assert [v and v[0] for v in verdicts] == [
+        "duplicate_id", "duplicate_id", "wrong_feature_count", None]
+    assert verdicts[0][1] == "id 'd' is already kept from a.jsonl:5"
+    assert verdicts[2][1] == "2 features, the dataset has 3"
+    assert sources.dataset_verdicts("e", [(("a", 1, -1, ""), 3)], 3) == [None]
+    # A file read by byte range: copies ordered by offset, named by it.
+    by_offset = sources.dataset_verdicts("f", [(("big", 0, 900, ""), 3),
+                                               (("big", 0, 12, ""), 3)], 3)
+    assert by_offset == [("duplicate_id", "id 'f' is already kept from big@12"), None]
+    # The same decisions as the sequence-level checks, message for message.
+    sequence = _seq("d", width=2, source="a.jsonl", line=2)
+    assert sources.check_feature_count(sequence, 3).message == verdicts[2][1]
+    later = _seq("d", width=3, source="b.jsonl", line=1)
+    assert sources.check_duplicate(later, ("a.jsonl", 5, -1, "")).message == verdicts[0][1]
+
+
+def test_integers_beyond_float64_are_non_finite_not_a_crash():
+    result = sources.parse_json_line('{"id": "a", "steps": [[1, 1' + "0" * 400 + "]]}")
+    assert (result.reason, result.message) == (
+        "non_finite", "steps[0][1] is not a finite float32 (too large)")
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"id": "d", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}", "unparseable"),
+    (r'{"id": "a\ud800", "steps": [[1.0]]}', "missing_id"),  # lone surrogate: not UTF-8
+    (r'{"id": "a", "steps": [[1.0]], "label": "\udfff"}', "bad_label"),
+    ('{"id": "a", "steps": [[3.4028236e38]]}', "non_finite"),  # rounds to inf in float32
+])
+def test_hostile_lines_are_rejected_not_raised(line, reason):
+    result = sources.validate_json_line(line, "f.jsonl", 1)
+    assert isinstance(result, Rejection) and result.reason == reason, result
+
+
+@pytest.mark.parametrize("value", ["3.4028235e38", "-3.4028235e38", "3.40282356e38"])
+def test_float32_max_as_numpy_prints_it_is_finite(value):
+    result = sources.validate_json_line('{"id": "m", "steps": [[' + value + "]]}")
+    assert abs(float(result.steps[0, 0])) == float(np.finfo(np.float32).max)
+    row = sources.parse_csv_row(["m", "0", value], ["id", "t", "a"], sources.LongFormat())
+    assert row.error is None
+
+
+def test_rows_of_one_id_with_different_widths_are_one_rejection():
+    fmt = sources.LongFormat()
+    first = sources.parse_csv_row(["w", "0", "1"], ["id", "t", "a"], fmt, "a.csv", 2)
+    second = sources.parse_csv_row(["w", "1", "1", "2"], ["id", "t", "a", "b"], fmt, "b.csv", 2)
+    result = sources.assemble_rows([first, second])
+    assert (result.reason, result.source, result.line) == ("wrong_feature_count", "a.csv", 2)
+
+
 def test_hash_split_is_pinned_and_stable():
     # Pinned values: changing the hash would move every existing record to another split.
     assert sources.hash_fraction("a") == pytest.approx(0.7913742705223816, abs=0)
