@@ -3,7 +3,7 @@
 Whatever the bytes, `validate_json_line`, `parse_csv_row`, `parse_long_row`
 and `assemble_rows` return a `Sequence` (finite float32 `[length >= 1, F]`, a
 non-empty UTF-8-encodable id) or a `Rejection` with a known reason; they
-never raise. The inputs that still make them raise are strict xfails below.
+never raise. The inputs that once made them raise are tested at the end.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_random_bytes_never_raise(data):
     check_result(result)
 
 
-# |v| < 3.4e38: the float32 maximum itself is the xfail below
+# |v| < 3.4e38: the float32 maximum itself is tested at the end
 valid_values = st.floats(width=32, allow_nan=False, allow_infinity=False).filter(
     lambda v: abs(v) < 3.4e38)
 
@@ -187,23 +187,15 @@ def test_parquet_rows_never_raise(rows):
         check_result(sources.assemble_rows(rows_of_id))
 
 
-# ---------------------------------------------------------------- known bugs (xfail)
+# ---------------------------------------------------------------- formerly crashing inputs
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "sources.parse_json_line catches ValueError only; json.loads raises RecursionError "
-    "on deep nesting (~1000+ levels). Fix: also catch RecursionError -> unparseable."))
 def test_deeply_nested_json_is_rejected_not_raised():
     line = '{"id": "d", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}"
     result = sources.validate_json_line(line, "f.jsonl", 1)
     assert isinstance(result, sources.Rejection) and result.reason == "unparseable"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sources._as_key accepts an id/label holding a lone surrogate (JSON '\\ud800'); "
-    "hash_split / encode_sequence / WriteToText then raise UnicodeEncodeError and the "
-    "Beam job crashes. Fix: in parse_json_line reject (missing_id / bad_label, or "
-    "unparseable) any id or label for which str.encode('utf-8') fails."))
 @pytest.mark.parametrize("line", [
     r'{"id": "a\ud800", "steps": [[1.0]]}',
     r'{"id": "a", "steps": [[1.0]], "label": "\udfff"}',
@@ -213,10 +205,6 @@ def test_lone_surrogate_id_or_label_is_rejected(line):
     check_result(result)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "sources.assemble_rows: rows of one id with different feature counts (two CSV/Parquet "
-    "files with different headers) make np.array(...) raise 'inhomogeneous shape'. Fix: "
-    "if len({len(r.values) for r in rows}) > 1 return a wrong_feature_count rejection."))
 def test_rows_of_different_widths_are_rejected():
     fmt = sources.LongFormat()
     first = sources.parse_csv_row(["w", "0", "1"], ["id", "t", "a"], fmt, "a.csv", 2)
@@ -232,13 +220,6 @@ def test_integer_beyond_float64_is_non_finite():
     assert isinstance(result, sources.Rejection) and result.reason == "non_finite"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sources.steps_to_array rejects |v| > float32 max computed in float64, but the "
-    "shortest decimal of float32 max, 3.4028235e38 (what numpy prints and what "
-    "to_json_line writes into rejects/), is 3.40282350e38 > 3.40282347e38 in float64 and "
-    "rounds to float32 max, not inf. So a value the job itself writes is non_finite when "
-    "re-read (a fixed reject cannot be re-run). Fix: decide on the float32 cast, "
-    "bad = ~np.isfinite(values.astype(np.float32)) (and the same in parse_long_row)."))
 @pytest.mark.parametrize("value", ["3.4028235e38", "-3.4028235e38", "3.40282356e38"])
 def test_float32_max_spelled_shortest_is_finite(value):
     result = sources.validate_json_line('{"id": "m", "steps": [[' + value + "]]}")
