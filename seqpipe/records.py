@@ -196,14 +196,21 @@ def read_split(data_dir: str | Path, split: str,
 
     For small-scale tools (baselines, plots); training reads through
     `seqpipe.data`.
+
+    Raises:
+        DatasetError: a corrupt or truncated shard (named) or a malformed record.
     """
     import tensorflow as tf
 
     metadata = metadata or read_metadata(data_dir)
-    files = split_files(data_dir, split)
-    dataset = tf.data.TFRecordDataset(files, compression_type=tf_compression_type(metadata))
-    for serialized in dataset.as_numpy_iterator():
-        yield decode_sequence(serialized, metadata["num_features"])
+    for path in split_files(data_dir, split):
+        dataset = tf.data.TFRecordDataset(path, compression_type=tf_compression_type(metadata))
+        try:
+            for serialized in dataset.as_numpy_iterator():
+                yield decode_sequence(serialized, metadata["num_features"])
+        except (tf.errors.DataLossError, ValueError) as error:
+            message = getattr(error, "message", None) or str(error)
+            raise DatasetError(f"{path}: corrupt or truncated shard: {message}") from None
 
 
 def read_metadata(data_dir: str | Path) -> dict[str, Any]:

@@ -142,18 +142,11 @@ def test_every_damage_through_make_dataset_names_the_shard(clean_dataset, tmp_pa
     assert not failures, failures
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "records.read_split (used by evaluate, report, inspect baselines) reads shards with a "
-    "bare tf.data.TFRecordDataset: a truncated/corrupt shard raises DataLossError "
-    "'truncated record at N' / 'corrupted record' without the file name. Fix: iterate "
-    "per file and re-raise records.DatasetError(f'{path}: corrupt or truncated shard: "
-    "{error.message}'), or reuse data._read_shard's checked reader."))
 def test_read_split_error_names_the_shard(clean_dataset, tmp_path):
     clean, metadata = clean_dataset
     shard = _damaged_copy(clean, tmp_path / "cut", lambda d: d[: len(d) - 5])
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(records.DatasetError, match=f"{shard.name}: corrupt or truncated"):
         list(records.read_split(tmp_path / "cut", "train", metadata))
-    assert shard.name in str(caught.value)
 
 
 def test_missing_listed_shard_is_a_dataset_error(clean_dataset, tmp_path):
