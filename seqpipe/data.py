@@ -74,8 +74,18 @@ of every bucket may be smaller.
 
 `pad_to_max` disables both and pads every batch to the dataset's longest
 length (`length_stats.max`): the naive recipe, kept for benchmarks.
-`padding_efficiency` measures the difference. Records are parsed
-`_PARSE_BATCH` at a time with one `tf.io.parse_example` call.
+`padding_efficiency` measures the difference.
+
+Cost: records stay serialized strings until they are parsed many at a time
+with one `tf.io.parse_example` call (`sorted_window`: a whole window, which is
+then sorted and cut without a per-record op; the other modes: `_PARSE_BATCH`
+at a time); normalization is one op on the parsed steps; the mask, the
+weights and the reversed target are made once per padded batch
+(`tf.sequence_mask`, `tf.reverse_sequence`), never per record.
+
+`inference_batches` yields the same element contract (with keys) for a
+one-pass, fixed-order read of a split (embedding), eagerly, without building
+a `tf.data` graph.
 
 Order, shuffling, distribution
 ------------------------------
@@ -112,9 +122,10 @@ an unknown schema version, or without shards for the split raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,21 +265,28 @@ def make_dataset(
 
     if not ordered:  # shuffle the serialized records: cheaper to move than parsed ones
         ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    if skip_corrupt:  # drop records that fail to parse, one at a time, before batching
+        ds = ds.map(lambda path, serialized: _checked_record(path, serialized, num_features),
+                    num_parallel_calls=AUTOTUNE, deterministic=ordered)
+        ds = ds.ignore_errors(log_warning=True)
     stats = normalization if normalization is not None else metadata.get("feature_stats")
     mean, std = normalization_arrays(stats, num_features) if cfg.normalize else (None, None)
-    ds = _parse_records(ds, num_features, mean, std, cfg.reverse_target, skip_corrupt, ordered)
+    finish = _Finish(num_features, cfg.reverse_target, with_keys)
 
     per_replica_batch = _per_replica_batch(cfg, input_context)
     if cfg.batching == "sorted_window" and not cfg.pad_to_max:
         plan = plan_window(cfg, metadata, num_replicas_in_sync=replicas,
                            per_replica_batch_size=per_replica_batch)
-        ds = _sorted_window_batches(ds, plan, num_features, ordered, cfg.seed)
+        ds = _sorted_window_batches(ds, plan, num_features, mean, std, finish, ordered,
+                                    cfg.seed)
     else:
         buckets = plan_buckets(cfg, metadata, num_replicas_in_sync=replicas,
                                per_replica_batch_size=per_replica_batch)
+        ds = _parse_records(ds, num_features, mean, std, ordered)
         ds = _batch(ds, buckets, num_features)
-    ds = ds.map(lambda batch: _to_element(batch, with_keys), num_parallel_calls=AUTOTUNE,
-                deterministic=ordered)
+        ds = ds.map(lambda batch: finish(batch["x"], batch["length"], batch["id"],
+                                         batch["label"]),
+                    num_parallel_calls=AUTOTUNE, deterministic=ordered)
     ds = ds.prefetch(AUTOTUNE)
 
     options = tf.data.Options()
@@ -278,6 +296,132 @@ def make_dataset(
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF)
     return ds.with_options(options)
+
+
+def inference_batches(
+    data_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    normalization: Mapping[str, Any] | None = None,
+    skip_corrupt: bool = False,
+) -> Iterator[tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]]:
+    """The batches of a whole split in a fixed order, eagerly, for inference.
+
+    Yields the element contract with keys (`make_dataset(..., training=False,
+    with_keys=True)`): every record of the split exactly once, padded as
+    `batching: sorted_window` pads (windows of `sort_window` records sorted by
+    length, cut into batches, padded to the length grid), with the same
+    normalization, checks and errors. It reads the shards one after another
+    in file order and parses a window with one `tf.io.parse_example`, eagerly:
+    no `tf.data` graph to build or iterator to start, which on a split of a
+    few thousand records costs more than reading it. Windows are parsed as
+    they are needed, so memory holds one window of records.
+
+    `batching: buckets`, `pad_to_max` and `skip_corrupt` are served by
+    `make_dataset` (same records, its batching).
+
+    Raises:
+        records.DatasetError: as `make_dataset`.
+        tf.errors.InvalidArgumentError: a corrupt or truncated shard (naming
+            it) or an inconsistent record (naming it and its shard).
+    """
+    if cfg.batching != "sorted_window" or cfg.pad_to_max or skip_corrupt:
+        dataset = make_dataset(data_dir, split, cfg, training=False, metadata=metadata,
+                               with_keys=True, skip_corrupt=skip_corrupt,
+                               normalization=normalization)
+        yield from dataset
+        return
+    if metadata is None:
+        metadata = records.read_metadata(data_dir)
+    else:
+        records.check_schema_version(metadata, f"{data_dir} metadata")
+    num_features = int(metadata["num_features"])
+    compression = metadata.get("compression", "none")
+    if compression not in ("none", "gzip"):
+        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
+    files = _split_files(data_dir, split, metadata)
+    stats = normalization if normalization is not None else metadata.get("feature_stats")
+    mean, std = normalization_arrays(stats, num_features) if cfg.normalize else (None, None)
+    plan = plan_window(cfg, metadata)
+    parse_and_cut, gather = _inference_functions(
+        num_features, None if mean is None else (tuple(mean.tolist()), tuple(std.tolist())),
+        plan.grid, plan.batch_sizes, cfg.reverse_target)
+    tf_compression = records.tf_compression_type(metadata)
+
+    def batches_of(paths: list[tf.Tensor], chunks: list[tf.Tensor]):
+        window, order, pads = parse_and_cut(tf.concat(paths, 0), tf.concat(chunks, 0))
+        for rows, pad in zip(tf.unstack(order), tf.unstack(pads), strict=True):
+            yield gather(window, rows, pad)
+
+    paths: list[tf.Tensor] = []
+    chunks: list[tf.Tensor] = []
+    pending = 0
+    for path in files:
+        for chunk in _read_shard_eagerly(path, _expected_bytes(path, compression),
+                                         tf_compression):
+            while pending + len(chunk) >= plan.window:  # a window is complete
+                take = plan.window - pending
+                paths.append(tf.fill([take], path))
+                chunks.append(chunk[:take])
+                yield from batches_of(paths, chunks)
+                chunk, paths, chunks, pending = chunk[take:], [], [], 0
+            if len(chunk):
+                paths.append(tf.fill([len(chunk)], path))
+                chunks.append(chunk)
+                pending += len(chunk)
+    if pending:
+        yield from batches_of(paths, chunks)
+
+
+@functools.lru_cache(maxsize=16)
+def _inference_functions(num_features: int, stats: tuple | None, grid: tuple[int, ...],
+                         batch_sizes: tuple[int, ...], reverse_target: bool):
+    """`(parse_and_cut, gather)` of `inference_batches` as `tf.function`s, traced
+    once per process for any window and batch: one call per window and one per
+    batch instead of dozens of eager ops."""
+    mean, std = ((None, None) if stats is None
+                 else (np.asarray(stats[0], np.float32), np.asarray(stats[1], np.float32)))
+    grid_t = tf.constant(grid, tf.int32)
+    sizes_t = tf.constant(batch_sizes, tf.int32)
+    cut = _fixed_size_cuts if len(set(batch_sizes)) == 1 else _window_cuts
+    finish = _Finish(num_features, reverse_target, with_keys=True)
+    strings = tf.TensorSpec([None], tf.string)
+
+    @tf.function(input_signature=[strings, strings], autograph=False)
+    def parse_and_cut(paths, serialized):
+        window = _parse_window(paths, serialized, num_features, mean, std)
+        order, pads = cut(window["length"], grid_t, sizes_t)
+        return window, order, pads
+
+    window_spec = {"steps": tf.TensorSpec([None, num_features], tf.float32),
+                   "start": tf.TensorSpec([None], tf.int64),
+                   "length": tf.TensorSpec([None], tf.int32), "id": strings, "label": strings}
+
+    @tf.function(input_signature=[window_spec, tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([], tf.int32)], autograph=False)
+    def gather(window, rows, pad):
+        return _gather_batch(window, rows, pad, finish)
+
+    return parse_and_cut, gather
+
+
+def _read_shard_eagerly(path: str, expected: int, compression: str) -> Iterator[tf.Tensor]:
+    """The records of one shard, a chunk at a time; raises naming `path` if its
+    records do not account for every (decompressed) byte (see `_read_shard`)."""
+    raw = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+    total = 0
+    for chunk in raw.batch(_PARSE_BATCH * 4):
+        total += int(tf.reduce_sum(tf.strings.length(chunk))) + _RECORD_OVERHEAD * len(chunk)
+        yield chunk
+    modulus = 2**32 if compression else 2**62
+    if total % modulus != expected:
+        raise tf.errors.InvalidArgumentError(
+            None, None,
+            f"seqpipe: shard {path} is corrupt or truncated: readable records end at "
+            f"{'decompressed byte ' if compression else 'byte '}{total}"
+            f"{'; the gzip trailer says ' if compression else ' of '}{expected}")
 
 
 def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
@@ -462,18 +606,21 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
 
     TensorFlow's reader raises `DataLossError` without the file name. So the
     reader's errors are swallowed (it stops at the first unreadable record)
-    and a sentinel after the last record checks that the records read account
-    for every byte of the file.
+    and an empty sentinel chunk after the last record checks that the records
+    read account for every byte of the file (`batch` never yields an empty
+    chunk, and the sentinel unbatches to nothing).
     """
     raw = tf.data.TFRecordDataset(path, compression_type=compression)
     raw = raw.ignore_errors(log_warning=skip_corrupt)
     # Checked a chunk at a time: a per-record `scan` costs more than parsing.
-    flagged = raw.batch(_CHECK_CHUNK).map(lambda chunk: (chunk, tf.constant(False))).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant([], tf.string), tf.constant(True))))
+    chunks = raw.batch(_CHECK_CHUNK).concatenate(
+        tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
     modulus = tf.constant(2**32 if compression else 2**62, tf.int64)
 
-    def at_end(total):
-        complete = tf.equal(tf.math.floormod(total, modulus), expected)
+    def check(total, chunk):
+        at_end = tf.equal(tf.size(chunk), 0)
+        complete = tf.logical_or(tf.logical_not(at_end),
+                                 tf.equal(tf.math.floormod(total, modulus), expected))
         message = tf.strings.join([
             "seqpipe: shard ", path, " is corrupt or truncated: readable records end at ",
             "decompressed byte " if compression else "byte ", tf.strings.as_string(total),
@@ -486,18 +633,12 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
                                  output_stream=sys.stderr))
         else:
             checked = tf.debugging.Assert(complete, [message])
-        with tf.control_dependencies([checked]):
-            return tf.identity(total)
-
-    def check(total, item):
-        chunk, is_end = item
         size = (tf.reduce_sum(tf.cast(tf.strings.length(chunk), tf.int64))
                 + _RECORD_OVERHEAD * tf.size(chunk, out_type=tf.int64))
-        return tf.cond(is_end, lambda: at_end(total), lambda: total + size), (chunk, is_end)
+        with tf.control_dependencies([checked]):
+            return total + size, (tf.fill(tf.shape(chunk), path), tf.identity(chunk))
 
-    checked = flagged.scan(tf.constant(0, tf.int64), check)
-    return checked.filter(lambda chunk, is_end: tf.logical_not(is_end)).map(
-        lambda chunk, is_end: (tf.fill(tf.shape(chunk), path), chunk)).unbatch()
+    return chunks.scan(tf.constant(0, tf.int64), check).unbatch()
 
 
 def normalization_arrays(stats: Mapping[str, Any] | None,
@@ -518,26 +659,32 @@ def normalization_arrays(stats: Mapping[str, Any] | None,
     return np.asarray(mean, np.float32), std
 
 
-def _parse_records(ds: tf.data.Dataset, num_features: int, mean, std, reverse_target: bool,
-                   skip_corrupt: bool, ordered: bool) -> tf.data.Dataset:
-    """`(path, record)` pairs -> one dict per record (see `_parse_batch`).
+def _parse_records(ds: tf.data.Dataset, num_features: int, mean, std,
+                   ordered: bool) -> tf.data.Dataset:
+    """`(path, record)` pairs -> one dict per record: x [(L), F] ragged, length,
+    id, label (`batching: buckets` and `pad_to_max`); parsed `_PARSE_BATCH` at
+    a time with one `tf.io.parse_example` call."""
+    def parse(paths, serialized):
+        window = _parse_window(paths, serialized, num_features, mean, std)
+        x = tf.RaggedTensor.from_row_lengths(window["steps"],
+                                             tf.cast(window["length"], tf.int64),
+                                             validate=False)
+        return {"x": x, "length": window["length"], "id": window["id"],
+                "label": window["label"]}
 
-    Records are parsed `_PARSE_BATCH` at a time with one `tf.io.parse_example`
-    call (much faster than `parse_single_example` per record); with
-    `skip_corrupt` one at a time, so that a bad record drops only itself.
+    return ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=AUTOTUNE,
+                                      deterministic=ordered).unbatch()
+
+
+def _parse_window(paths, serialized, num_features, mean, std) -> dict[str, tf.Tensor]:
+    """Serialized records -> their steps, concatenated, and where each starts.
+
+    Returns:
+        `steps` float32 [sum of lengths, F] (normalized if `mean` is given),
+        `start` int64 [N] (the row of `steps` where record i starts),
+        `length` int32 [N], `id` and `label` string [N]. Fails naming the
+        first inconsistent record and its shard.
     """
-    ds = ds.batch(1 if skip_corrupt else _PARSE_BATCH)
-    ds = ds.map(lambda paths, serialized: _parse_batch(
-        paths, serialized, num_features, mean, std, reverse_target),
-        num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    if skip_corrupt:
-        ds = ds.ignore_errors(log_warning=True)
-    return ds.unbatch()
-
-
-def _parse_batch(paths, serialized, num_features, mean, std, reverse_target):
-    """Serialized records -> dict of x/target [N, (L), F] and mask [N, (L)] ragged,
-    id, label [N] and length [N] int32; fails naming the first inconsistent record."""
     spec = {**records.tf_feature_spec(num_features),
             records.STEPS_KEY: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)}
     parsed = tf.io.parse_example(serialized, spec)
@@ -552,44 +699,92 @@ def _parse_batch(paths, serialized, num_features, mean, std, reverse_target):
         num_features, "features"])
     with tf.control_dependencies([check]):
         steps = tf.reshape(values.flat_values, [-1, num_features])
+        start = values.row_starts() // num_features
     if mean is not None:
         steps = (steps - mean) / std
-    x = tf.RaggedTensor.from_row_lengths(steps, tf.cast(length, tf.int64), validate=False)
-    return {
-        "x": x,
-        "target": _reverse_rows(x) if reverse_target else x,
-        "mask": tf.RaggedTensor.from_row_lengths(
-            tf.ones([tf.shape(steps)[0]], tf.float32), x.row_lengths(), validate=False),
-        "id": parsed[records.ID_KEY],
-        "label": parsed[records.LABEL_KEY],
-        "length": length,
-    }
+    return {"steps": steps, "start": start, "length": length,
+            "id": parsed[records.ID_KEY], "label": parsed[records.LABEL_KEY]}
 
 
-def _reverse_rows(x: tf.RaggedTensor) -> tf.RaggedTensor:
-    """Each row of a ragged [N, (L), F] reversed within its own length."""
-    rows = x.value_rowids()
-    starts = tf.gather(x.row_starts(), rows)
-    ends = tf.gather(x.row_limits(), rows)
-    position = tf.range(tf.shape(x.flat_values, out_type=tf.int64)[0])
-    return x.with_flat_values(tf.gather(x.flat_values, starts + ends - 1 - position))
+def _checked_record(path, serialized, num_features):
+    """`(path, serialized)` unchanged if the record parses and is consistent; else fails."""
+    window = _parse_window(path[None], serialized[None], num_features, None, None)
+    with tf.control_dependencies([window["steps"]]):
+        return tf.identity(path), tf.identity(serialized)
+
+
+class _Finish:
+    """Padded steps `x` [B, T, F] and lengths -> the element `(inputs, target, weights)`.
+
+    The mask, the weights and the reversed target are made here, once per
+    batch, from the lengths (never from `x == 0`).
+    """
+
+    def __init__(self, num_features: int, reverse_target: bool, with_keys: bool):
+        self.num_features = num_features
+        self.reverse_target = reverse_target
+        self.with_keys = with_keys
+
+    def __call__(self, x, length, ids, labels, real=None):
+        x = tf.ensure_shape(x, [None, None, self.num_features])
+        if real is None:
+            real = tf.sequence_mask(length, tf.shape(x)[1])
+        mask = tf.cast(real, tf.float32)
+        # Reverses x[i, :length[i]] and leaves the padding after it in place.
+        target = (tf.reverse_sequence(x, length, seq_axis=1, batch_axis=0)
+                  if self.reverse_target else x)
+        inputs = {"x": x, "mask": mask}
+        if self.with_keys:
+            inputs.update(id=ids, label=labels, length=length)
+        return inputs, target, mask
 
 
 def _sorted_window_batches(ds: tf.data.Dataset, plan: WindowPlan, num_features: int,
-                           ordered: bool, seed: int) -> tf.data.Dataset:
-    """Per-record dicts -> batches: sort windows by length, cut, shuffle the batches."""
+                           mean, std, finish: _Finish, ordered: bool,
+                           seed: int) -> tf.data.Dataset:
+    """`(path, record)` pairs -> batches: parse a window of records at once, sort it
+    by length, cut it into batches, pad each, shuffle the batches.
+
+    Records stay serialized strings until a whole window is parsed with one
+    `tf.io.parse_example` (and normalized with one op): no per-record tensors
+    after the read.
+    """
     grid = tf.constant(plan.grid, tf.int32)
     sizes = tf.constant(plan.batch_sizes, tf.int32)
-    ds = ds.ragged_batch(plan.window)
-    ds = ds.map(lambda window: (window, _window_cuts(window["length"], grid, sizes)),
-                num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    ds = ds.flat_map(lambda window, cuts: tf.data.Dataset.from_tensor_slices(cuts).map(
-        lambda order, pad: _gather_batch(window, order, pad, num_features)))
+
+    cut = (_fixed_size_cuts if len(set(plan.batch_sizes)) == 1 else _window_cuts)
+
+    def parse_and_cut(paths, serialized):
+        window = _parse_window(paths, serialized, num_features, mean, std)
+        order, pads = cut(window["length"], grid, sizes)
+        return window, order, pads
+
+    ds = ds.batch(plan.window)
+    ds = ds.map(parse_and_cut, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+    ds = ds.flat_map(lambda window, order, pads: tf.data.Dataset.from_tensor_slices(
+        (order, pads)).map(lambda rows, pad: _gather_batch(window, rows, pad, finish)))
     if not ordered:
         batches_per_window = -(-plan.window // min(plan.batch_sizes))
         ds = ds.shuffle(min(batches_per_window, plan.window), seed=seed,
                         reshuffle_each_iteration=True)
     return ds
+
+
+def _fixed_size_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
+    """`_window_cuts` when every full batch has the same size (no timestep budget):
+    consecutive runs of the sorted records, computed without a loop."""
+    size = sizes[0]
+    n = tf.size(lengths)
+    num_batches = (n + size - 1) // size
+    order = tf.argsort(lengths, stable=True)
+    # The longest record of each batch: its last one in sorted order.
+    longest = tf.gather(lengths, tf.gather(
+        order, tf.minimum(tf.range(num_batches) * size + size - 1, n - 1)))
+    # The first grid value >= longest; past the grid, the batch's longest.
+    g = tf.minimum(tf.searchsorted(grid, longest, side="left"), tf.size(grid) - 1)
+    rows = tf.reshape(tf.pad(order, [[0, num_batches * size - n]], constant_values=-1),
+                      [num_batches, size])
+    return rows, tf.maximum(tf.gather(grid, g), longest)
 
 
 def _window_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
@@ -625,16 +820,19 @@ def _window_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
     return rows.stack(), pads.stack()
 
 
-def _gather_batch(window, order, pad, num_features):
-    """One batch of a window: rows `order` (ignoring -1), right-padded to T=`pad`."""
+def _gather_batch(window, order, pad, finish: _Finish):
+    """One batch of a parsed window: records `order` (ignoring -1), right-padded to
+    T=`pad` with one gather from the window's steps."""
     order = tf.boolean_mask(order, order >= 0)
-    batch = {key: tf.gather(window[key], order) for key in ("id", "label", "length")}
-    size = tf.size(order)
-    for key in ("x", "target"):
-        batch[key] = tf.gather(window[key], order).to_tensor(
-            shape=tf.stack([size, pad, num_features]))
-    batch["mask"] = tf.sequence_mask(batch["length"], pad, tf.float32)
-    return batch
+    length = tf.gather(window["length"], order)
+    start = tf.gather(window["start"], order)
+    positions = tf.range(pad)
+    real = positions[tf.newaxis, :] < length[:, tf.newaxis]
+    positions = tf.cast(positions, tf.int64)
+    rows = tf.where(real, start[:, tf.newaxis] + positions[tf.newaxis, :], 0)
+    x = tf.where(real[:, :, tf.newaxis], tf.gather(window["steps"], rows), 0.0)
+    return finish(x, length, tf.gather(window["id"], order), tf.gather(window["label"], order),
+                  real)
 
 
 def _per_replica_batch(cfg: DataConfig, input_context) -> int:
@@ -649,8 +847,6 @@ def _padded_shapes(num_features: int, pad_length: tf.Tensor) -> dict[str, tf.Ten
     scalar = tf.constant([], tf.int64)
     return {
         "x": tf.concat([steps, [num_features]], 0),
-        "target": tf.concat([steps, [num_features]], 0),
-        "mask": steps,
         "id": scalar,
         "label": scalar,
         "length": scalar,
@@ -681,11 +877,3 @@ def _batch(ds: tf.data.Dataset, buckets: Sequence[Bucket], num_features: int):
 
     return ds.group_by_window(key_func=bucket_of, reduce_func=batch_bucket,
                               window_size_func=lambda key: batch_sizes[key])
-
-
-def _to_element(batch, with_keys: bool):
-    x = tf.ensure_shape(batch["x"], [None, None, batch["x"].shape[-1]])
-    inputs = {"x": x, "mask": batch["mask"]}
-    if with_keys:
-        inputs.update(id=batch["id"], label=batch["label"], length=batch["length"])
-    return inputs, batch["target"], batch["mask"]

@@ -10,7 +10,9 @@ of the data being embedded.
 Two sources:
 
 * `compute_embeddings(data_dir, model_dir, split)`: a split of a preprocessed
-  dataset, read through `seqpipe.data` in deterministic, length-bucketed batches.
+  dataset, read through `seqpipe.data.inference_batches`: deterministic batches
+  of records sorted by length within windows, read and parsed eagerly (no
+  `tf.data` graph to build for a one-pass read).
 * `embed_raw(inputs, model_dir)`: JSON lines (files or globs, `.gz` read
   transparently), parsed and validated record by record exactly as the Beam job
   does (`seqpipe.sources`, with the length limits of the model's
@@ -101,11 +103,10 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
     if bucket_boundaries is not None:
         changes["bucket_boundaries"] = tuple(bucket_boundaries)
     data_cfg = dataclasses.replace(load_config(model_dir / CONFIG_FILE).data, **changes)
-    dataset = data.make_dataset(data_dir, split, data_cfg, training=False,
-                                metadata=metadata, with_keys=True,
-                                normalization=trained_on["feature_stats"])
+    batches = data.inference_batches(data_dir, split, data_cfg, metadata=metadata,
+                                     normalization=trained_on["feature_stats"])
     parts: dict[str, list[Any]] = {"ids": [], "labels": [], "lengths": [], "vectors": []}
-    for inputs, _, _ in dataset:
+    for inputs, _, _ in batches:
         outputs = encoder(x=inputs["x"], mask=inputs["mask"])
         parts["vectors"].append(outputs["embedding"].numpy())
         parts["ids"].append(inputs["id"].numpy().astype(str))

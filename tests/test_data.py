@@ -414,3 +414,66 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
         assert len(partial) <= 3  # at most the last batch of each of the 3 windows
         assert all(b * t <= 60 for b, t in shapes(out))
         assert sum(w.sum() for _, _, w in out) == lengths.sum()
+
+
+# ---------------------------------------------------------------- inference batches
+
+
+def inference(root, cfg=WINDOW, **kwargs):
+    return [tf.nest.map_structure(lambda t: t.numpy(), batch)
+            for batch in data.inference_batches(root, "train", cfg, **kwargs)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_batches_exact(tmp_path, reverse):
+    # Shards read one after another (a, c, e, then b, d), sorted by length, cut into pairs.
+    root = write_dataset(tmp_path, num_shards=2, labels=LABELS)
+    out = inference(root, dataclasses.replace(WINDOW, reverse_target=reverse))
+    assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
+    for batch, ids, length in zip(out, [["a", "b"], ["c", "d"], ["e"]], [2, 5, 8], strict=True):
+        inputs, targets, weights = batch
+        assert [sid.decode() for sid in inputs["id"]] == ids
+        assert [label.decode() for label in inputs["label"]] == [LABELS[i] for i in ids]
+        np.testing.assert_array_equal(inputs["length"], [len(SEQS[i]) for i in ids])
+        assert inputs["length"].dtype == np.int32
+        keyless = ({"x": inputs["x"], "mask": inputs["mask"]}, targets, weights)
+        assert_batch(keyless, [SEQS[i] for i in ids], length, reverse=reverse)
+
+
+@pytest.mark.parametrize("cfg", [
+    DataConfig(batch_size=2, normalize=True, reverse_target=True),
+    DataConfig(batch_size=3, timestep_budget=6, sort_window=2, length_grid=1, normalize=False),
+    DataConfig(batch_size=2, sort_window=3, normalize=False),
+], ids=["default", "budget_small_windows", "window_across_shards"])
+def test_inference_batches_every_record_once(tmp_path, cfg):
+    root = write_dataset(tmp_path, num_shards=3)
+    out = inference(root, cfg)
+    expected = list(data.make_dataset(root, "train", dataclasses.replace(cfg, deterministic=True),
+                                      training=False, with_keys=True).as_numpy_iterator())
+
+    def by_id(batches):
+        rows = {}
+        for inputs, targets, weights in batches:
+            for i, sid in enumerate(inputs["id"]):
+                n = int(inputs["length"][i])
+                rows[sid.decode()] = (inputs["x"][i, :n], targets[i, :n], weights[i].sum())
+                np.testing.assert_array_equal(inputs["x"][i, n:], 0.0)
+                np.testing.assert_array_equal(weights[i], inputs["mask"][i])
+        return rows
+
+    got, want = by_id(out), by_id(expected)
+    assert sorted(got) == sorted(SEQS) and len(got) == sum(len(b[2]) for b in out)
+    for sid, (x, target, weight) in want.items():
+        np.testing.assert_array_equal(got[sid][0], x)
+        np.testing.assert_array_equal(got[sid][1], target)
+        assert got[sid][2] == weight == len(SEQS[sid])
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_inference_batches_truncated_shard_names_file(tmp_path, compression):
+    root = write_dataset(tmp_path, num_shards=2, compression=compression)
+    shard = root / records.shard_name("train", 1, 2)
+    truncate(shard, shard.stat().st_size - 10)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=re.escape(str(shard)) + ".*corrupt or truncated"):
+        inference(root)
