@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import glob
 import json
 import sys
@@ -154,27 +155,35 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
 
 
 def _check_preprocess_output(inputs: Sequence[str], output: str) -> None:
-    """Refuses an output that is an input, or inside a directory an input glob scans
-    (a re-run with the same glob would read the dataset as raw input)."""
-    out = Path(output)
+    """Refuses an output that is an input, holds one, or that the input patterns
+    would read on a re-run (the dataset taken for raw input)."""
+    out = Path(output).absolute()
     for pattern in inputs:
         if "://" in pattern:
             continue
-        scanned = [Path(pattern)] if Path(pattern).is_dir() else []
-        if glob.has_magic(pattern):
-            base = Path(pattern)
-            while glob.has_magic(str(base)):
-                base = base.parent
-            scanned.append(base)
-        for directory in scanned:
-            if _same_or_inside(out, directory):
-                raise PathError(f"preprocess --output {output!r} is inside the input "
-                                f"directory {str(directory)!r} ({pattern!r}); choose an "
-                                "output outside the inputs")
         for path in glob.glob(pattern):
             if _same_or_inside(Path(path), out) or _same_or_inside(out, Path(path)):
                 raise PathError(f"preprocess --output {output!r} overlaps the input "
                                 f"{path!r}; choose an output outside the inputs")
+        if _pattern_reaches(Path(pattern).absolute(), out):
+            raise PathError(f"preprocess --output {output!r} lies where the input "
+                            f"{pattern!r} reads; choose an output outside the inputs")
+
+
+def _pattern_reaches(pattern: Path, directory: Path) -> bool:
+    """Whether `pattern` (a path or glob) can match `directory` or a path inside it.
+
+    A non-recursive glob matches paths of its own depth only: it reaches a
+    directory when its leading components match the directory's. A literal
+    directory, or a `**` glob, reaches everything below it.
+    """
+    parts = pattern.parts
+    if "**" in parts:
+        return _same_or_inside(directory, Path(*parts[:parts.index("**")]))
+    if not glob.has_magic(str(pattern)):
+        return pattern.is_dir() and _same_or_inside(directory, pattern)
+    depth = len(directory.parts)
+    return depth <= len(parts) and fnmatch.fnmatchcase(str(directory), str(Path(*parts[:depth])))
 
 
 def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,

@@ -184,11 +184,24 @@ def test_preprocess_output_inside_input_dir_is_refused(tmp_path):
     raw.mkdir()
     (raw / "a.jsonl").write_text('{"id": "a", "steps": [[1.0]]}\n')
     before = _digest_tree(raw)
-    for pattern, output in ((raw / "*.jsonl", raw / "data"), (raw / "*", raw),
+    for pattern, output in ((raw / "*", raw / "data"), (raw / "*", raw),
+                            (raw / "*" / "*.jsonl", raw / "data"), (tmp_path / "**" / "*.jsonl",
+                                                                   raw / "data"),
                             (raw, raw / "sub" / "data"), (raw / "a.jsonl", raw / "a.jsonl")):
         proc = run_cli("preprocess", "--input", pattern, "--output", output)
         assert_one_line_error(proc, "seqpipe preprocess: error:")
     assert _digest_tree(raw) == before
+
+
+def test_preprocess_output_beside_the_matched_files_is_allowed(tmp_path):
+    """`--input 'raw/*.jsonl' --output raw/data`: a re-run cannot read the dataset."""
+    from seqpipe import cli
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"id": "a", "steps": [[1.0]]}\n')
+    cli._check_preprocess_output([str(raw / "*.jsonl")], str(raw / "data"))
+    cli._check_preprocess_output(["*.jsonl"], "data")
 
 
 def test_embed_and_evaluate_outputs_never_overwrite_inputs(paths, tmp_path):
