@@ -1,0 +1,1 @@
+"""The Apache Beam preprocessing job behind `seqpipe preprocess` (`preprocess.run`)."""
