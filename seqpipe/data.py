@@ -222,15 +222,7 @@ def make_dataset(
         records.DatasetError: missing or incompatible metadata, no shards for
             the split, or metadata lacking what `cfg` needs.
     """
-    if metadata is None:
-        metadata = records.read_metadata(data_dir)
-    else:
-        records.check_schema_version(metadata, f"{data_dir} metadata")
-    num_features = int(metadata["num_features"])
-    compression = metadata.get("compression", "none")
-    if compression not in ("none", "gzip"):
-        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
-    files = _split_files(data_dir, split, metadata)
+    metadata, num_features, files, compression = _split_source(data_dir, split, metadata)
     ordered = not training or cfg.deterministic
 
     num_pipelines, pipeline_id = 1, 0
@@ -333,15 +325,7 @@ def inference_batches(
                                normalization=normalization)
         yield from dataset
         return
-    if metadata is None:
-        metadata = records.read_metadata(data_dir)
-    else:
-        records.check_schema_version(metadata, f"{data_dir} metadata")
-    num_features = int(metadata["num_features"])
-    compression = metadata.get("compression", "none")
-    if compression not in ("none", "gzip"):
-        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
-    files = _split_files(data_dir, split, metadata)
+    metadata, num_features, files, compression = _split_source(data_dir, split, metadata)
     stats = normalization if normalization is not None else metadata.get("feature_stats")
     mean, std = normalization_arrays(stats, num_features) if cfg.normalize else (None, None)
     plan = plan_window(cfg, metadata)
@@ -564,6 +548,20 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
         "distinct_lengths": len({t for _, t in shapes}),
         "batch_sizes": dict(sorted(sizes.items())),
     }
+
+
+def _split_source(data_dir: str | Path, split: str, metadata: Mapping[str, Any] | None
+                  ) -> tuple[Mapping[str, Any], int, list[str], str]:
+    """The checked metadata, feature count, shard paths and compression of a split."""
+    if metadata is None:
+        metadata = records.read_metadata(data_dir)
+    else:
+        records.check_schema_version(metadata, f"{data_dir} metadata")
+    compression = metadata.get("compression", "none")
+    if compression not in ("none", "gzip"):
+        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
+    return (metadata, int(metadata["num_features"]), _split_files(data_dir, split, metadata),
+            compression)
 
 
 def _split_files(data_dir: str | Path, split: str, metadata: Mapping[str, Any]) -> list[str]:
