@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 
 from seqpipe import data, records, sources
 from seqpipe.config import load_config
-from seqpipe.train import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
+from seqpipe.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
 
 RAW_SPLIT = "raw"
 
@@ -94,7 +93,7 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
     """
     model_dir = Path(model_dir)
     metadata = records.read_metadata(data_dir)
-    trained_on = _training_metadata(model_dir)
+    trained_on = training_metadata(model_dir)
     records.check_compatible(trained_on, metadata, model_dir, data_dir)
     encoder = encoder or load_encoder(model_dir)
     changes: dict[str, Any] = {"deterministic": True}
@@ -149,7 +148,7 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
         records.DatasetError: `model_dir` is not a trained model directory.
     """
     model_dir = Path(model_dir)
-    trained_on = _training_metadata(model_dir)
+    trained_on = training_metadata(model_dir)
     cfg = load_config(model_dir / CONFIG_FILE)
     kept, rejections = _validated_sequences(expand_inputs(inputs), cfg.preprocess,
                                             int(trained_on["num_features"]))
@@ -323,11 +322,3 @@ def read_parquet(path: str | Path) -> Embeddings:
                       lengths=table.column("length").to_numpy().astype(np.int32),
                       vectors=vectors.astype(np.float32),
                       split=splits[0] if splits else "")
-
-
-def _training_metadata(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / METADATA_COPY
-    if not path.is_file():
-        raise records.DatasetError(f"{model_dir}: not a trained model directory (no "
-                                   f"{path.name}); run `seqpipe train` first")
-    return json.loads(path.read_text())
