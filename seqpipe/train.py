@@ -17,7 +17,10 @@ on one CPU, several local GPUs and many workers:
   `train.checkpoint_every_steps` steps and at every epoch end) from which a
   killed run resumes mid-epoch with the same command, and the best weights by
   validation loss. Per-epoch data order derives from `data.seed + epoch`, so a
-  resumed epoch sees the batches it had not yet seen;
+  resumed epoch sees exactly the batches it had not yet seen;
+* each split's input pipeline is traced once (a `tf.function` from the epoch's
+  seed to its dataset): rebuilding it in Python every epoch held the GIL
+  while the model trained;
 * the input of the next split (validation, or the next epoch) is opened and
   its first batch fetched in a background thread while the current split
   trains: sorted-window batching must read a whole window before its first
@@ -263,6 +266,7 @@ class _Trainer:
         self._train_step = self._make_step(training=True)
         self._eval_step = self._make_step(training=False)
         # Opened inputs by (split, epoch, skip): `_open_input` futures.
+        self._dataset_builders: dict[tuple, Callable] = {}
         self._inputs: dict[tuple[str, int, int], concurrent.futures.Future] = {}
         self._input_thread = (
             None if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -447,18 +451,44 @@ class _Trainer:
         return _chain_first(future)
 
     def _distributed_dataset(self, split: str, epoch: int, skip: int, training: bool):
-        data_cfg = dataclasses.replace(self.cfg.data, seed=self.cfg.data.seed + epoch)
+        """The distributed batches of `(split, epoch)` from global step `skip`."""
+        seed = tf.constant(self.cfg.data.seed + epoch, tf.int64)
+        skip = tf.constant(skip, tf.int64)
 
         def dataset_fn(input_context):
-            dataset = data.make_dataset(self.data_dir, split, data_cfg, training=training,
-                                        metadata=self.metadata,
-                                        input_context=input_context)
+            return self._dataset_builder(split, training, input_context)(seed, skip)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _dataset_builder(self, split: str, training: bool,
+                         input_context: tf.distribute.InputContext) -> Callable:
+        """`(seed, skip) -> dataset` of one split and input pipeline, traced once.
+
+        Building the pipeline in Python (tracing its functions) costs about as
+        much as reading a small split and holds the GIL while the model trains;
+        a `tf.function` returning the dataset does that once per split, and
+        every epoch is one call with its seed.
+        """
+        key = (split, training, input_context.num_input_pipelines,
+               input_context.input_pipeline_id, input_context.num_replicas_in_sync)
+        if key not in self._dataset_builders:
             # One global step takes one batch per local replica from this pipeline.
             local_replicas = (input_context.num_replicas_in_sync
                               // input_context.num_input_pipelines)
-            return dataset.skip(skip * local_replicas) if skip else dataset
 
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+            @tf.function(input_signature=[tf.TensorSpec([], tf.int64)] * 2, autograph=False)
+            def build(seed, skip):
+                # The order then depends on `data.seed` alone, and tf.data's seed
+                # helper cannot take a tensor seed under a graph seed of 0
+                # (`keras.utils.set_random_seed(0)`): it compares the pair to (0, 0).
+                tf.compat.v1.get_default_graph().seed = None
+                dataset = data.make_dataset(self.data_dir, split, self.cfg.data,
+                                            training=training, metadata=self.metadata,
+                                            input_context=input_context, seed=seed)
+                return dataset.skip(skip * local_replicas)
+
+            self._dataset_builders[key] = build
+        return self._dataset_builders[key]
 
     def _make_step(self, training: bool) -> Callable:
         """A `tf.function` running one global batch on every replica.
