@@ -128,7 +128,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import queue
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,7 @@ def inference_batches(
     metadata: Mapping[str, Any] | None = None,
     normalization: Mapping[str, Any] | None = None,
     skip_corrupt: bool = False,
+    read_ahead: int = 2,
 ) -> Iterator[tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]]:
     """The batches of a whole split in a fixed order, eagerly, for inference.
 
@@ -328,11 +331,67 @@ def inference_batches(
     `batching: buckets`, `pad_to_max` and `skip_corrupt` are served by
     `make_dataset` (same records, its batching).
 
+    A background thread reads and parses up to `read_ahead` batches ahead,
+    so reading overlaps the consumer's work (the encoder): both run mostly
+    outside the GIL. 0 reads in the caller's thread.
+
     Raises:
         records.DatasetError: as `make_dataset`.
         tf.errors.InvalidArgumentError: a corrupt or truncated shard (naming
             it) or an inconsistent record (naming it and its shard).
     """
+    batches = _inference_batches(data_dir, split, cfg, metadata, normalization, skip_corrupt)
+    if read_ahead > 0:
+        batches = _read_ahead(batches, read_ahead)
+    yield from batches
+
+
+def _read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`items`, produced up to `depth` ahead in a background thread.
+
+    An exception of the producer is raised here, where its item would have
+    come; closing this generator stops the producer at its next item.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - re-raised by the consumer
+            offer((end, error))
+            return
+        offer((end, None))
+
+    producer = threading.Thread(target=produce, name="seqpipe-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _inference_batches(data_dir, split, cfg, metadata, normalization, skip_corrupt):
+    """`inference_batches` read in the caller's thread."""
     if cfg.batching != "sorted_window" or cfg.pad_to_max or skip_corrupt:
         dataset = make_dataset(data_dir, split, cfg, training=False, metadata=metadata,
                                with_keys=True, skip_corrupt=skip_corrupt,
@@ -405,12 +464,23 @@ def _inference_functions(num_features: int, stats: tuple | None, grid: tuple[int
     return parse_and_cut, gather
 
 
+@functools.lru_cache(maxsize=4)
+def _eager_shard_reader(compression: str):
+    """`path -> chunks of its records` as a `tf.function`: building the reader
+    in Python would cost more than reading a small shard."""
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    def chunks(path):
+        raw = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+        return raw.batch(_PARSE_BATCH * 4)
+
+    return chunks
+
+
 def _read_shard_eagerly(path: str, expected: int, compression: str) -> Iterator[tf.Tensor]:
     """The records of one shard, a chunk at a time; raises naming `path` if its
     records do not account for every (decompressed) byte (see `_read_shard`)."""
-    raw = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
     total = 0
-    for chunk in raw.batch(_PARSE_BATCH * 4):
+    for chunk in _eager_shard_reader(compression)(tf.constant(path)):
         total += int(tf.reduce_sum(tf.strings.length(chunk))) + _RECORD_OVERHEAD * len(chunk)
         yield chunk
     modulus = 2**32 if compression else 2**62

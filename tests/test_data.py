@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -477,3 +478,40 @@ def test_inference_batches_truncated_shard_names_file(tmp_path, compression):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=re.escape(str(shard)) + ".*corrupt or truncated"):
         inference(root)
+
+
+def test_inference_batches_read_ahead_yields_the_same_batches(tmp_path):
+    root = write_dataset(tmp_path, num_shards=2, labels=LABELS)
+    ahead, inline = inference(root, read_ahead=2), inference(root, read_ahead=0)
+    assert len(ahead) == len(inline) == 3
+    for a, b in zip(ahead, inline, strict=True):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+
+
+def test_read_ahead_raises_where_the_failing_item_would_come():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("item 3 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        for item in data._read_ahead(items(), depth=1):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_read_ahead_closed_early_stops_its_producer():
+    produced = []
+
+    def items():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    reader = data._read_ahead(items(), depth=2)
+    assert [next(reader), next(reader)] == [0, 1]
+    reader.close()  # joins the producer
+    count = len(produced)
+    assert count <= 2 + 2 + 1  # consumed, queued, and the one it was offering
+    assert not [t for t in threading.enumerate() if t.name == "seqpipe-read-ahead"]
