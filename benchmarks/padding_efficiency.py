@@ -42,13 +42,15 @@ TIMESTEP_BUDGET = 4096
 
 BUCKETS = dict(batching="buckets", batch_size=BATCH_SIZE, timestep_budget=0)
 MODES = {
-    # The default: sorted windows, B = 32 (no timestep budget), T on a grid of
-    # 16 lengths per doubling.
+    # The default: sorted windows, B = 32 (no timestep budget), each batch padded
+    # to its longest, cut early where it would be less than 90% real.
     "default_sorted_window": DataConfig(),
+    "window_no_floor": DataConfig(min_batch_efficiency=0.0),
     # With the auto budget: B <= 32 and B*T <= 32 x mean length.
     "window_auto_budget": DataConfig(timestep_budget=-1),
-    "window_grid_8": DataConfig(length_grid=8),
-    "window_exact_T": DataConfig(length_grid=1024),
+    # Grids of 16 and 8 lengths per doubling (bounded shapes, for XLA).
+    "window_grid_16": DataConfig(length_grid=16, min_batch_efficiency=0.0),
+    "window_grid_8": DataConfig(length_grid=8, min_batch_efficiency=0.0),
     "pad_to_max": DataConfig(**BUCKETS, pad_to_max=True),
     "no_buckets_batch_max": None,  # one bucket (no boundaries), padded to the batch max
     "buckets_batch_max": DataConfig(**BUCKETS, pad_to_bucket_boundary=False),

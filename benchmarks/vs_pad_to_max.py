@@ -16,7 +16,9 @@ drifting load from other processes hits every variant alike):
   op count as relu, and it does not overflow), fed by `seqpipe.data.make_dataset`
   from the TFRecord shards with the default `DataConfig` (sorted windows), trained
   by `seqpipe.train._Trainer.train_epoch`: the real step, loop and backups;
-* `seqpipe_xla`: the same with `train.jit_compile=true` (only with `--xla`).
+* `seqpipe_xla`: the same with `train.jit_compile=true`, on a grid of 16
+  lengths per doubling without the efficiency floor (bounded batch shapes,
+  as the trainer advises for XLA; only with `--xla`).
 
 Per epoch: seconds, real timesteps per second, and the speed-up over `naive`
 (naive seconds / seqpipe seconds of the same repeat). Then embedding the whole
@@ -239,7 +241,8 @@ def compare(kind: str, repeats: int, seed: int, xla: bool, work: Path) -> dict:
                "seqpipe": Seqpipe(ds, work / f"model-{kind}", seed)}
     if xla:
         runners["seqpipe_xla"] = Seqpipe(ds, work / f"model-{kind}-xla", seed,
-                                         ("train.jit_compile=true",))
+                                         ("train.jit_compile=true", "data.length_grid=16",
+                                          "data.min_batch_efficiency=0"))
     names = list(runners)
     warmup = {name: runner.train_epoch() for name, runner in runners.items()}
     epochs: dict[str, list[dict]] = {name: [] for name in names}

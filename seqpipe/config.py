@@ -159,10 +159,16 @@ class DataConfig:
         sort_window: `sorted_window` only: records sorted together, per input
             pipeline (memory: that many parsed sequences). Padding efficiency
             grows with sort_window / batch_size (about 64 is enough).
-        length_grid: `sorted_window` only: padded lengths per doubling of
-            T (`seqpipe.buckets.length_grid`): each batch is padded to the first
-            grid value >= its longest sequence, so padding adds < 1/length_grid,
-            and T takes at most ~length_grid * log2(max length) values.
+        length_grid: `sorted_window` only: 0 (default): each batch is padded
+            to its longest sequence; N > 0: to the first value >= it of a grid
+            of N lengths per doubling of T (`seqpipe.buckets.length_grid`), so
+            padding adds < 1/N and T takes at most ~N * log2(max length)
+            values: what `train.jit_compile` needs (XLA compiles every shape).
+        min_batch_efficiency: `sorted_window` only: a batch ends before a
+            record that would leave less than this fraction of its padded
+            timesteps real; 0 turns it off. It only bites in sparse tails of
+            long sequences (seed-shaped long-tailed data: padding efficiency
+            0.94 -> 0.96 for 7% more batches; benchmarks/padding_efficiency.py).
         bucket_boundaries: `buckets` only: length boundaries; empty means
             `num_buckets` derived ones, else the metadata's suggestion.
         num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
@@ -184,7 +190,8 @@ class DataConfig:
     batch_size: int = 32
     timestep_budget: int = 0
     sort_window: int = 2048
-    length_grid: int = 16
+    length_grid: int = 0
+    min_batch_efficiency: float = 0.9
     bucket_boundaries: tuple[int, ...] = ()
     num_buckets: int = 0
     pad_to_bucket_boundary: bool = True
@@ -201,7 +208,9 @@ class DataConfig:
         _require(self.timestep_budget >= -1, "data.timestep_budget",
                  "must be -1 (auto), 0 (none) or > 0")
         _require(self.sort_window >= 1, "data.sort_window", "must be >= 1")
-        _require(self.length_grid >= 1, "data.length_grid", "must be >= 1")
+        _require(self.length_grid >= 0, "data.length_grid", "must be >= 0 (0: no grid)")
+        _require(0.0 <= self.min_batch_efficiency < 1.0, "data.min_batch_efficiency",
+                 "must be in [0, 1) (0: off)")
         _require(self.num_buckets >= 0, "data.num_buckets", "must be >= 0")
         _require(list(self.bucket_boundaries) == sorted(set(self.bucket_boundaries))
                  and all(b >= 1 for b in self.bucket_boundaries),

@@ -43,19 +43,25 @@ Batching (`DataConfig.batching`)
 `sorted_window` (default; fairseq/tensor2tensor style): the shuffled record
 stream is cut into windows of `sort_window` records; each window is sorted by
 length (stable) and cut into batches in that order; the batches are shuffled.
-A batch padded to `T` holds `batch_size` records, or with a `timestep_budget`
+A batch holds `batch_size` records, or with a `timestep_budget`
 `min(batch_size, max(1, budget // T))` (-1 = `batch_size x length_stats.mean`;
 the default 0 means no budget: on CPU a recurrent step costs about the same at
-B=16 as at B=32, so capping B for long T only adds steps), and `T` is a value
-of `buckets.length_grid(length_stats.max, length_grid)`: the first grid value
-whose full batch of the next records fits. So every batch but the last of
-each window is full, batches have at most `len(grid)` distinct shapes
-`(B(T), T)` plus one per window (87 grid values for lengths up to 356 with
-the default 16 per doubling), and with a budget `B x T <= budget` except for a
-single sequence longer than the budget. Sequences longer than the grid (custom
-metadata) pad to their batch's longest. Seed-shaped data: padding efficiency
-0.96 (uniform) and 0.93 (long-tailed) without a budget, 0.96 and 0.96 with the
-auto budget (`benchmarks/padding_efficiency.py`).
+B=16 as at B=32, so capping B for long T only adds steps), and is padded to
+its longest record (`length_grid` 0, the default) or to the first value of
+`buckets.length_grid(length_stats.max, length_grid)` whose full batch of the
+next records fits. With `min_batch_efficiency` (default 0.9) a batch ends
+early, before the first record that would leave less than that fraction of
+it real (with a grid, padded to the record's grid length): sorted records
+are dense except in sparse tails (the few longest, the very shortest), where
+32 records can span 150..356 steps. So a batch is full unless it is a
+window's last or was cut for efficiency; with a grid and no floor, batches
+have at most `len(grid)` distinct shapes `(B(T), T)` plus one per window (87
+for lengths up to 356 with 16 per doubling: what `train.jit_compile` needs),
+and with a budget `B x T <= budget` except for a single sequence longer than
+the budget. Sequences longer than the grid (custom metadata) pad to their
+batch's longest. Seed-shaped data (`benchmarks/padding_efficiency.py`):
+padding efficiency 0.98 (uniform) and 0.96 (long-tailed) with the defaults,
+0.98 and 0.94 without the floor, 0.96 and 0.93 on a 16-per-doubling grid.
 
 `buckets`: records are grouped by length as they stream by, with boundaries
 `b_0 < b_1 < ... < b_{n-1}` (`DataConfig.bucket_boundaries`, else
@@ -131,7 +137,7 @@ import logging
 import queue
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,11 +190,23 @@ class WindowPlan:
         grid: the lengths T a batch is padded to (increasing); a batch longer
             than the last one is padded to its own longest sequence.
         batch_sizes: records in a full batch padded to `grid[i]`.
+        min_efficiency: a batch ends before a record that would leave less
+            than this fraction of it real (0: off).
     """
 
     window: int
     grid: tuple[int, ...]
     batch_sizes: tuple[int, ...]
+    min_efficiency: float = 0.0
+
+    def cutter(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """`lengths [N] -> (order [num_batches, max_size], pad [num_batches])` of a
+        window, for use inside a traced function (see `_window_cuts`)."""
+        grid = tf.constant(self.grid, tf.int32)
+        sizes = tf.constant(self.batch_sizes, tf.int32)
+        if len(set(self.batch_sizes)) == 1 and not self.min_efficiency:
+            return lambda lengths: _fixed_size_cuts(lengths, grid, sizes)
+        return lambda lengths: _window_cuts(lengths, grid, sizes, self.min_efficiency)
 
 
 def make_dataset(
@@ -404,7 +422,7 @@ def _inference_batches(data_dir, split, cfg, metadata, normalization, skip_corru
     plan = plan_window(cfg, metadata)
     parse_and_cut, gather = _inference_functions(
         num_features, None if mean is None else (tuple(mean.tolist()), tuple(std.tolist())),
-        plan.grid, plan.batch_sizes, cfg.reverse_target)
+        plan, cfg.reverse_target)
     tf_compression = records.tf_compression_type(metadata)
 
     def batches_of(paths: list[tf.Tensor], chunks: list[tf.Tensor]):
@@ -433,23 +451,21 @@ def _inference_batches(data_dir, split, cfg, metadata, normalization, skip_corru
 
 
 @functools.lru_cache(maxsize=16)
-def _inference_functions(num_features: int, stats: tuple | None, grid: tuple[int, ...],
-                         batch_sizes: tuple[int, ...], reverse_target: bool):
+def _inference_functions(num_features: int, stats: tuple | None, plan: WindowPlan,
+                         reverse_target: bool):
     """`(parse_and_cut, gather)` of `inference_batches` as `tf.function`s, traced
     once per process for any window and batch: one call per window and one per
     batch instead of dozens of eager ops."""
     mean, std = ((None, None) if stats is None
                  else (np.asarray(stats[0], np.float32), np.asarray(stats[1], np.float32)))
-    grid_t = tf.constant(grid, tf.int32)
-    sizes_t = tf.constant(batch_sizes, tf.int32)
-    cut = _fixed_size_cuts if len(set(batch_sizes)) == 1 else _window_cuts
+    cut = plan.cutter()
     finish = _Finish(num_features, reverse_target, with_keys=True)
     strings = tf.TensorSpec([None], tf.string)
 
     @tf.function(input_signature=[strings, strings], autograph=False)
     def parse_and_cut(paths, serialized):
         window = _parse_window(paths, serialized, num_features, mean, std)
-        order, pads = cut(window["length"], grid_t, sizes_t)
+        order, pads = cut(window["length"])
         return window, order, pads
 
     window_spec = {"steps": tf.TensorSpec([None, num_features], tf.float32),
@@ -557,7 +573,8 @@ def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
                 per_replica_batch_size: int | None = None) -> WindowPlan:
     """The padding grid and full-batch sizes of `batching: sorted_window`.
 
-    The grid is `buckets.length_grid(length_stats.max, cfg.length_grid)`; a
+    The grid is `buckets.length_grid(length_stats.max, cfg.length_grid)`, or
+    every length from 1 to `length_stats.max` when `cfg.length_grid` is 0; a
     full batch padded to `grid[i]` holds `min(batch_size, budget // grid[i])`
     records (at least 1), the budget being `timestep_budget` per replica.
     """
@@ -569,10 +586,12 @@ def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
                                    "metadata")
     budget = timestep_budget(cfg, metadata, num_replicas_in_sync, per_replica_batch_size,
                              auto=True)
-    grid = length_buckets.length_grid(max_length, cfg.length_grid)
+    grid = (length_buckets.length_grid(max_length, cfg.length_grid) if cfg.length_grid
+            else range(1, max_length + 1))
     return WindowPlan(window=cfg.sort_window, grid=tuple(grid),
                       batch_sizes=tuple(_capped_batch_size(per_replica_batch_size, budget, t)
-                                        for t in grid))
+                                        for t in grid),
+                      min_efficiency=cfg.min_batch_efficiency)
 
 
 def timestep_budget(cfg: DataConfig, metadata: Mapping[str, Any], num_replicas_in_sync: int,
@@ -829,14 +848,11 @@ def _sorted_window_batches(ds: tf.data.Dataset, plan: WindowPlan, num_features: 
     `tf.io.parse_example` (and normalized with one op): no per-record tensors
     after the read.
     """
-    grid = tf.constant(plan.grid, tf.int32)
-    sizes = tf.constant(plan.batch_sizes, tf.int32)
-
-    cut = (_fixed_size_cuts if len(set(plan.batch_sizes)) == 1 else _window_cuts)
+    cut = plan.cutter()
 
     def parse_and_cut(paths, serialized):
         window = _parse_window(paths, serialized, num_features, mean, std)
-        order, pads = cut(window["length"], grid, sizes)
+        order, pads = cut(window["length"])
         return window, order, pads
 
     ds = ds.batch(plan.window)
@@ -867,28 +883,50 @@ def _fixed_size_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
     return rows, tf.maximum(tf.gather(grid, g), longest)
 
 
-def _window_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):
-    """Cuts a window into full batches: `(order [num_batches, max_size], pad [num_batches])`.
+def _window_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor,
+                 min_efficiency: float = 0.0):
+    """Cuts a window into batches: `(order [num_batches, max_size], pad [num_batches])`.
 
     Records sorted by length (stable) are taken in order. A batch starting at
     record i is padded to the first grid value T whose full batch (`sizes`)
     of records i, i+1, ... all fit in T, and holds that many records; only a
     window's last batch may hold fewer. Lengths beyond the last grid value pad
-    to their batch's longest. `order` rows list the batch's record indices,
-    padded with -1.
+    to their batch's longest. With `min_efficiency`, a batch ends before the
+    first record j that would leave less than that fraction of it real if
+    padded to j's (grid) length, and is then padded to its own last record's
+    grid length: in a sparse tail of long sequences, a few records spanning
+    150..356 steps no longer pad to 356 together. `order` rows list the
+    batch's record indices, padded with -1.
     """
     order = tf.argsort(lengths, stable=True)
     sorted_lengths = tf.gather(lengths, order)
     n = tf.size(lengths)
     max_size = tf.reduce_max(sizes)
+    # Each record's length rounded up to the grid (itself past the grid's end).
+    on_grid = tf.maximum(sorted_lengths, tf.gather(grid, tf.minimum(
+        tf.searchsorted(grid, sorted_lengths, side="left"), tf.size(grid) - 1)))
+
+    def efficient_size(start, size):
+        """The most of `size` records from `start` keeping the batch efficient enough."""
+        real = tf.cast(tf.cumsum(sorted_lengths[start:start + size]), tf.float32)
+        count = tf.cast(tf.range(1, size + 1), tf.float32)
+        padded = count * tf.cast(on_grid[start:start + size], tf.float32)
+        # Record 0 always stays: a lone record is as efficient as its grid allows.
+        too_sparse = tf.logical_and(real < min_efficiency * padded, count > 1.0)
+        return tf.where(tf.reduce_any(too_sparse),
+                        tf.argmax(tf.cast(too_sparse, tf.int32), output_type=tf.int32), size)
 
     def cut(start, rows, pads):
         last = tf.minimum(start + sizes - 1, n - 1)
         fits = tf.gather(sorted_lengths, last) <= grid
         g = tf.where(tf.reduce_any(fits), tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32),
                      tf.size(grid) - 1)
-        size = tf.minimum(sizes[g], n - start)
-        pad = tf.maximum(grid[g], sorted_lengths[start + size - 1])
+        full = tf.minimum(sizes[g], n - start)
+        pad = tf.maximum(grid[g], sorted_lengths[start + full - 1])
+        size = full
+        if min_efficiency:
+            size = efficient_size(start, full)
+            pad = tf.where(size < full, on_grid[start + size - 1], pad)
         row = tf.pad(order[start:start + size], [[0, max_size - size]], constant_values=-1)
         return start + size, rows.write(rows.size(), row), pads.write(pads.size(), pad)
 

@@ -511,6 +511,13 @@ class _Trainer:
             logger.warning("train.jit_compile is for one replica; %d replicas run without XLA",
                            strategy.num_replicas_in_sync)
             jit_compile = False
+        data_cfg = self.cfg.data
+        if jit_compile and training and data_cfg.batching == "sorted_window" and (
+                not data_cfg.length_grid or data_cfg.min_batch_efficiency):
+            logger.warning(
+                "train.jit_compile compiles every batch shape; batches padded to their "
+                "longest record or cut by data.min_batch_efficiency have many: set "
+                "data.length_grid (8 or 16) and data.min_batch_efficiency: 0")
 
         @tf.function(reduce_retracing=True, jit_compile=jit_compile)
         def step(batch):

@@ -342,8 +342,8 @@ def test_padding_efficiency(tiny):
 
 # ---------------------------------------------------------------- sorted windows
 
-WINDOW = DataConfig(batch_size=2, timestep_budget=0, normalize=False, reverse_target=False,
-                    deterministic=True)
+WINDOW = DataConfig(batch_size=2, timestep_budget=0, min_batch_efficiency=0.0, normalize=False,
+                    reverse_target=False, deterministic=True)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -363,6 +363,34 @@ def test_sorted_window_pads_to_the_grid(tiny):
     out = batches(tiny, dataclasses.replace(WINDOW, length_grid=1))
     assert shapes(out) == [(2, 2), (2, 8), (1, 8)]
     assert_batch(out[1], [SEQS["c"], SEQS["d"]], 8)
+
+
+def test_sorted_window_efficiency_floor_cuts_sparse_batches(tiny):
+    # Sorted lengths 1, 2, 3, 5, 8, batches of up to 4. Without the floor:
+    # [a b c d] padded to 5 (11 of 20 real), [e].
+    cfg = dataclasses.replace(WINDOW, batch_size=4)
+    assert shapes(batches(tiny, cfg)) == [(4, 5), (1, 8)]
+    # Floor 0.7: adding c (3) would leave 6 of 9 real (0.67), so [a b] -> T=2;
+    # then c, d fit (8 of 10), e would leave 16 of 24: [c d] -> T=5; [e].
+    cfg = dataclasses.replace(cfg, min_batch_efficiency=0.7)
+    keyless = [({"x": inputs["x"], "mask": inputs["mask"]}, targets, weights)
+               for inputs, targets, weights in inference(tiny, cfg)]
+    for out in (batches(tiny, cfg), keyless):
+        assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
+        assert_batch(out[0], [SEQS["a"], SEQS["b"]], 2)
+        assert_batch(out[1], [SEQS["c"], SEQS["d"]], 5)
+        assert_batch(out[2], [SEQS["e"]], 8)
+
+
+def test_sorted_window_efficiency_floor_on_the_grid(tiny):
+    # Grid [1, 2, 4, 8]: the floor compares with grid-padded lengths 1, 2, 4, 8, 8.
+    # [a b] is 3 of 4 real, with c 6 of 12: [a b] -> T=2; c with d would be
+    # 8 of 16: [c] -> T=4; [d e] is 13 of 16: its full size, padded to 8.
+    cfg = dataclasses.replace(WINDOW, batch_size=4, length_grid=1, min_batch_efficiency=0.7)
+    out = batches(tiny, cfg)
+    assert shapes(out) == [(2, 2), (1, 4), (2, 8)]
+    assert_batch(out[1], [SEQS["c"]], 4)
+    assert_batch(out[2], [SEQS["d"], SEQS["e"]], 8)
 
 
 def test_sorted_window_budget_gives_full_batches(tiny):
@@ -401,7 +429,8 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
     seqs = {f"s{i:02d}": rng.normal(size=(n, 2)) for i, n in enumerate(lengths)}
     root = write_dataset(tmp_path, seqs, num_shards=3)
     cfg = DataConfig(batch_size=6, timestep_budget=60, sort_window=25, length_grid=4,
-                     normalize=False, reverse_target=False, shuffle_buffer=20, seed=2)
+                     min_batch_efficiency=0.0, normalize=False, reverse_target=False,
+                     shuffle_buffer=20, seed=2)
     metadata = records.read_metadata(root)
     plan = data.plan_window(cfg, metadata)
     full = dict(zip(plan.grid, plan.batch_sizes, strict=True))
