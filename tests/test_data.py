@@ -544,3 +544,50 @@ def test_read_ahead_closed_early_stops_its_producer():
     count = len(produced)
     assert count <= 2 + 2 + 1  # consumed, queued, and the one it was offering
     assert not [t for t in threading.enumerate() if t.name == "seqpipe-read-ahead"]
+
+
+def reference_cuts(lengths, grid, sizes, min_efficiency):
+    """`_window_cuts`' documented rule, one batch at a time in plain Python."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sorted_lengths = [int(lengths[i]) for i in order]
+    n = len(order)
+
+    def on_grid(length):
+        return next((t for t in grid if t >= length), length)
+
+    batches, start = [], 0
+    while start < n:
+        g = next((g for g in range(len(grid))
+                  if sorted_lengths[min(start + sizes[g] - 1, n - 1)] <= grid[g]), len(grid) - 1)
+        size = min(sizes[g], n - start)
+        pad = max(grid[g], sorted_lengths[start + size - 1])
+        for k in range(1, size if min_efficiency else 0):
+            real = sum(sorted_lengths[start:start + k + 1])
+            if real < min_efficiency * (k + 1) * on_grid(sorted_lengths[start + k]):
+                size, pad = k, on_grid(sorted_lengths[start + k - 1])
+                break
+        batches.append((order[start:start + size], pad))
+        start += size
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("batch_size,budget", [(8, 0), (8, 60), (5, 37)])
+@pytest.mark.parametrize("length_grid", [0, 1, 4])
+@pytest.mark.parametrize("min_efficiency", [0.0, 0.6, 0.9])
+def test_window_cuts_match_the_one_batch_at_a_time_rule(seed, batch_size, budget, length_grid,
+                                                        min_efficiency):
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([rng.integers(1, 12, 50),  # dense, then a sparse tail
+                              np.exp(rng.uniform(2.5, 5.0, 12)).astype(int)])[
+        rng.permutation(62)][:rng.integers(1, 63)]
+    metadata = {"length_stats": {"max": 100, "mean": 10.0}}
+    cfg = DataConfig(batch_size=batch_size, timestep_budget=budget, length_grid=length_grid,
+                     min_batch_efficiency=min_efficiency, sort_window=64)
+    plan = data.plan_window(cfg, metadata)
+    rows, pads = plan.cutter()(tf.constant(lengths, tf.int32))
+    got = [([int(i) for i in row if i >= 0], int(pad))
+           for row, pad in zip(rows.numpy(), pads.numpy(), strict=True)]
+    expected = reference_cuts(lengths, plan.grid, plan.batch_sizes, min_efficiency)
+    assert got == expected
+    assert sorted(i for row, _ in got for i in row) == list(range(len(lengths)))
