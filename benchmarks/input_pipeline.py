@@ -7,12 +7,12 @@ uniform or long-tailed) as gzip TFRecord shards, then with the default
 1. input throughput: iterates `seqpipe.data.make_dataset` (training order,
    shuffled) for a few epochs and prints sequences/s and timesteps/s;
 2. training epoch ratio: seqpipe's trainer itself (`seqpipe.train._Trainer.
-   train_epoch`: the real step, loop, backups, and the next epoch's input
-   opened in the background as `run()` does it), alternating an epoch fed by
-   the pipeline with an epoch fed by the same batches cached in memory
+   train_epoch`: the real step, loop, backups and epoch stream, as `run()`
+   uses them), alternating blocks of 3 consecutive epochs fed by the
+   pipeline with the same 3 epochs fed by their batches cached in memory
    (`train_epoch(batches=...)`: the same loop), several times; prints
-   pipeline time / cached time per pair and the median (target <= 1.05), and
-   how many times the step was traced.
+   pipeline time / cached time per pair of blocks and the median (target
+   <= 1.05), and how many times the step was traced.
 
 Pin the cores as the target machine has them, e.g. `taskset -c 0,1`:
 
@@ -60,8 +60,17 @@ def throughput(root: Path, cfg: DataConfig, epochs: int) -> list[dict]:
     return rows
 
 
-def epoch_ratios(root: Path, repeats: int, units: int, work: Path) -> dict:
-    """Alternates pipeline-fed and cached epochs of the same batches, with the trainer."""
+def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
+                 epochs_per_block: int = 3) -> dict:
+    """Alternates blocks of pipeline-fed and cached epochs of the same batches.
+
+    A pipeline block trains consecutive epochs as `run()` does (the trainer's
+    epoch stream reads the next epoch's first window while the current one
+    finishes); its first epoch is not counted (its read happened before the
+    block). A cached block trains the same epochs from the batches listed in
+    memory beforehand; before it, the stream's read-ahead is left to finish
+    untimed, so no pipeline work runs during cached epochs.
+    """
     cfg = load_config("default", [f"model.units={units}", "train.epochs=1000"])
     trainer = train._Trainer(root, work, cfg, records.read_metadata(root),
                              tf.distribute.get_strategy(), verbose=False)
@@ -74,19 +83,23 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path) -> dict:
         trainer.step_in_epoch.assign(0)
         return trainer.train_epoch(epoch, batches=batches).seconds
 
-    timed(0)  # warm-up: traces the step, builds the optimizer, opens epoch 1 ahead
-    pairs = []
+    timed(0)  # warm-up: traces the step, builds the optimizer and the epoch stream
+    pairs, epoch = [], 1
     for repeat in range(repeats):
-        epoch = 1 + repeat
-        cached = cached_batches(epoch)
+        epochs = list(range(epoch, epoch + 1 + epochs_per_block))
+        epoch = epochs[-1] + 1
+        cached = {e: cached_batches(e) for e in epochs[1:]}
+        time.sleep(1.0)  # the stream's read-ahead finishes, untimed
+
         if repeat % 2:  # alternate which goes first, so drift in load cancels out
-            from_memory = timed(epoch, cached)
-            fed = timed(epoch)
+            from_memory = sum(timed(e, cached[e]) for e in epochs[1:])
+            fed = sum([timed(e) for e in epochs][1:])
         else:
-            fed = timed(epoch)
-            from_memory = timed(epoch, cached)
+            fed = sum([timed(e) for e in epochs][1:])
+            time.sleep(1.0)
+            from_memory = sum(timed(e, cached[e]) for e in epochs[1:])
         pairs.append({"pipeline_s": fed, "cached_s": from_memory, "ratio": fed / from_memory,
-                      "batches": len(cached)})
+                      "batches": sum(len(b) for b in cached.values())})
     trainer.close_inputs()
     return {"pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
             "traces": trainer._train_step.experimental_get_tracing_count()}
@@ -113,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['timesteps_per_s']:,.0f} timesteps/s")
         result = epoch_ratios(root, args.repeats, args.units, root / "model")
         for pair in result["pairs"]:
-            print(f"training epoch ({pair['batches']} batches): pipeline "
+            print(f"3 training epochs ({pair['batches']} batches): pipeline "
                   f"{pair['pipeline_s']:.2f} s / cached {pair['cached_s']:.2f} s = "
                   f"{pair['ratio']:.3f}")
         print(f"median ratio {result['median_ratio']:.3f} (target <= 1.05); "

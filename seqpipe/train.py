@@ -18,14 +18,16 @@ on one CPU, several local GPUs and many workers:
   killed run resumes mid-epoch with the same command, and the best weights by
   validation loss. Per-epoch data order derives from `data.seed + epoch`, so a
   resumed epoch sees exactly the batches it had not yet seen;
-* each split's input pipeline is traced once (a `tf.function` from the epoch's
-  seed to its dataset): rebuilding it in Python every epoch held the GIL
-  while the model trained;
-* the input of the next split (validation, or the next epoch) is opened and
-  its first batch fetched in a background thread while the current split
-  trains: sorted-window batching must read a whole window before its first
-  batch, and that wait would otherwise idle the model at every epoch start
-  (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
+* with one replica, each split is read by one iterator for the whole run
+  (`_EpochStream`: every epoch's batches, then an end marker): a new
+  iterator per epoch re-instantiates the pipeline's functions, which costs
+  more CPU than reading a small split, and the stream's prefetch reads the
+  next epoch's first window (sorted windows must read a whole window before
+  their first batch) while the current split finishes. With several
+  replicas, `tf.distribute` evens out each epoch's last step for an iterator
+  that ends with the epoch, so those get one per epoch, built from one
+  traced function per split and opened ahead in a background thread (not
+  under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
 
 Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
 A non-finite loss stops the run with an error naming the epoch and step,
@@ -267,6 +269,8 @@ class _Trainer:
         self._eval_step = self._make_step(training=False)
         # Opened inputs by (split, epoch, skip): `_open_input` futures.
         self._dataset_builders: dict[tuple, Callable] = {}
+        # One replica: each split's batches of every epoch from one iterator.
+        self._streams: dict[str, _EpochStream] = {}
         self._inputs: dict[tuple[str, int, int], concurrent.futures.Future] = {}
         self._input_thread = (
             None if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -363,7 +367,9 @@ class _Trainer:
         progress = self._progress(split, epoch)
         started = time.monotonic()
         self._trace_for_any_shape(step_fn)
-        if batches is None:
+        if batches is None and self._streams_epochs():
+            batches = self._stream(split, epoch, skip, training).epoch()
+        elif batches is None:
             batches = self._batches(split, epoch, skip, training)
             next_split = self._next_split(split, epoch)
             if next_split is not None:
@@ -393,6 +399,7 @@ class _Trainer:
     def close_inputs(self) -> None:
         """Drops inputs opened ahead and stops their thread (`run()` does it at the end)."""
         self._inputs = {}
+        self._streams = {}
         if self._input_thread is not None:
             self._input_thread.shutdown(wait=True, cancel_futures=True)
             self._input_thread = None
@@ -466,6 +473,34 @@ class _Trainer:
             return self._dataset_builder(split, training, input_context)(seed, skip)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _streams_epochs(self) -> bool:
+        """Whether splits are read as `_EpochStream`s (one replica) or per epoch.
+
+        With several replicas an epoch's last global batch is split unevenly
+        (and across workers, epochs end at different steps): `tf.distribute`
+        handles that for an iterator that ends with the epoch, so those get
+        one per epoch, opened ahead in a thread.
+        """
+        return self.strategy.num_replicas_in_sync == 1 and not isinstance(
+            self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _stream(self, split: str, epoch: int, skip: int, training: bool) -> _EpochStream:
+        """The split's stream, positioned at `(epoch, skip)` (restarted there if it is not)."""
+        stream = self._streams.get(split)
+        if stream is None or not stream.is_at(epoch, skip):
+            seed = self.cfg.data.seed
+
+            def epoch_dataset(epoch_index, skip_steps):
+                # The order depends on `data.seed` alone (as in `_dataset_builder`).
+                tf.compat.v1.get_default_graph().seed = None
+                return data.make_dataset(
+                    self.data_dir, split, self.cfg.data, training=training,
+                    metadata=self.metadata, seed=seed + epoch_index).skip(skip_steps)
+
+            stream = _EpochStream(epoch_dataset, self.metadata["num_features"], epoch, skip)
+            self._streams[split] = stream
+        return stream
 
     def _dataset_builder(self, split: str, training: bool,
                          input_context: tf.distribute.InputContext) -> Callable:
@@ -653,6 +688,49 @@ class _Trainer:
     def _log(self, message: str) -> None:
         if self.verbose and self.chief:
             print(message, flush=True)
+
+
+class _EpochStream:
+    """The batches of every epoch of one split from a single iterator.
+
+    `Dataset.counter(first_epoch)` -> each epoch's dataset (seeded by its
+    index, the first skipping `skip` batches) followed by one empty batch that
+    marks its end. Creating an iterator per epoch costs more CPU than reading
+    a small split (about 150 ms measured: every function of the pipeline is
+    instantiated again); one iterator instantiates them once, and its
+    prefetch reads the next epoch's first window while this one finishes,
+    with no thread of ours.
+    """
+
+    def __init__(self, epoch_dataset: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset],
+                 num_features: int, first_epoch: int, skip: int):
+        marker = tf.data.Dataset.from_tensors(
+            ({"x": tf.zeros([0, 0, num_features]), "mask": tf.zeros([0, 0])},
+             tf.zeros([0, 0, num_features]), tf.zeros([0, 0])))
+        first = tf.constant(first_epoch, tf.int64)
+
+        def with_end_marker(epoch):
+            skip_steps = tf.where(tf.equal(epoch, first), tf.constant(skip, tf.int64), 0)
+            return epoch_dataset(epoch, skip_steps).concatenate(marker)
+
+        stream = tf.data.Dataset.counter(first_epoch).flat_map(with_end_marker)
+        self._iterator = iter(stream.prefetch(1))
+        self._position: tuple[int, int] | None = (first_epoch, skip)
+
+    def is_at(self, epoch: int, skip: int) -> bool:
+        """Whether `epoch()` would yield the batches of `epoch` from step `skip`."""
+        return self._position == (epoch, skip)
+
+    def epoch(self) -> Iterator[Any]:
+        """The batches of the next epoch. Stopped early, the stream is lost
+        (`is_at` is then always false)."""
+        epoch, _ = self._position
+        self._position = None
+        for batch in self._iterator:
+            if batch[2].shape[0] == 0:  # the end marker
+                self._position = (epoch + 1, 0)
+                return
+            yield batch
 
 
 def _chain_first(future: concurrent.futures.Future) -> Iterator[Any]:

@@ -99,6 +99,19 @@ def test_an_epoch_is_a_function_of_its_seed_and_resume_skips_exactly(
         assert all(np.array_equal(a, b) for a, b in zip(first[5:], resumed, strict=True))
         other_epoch = _epoch_batches(trainer, 4)
         assert not all(np.array_equal(a, b) for a, b in zip(first, other_epoch, strict=False))
+
+        # One replica reads every epoch from one stream: the same batches.
+        def streamed(epoch, skip=0):
+            stream = trainer._stream("train", epoch, skip, True)
+            return [inputs["x"].numpy() for inputs, _, _ in stream.epoch()]
+
+        for expected, got in ((first[5:], streamed(3, skip=5)), (other_epoch, streamed(4))):
+            assert len(got) == len(expected)
+            assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+        stream = trainer._stream("train", 5, 0, True)
+        assert stream is trainer._streams["train"] and stream.is_at(5, 0)
+        next(stream.epoch())  # stopped after one batch: lost, restarted when asked again
+        assert not stream.is_at(5, 1) and trainer._stream("train", 5, 0, True) is not stream
     finally:
         trainer.close_inputs()
 
