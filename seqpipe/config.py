@@ -295,11 +295,13 @@ class TrainConfig:
         lr_patience, lr_factor, min_learning_rate: see `lr_schedule`.
         log_every_steps: when not on a terminal, a progress line every this
             many steps (0: epoch lines only).
-        jit_compile: compile the training step with XLA (one replica only).
-            Off by default (measured, benchmarks/vs_pad_to_max.py, 2 CPU
-            cores): XLA makes an epoch ~2x faster but compiles once per
-            distinct batch shape, ~4 s each, and sorted windows give 35-55
-            shapes on seed-shaped data: worth it for runs of hours, not minutes.
+        jit_compile: compile the training step with XLA (one replica only);
+            set `data.length_grid: 16` and `data.min_batch_efficiency: 0`
+            with it, so batches have few shapes. Off by default (measured,
+            benchmarks/vs_pad_to_max.py, 2 CPU cores): an epoch is 1.8-2.2x
+            faster once compiled, but every distinct batch shape compiles
+            first (~1.7 s each, 36-42 on seed-shaped data): it pays off
+            after ~10 million timestep-epochs, for long runs on large data.
     """
 
     epochs: int = 30
