@@ -267,10 +267,10 @@ class _Trainer:
         self.writer = tf.summary.create_file_writer(self._writable("logs"))
         self._train_step = self._make_step(training=True)
         self._eval_step = self._make_step(training=False)
-        # Opened inputs by (split, epoch, skip): `_open_input` futures.
         self._dataset_builders: dict[tuple, Callable] = {}
         # One replica: each split's batches of every epoch from one iterator.
         self._streams: dict[str, _EpochStream] = {}
+        # Opened inputs by (split, epoch, skip): `_open_input` futures.
         self._inputs: dict[tuple[str, int, int], concurrent.futures.Future] = {}
         self._input_thread = (
             None if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -489,14 +489,9 @@ class _Trainer:
         """The split's stream, positioned at `(epoch, skip)` (restarted there if it is not)."""
         stream = self._streams.get(split)
         if stream is None or not stream.is_at(epoch, skip):
-            seed = self.cfg.data.seed
-
-            def epoch_dataset(epoch_index, skip_steps):
-                # The order depends on `data.seed` alone (as in `_dataset_builder`).
-                tf.compat.v1.get_default_graph().seed = None
-                return data.make_dataset(
-                    self.data_dir, split, self.cfg.data, training=training,
-                    metadata=self.metadata, seed=seed + epoch_index).skip(skip_steps)
+            def epoch_dataset(epoch_index, skip_batches):
+                return self._epoch_dataset(split, training, None,
+                                           self.cfg.data.seed + epoch_index, skip_batches)
 
             stream = _EpochStream(epoch_dataset, self.metadata["num_features"], epoch, skip)
             self._streams[split] = stream
@@ -520,17 +515,23 @@ class _Trainer:
 
             @tf.function(input_signature=[tf.TensorSpec([], tf.int64)] * 2, autograph=False)
             def build(seed, skip):
-                # The order then depends on `data.seed` alone, and tf.data's seed
-                # helper cannot take a tensor seed under a graph seed of 0
-                # (`keras.utils.set_random_seed(0)`): it compares the pair to (0, 0).
-                tf.compat.v1.get_default_graph().seed = None
-                dataset = data.make_dataset(self.data_dir, split, self.cfg.data,
-                                            training=training, metadata=self.metadata,
-                                            input_context=input_context, seed=seed)
-                return dataset.skip(skip * local_replicas)
+                return self._epoch_dataset(split, training, input_context, seed,
+                                           skip * local_replicas)
 
             self._dataset_builders[key] = build
         return self._dataset_builders[key]
+
+    def _epoch_dataset(self, split: str, training: bool,
+                       input_context: tf.distribute.InputContext | None,
+                       seed: tf.Tensor, skip_batches: tf.Tensor) -> tf.data.Dataset:
+        """One epoch of a split from batch `skip_batches`; traced, with tensor arguments."""
+        # The order then depends on `data.seed` alone, and tf.data's seed helper
+        # cannot take a tensor seed under a graph seed of 0
+        # (`keras.utils.set_random_seed(0)`): it compares the pair to (0, 0).
+        tf.compat.v1.get_default_graph().seed = None
+        return data.make_dataset(self.data_dir, split, self.cfg.data, training=training,
+                                 metadata=self.metadata, input_context=input_context,
+                                 seed=seed).skip(skip_batches)
 
     def _make_step(self, training: bool) -> Callable:
         """A `tf.function` running one global batch on every replica.
