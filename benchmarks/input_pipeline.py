@@ -5,7 +5,9 @@ uniform or long-tailed) as gzip TFRecord shards, then with the default
 `DataConfig` (sorted windows):
 
 1. input throughput: iterates `seqpipe.data.make_dataset` (training order,
-   shuffled) for a few epochs and prints sequences/s and timesteps/s;
+   shuffled) for a few epochs, one dataset each, then the trainer's epoch
+   stream (every epoch from one iterator, as training reads them), and prints
+   sequences/s and timesteps/s;
 2. training epoch ratio: seqpipe's trainer itself (`seqpipe.train._Trainer.
    train_epoch`: the real step, loop, backups and epoch stream, as `run()`
    uses them), alternating blocks of 3 consecutive epochs fed by the
@@ -83,6 +85,8 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
         trainer.step_in_epoch.assign(0)
         return trainer.train_epoch(epoch, batches=batches).seconds
 
+    streamed = stream_throughput(trainer, epochs=range(100, 106))
+    trainer.close_inputs()
     timed(0)  # warm-up: traces the step, builds the optimizer and the epoch stream
     pairs, epoch = [], 1
     for repeat in range(repeats):
@@ -102,7 +106,24 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
                       "batches": sum(len(b) for b in cached.values())})
     trainer.close_inputs()
     return {"pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
-            "traces": trainer._train_step.experimental_get_tracing_count()}
+            "traces": trainer._train_step.experimental_get_tracing_count(),
+            "stream": streamed}
+
+
+def stream_throughput(trainer: train._Trainer, epochs: range) -> dict:
+    """Input only, as the trainer reads it: consecutive epochs from its epoch stream
+    (the first one, which builds the stream, not counted)."""
+    for _ in trainer._stream("train", epochs[0], 0, training=True).epoch():
+        pass
+    started = time.perf_counter()
+    sequences = timesteps = 0
+    for epoch in epochs[1:]:
+        for _, _, weights in trainer._stream("train", epoch, 0, training=True).epoch():
+            sequences += int(weights.shape[0])
+            timesteps += int(tf.reduce_sum(weights))
+    seconds = time.perf_counter() - started
+    return {"epochs": len(epochs) - 1, "seconds": seconds,
+            "sequences_per_s": sequences / seconds, "timesteps_per_s": timesteps / seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['sequences_per_s']:,.0f} sequences/s, "
                   f"{row['timesteps_per_s']:,.0f} timesteps/s")
         result = epoch_ratios(root, args.repeats, args.units, root / "model")
+        stream = result["stream"]
+        print(f"input only, {stream['epochs']} epochs from the trainer's epoch stream (one "
+              f"iterator): {stream['seconds'] / stream['epochs']:.2f} s per epoch, "
+              f"{stream['sequences_per_s']:,.0f} sequences/s, "
+              f"{stream['timesteps_per_s']:,.0f} timesteps/s")
         for pair in result["pairs"]:
             print(f"3 training epochs ({pair['batches']} batches): pipeline "
                   f"{pair['pipeline_s']:.2f} s / cached {pair['cached_s']:.2f} s = "
