@@ -24,7 +24,8 @@ Atomic: the pipeline writes into a temporary directory beside `output_dir`
 (shard files first as parts under `_work/`), the driver renames the parts to
 their shard names, adds the metadata, and the directory is renamed into place
 only when everything succeeded; a failed run leaves nothing at `output_dir`
-(at most a hidden `.NAME.tmp-*` directory if the process is killed). An
+(at most a hidden `.NAME.tmp-PID@HOST-*` directory if the process is killed,
+which the next run for the same output on this host deletes). An
 existing non-empty `output_dir` is refused. Output must be a local (or
 mounted) path: the final rename is a local filesystem operation.
 
@@ -76,8 +77,10 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -91,7 +94,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import transforms
-from seqpipe import buckets, records, sources
+from seqpipe import buckets, processes, records, sources
 from seqpipe import config as config_lib
 from seqpipe.errors import SeqpipeError
 
@@ -132,7 +135,10 @@ def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.Preproces
     files = expand_inputs(inputs)
     files_by_format = group_by_format(files, cfg.input_format)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    for stale in remove_stale_staging(output):
+        print(f"removed {stale}: the staging directory of a killed run", file=sys.stderr)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-{processes.owner_tag()}-",
+                                    dir=output.parent))
     try:
         _make_readable(staging)
         work = staging / WORK_DIR
@@ -455,6 +461,24 @@ def _check_output_dir(output_dir: str) -> Path:
         raise OutputExistsError(f"output {output_dir!r} exists and is not empty; "
                                 "choose a new directory or delete it")
     return output
+
+
+def remove_stale_staging(output: Path) -> list[Path]:
+    """Deletes the staging directories of killed runs for `output`; returns them.
+
+    A staging directory is named `.NAME.tmp-PID@HOST-XXXXXXXX` after the run
+    that writes it: it is stale when that run was on this host and its pid is
+    gone (`seqpipe.processes.owner_alive`). Others, including directories
+    of live runs and of other hosts, are left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.tmp-(.+)-[a-z0-9_]+")
+    removed = []
+    for candidate in sorted(output.parent.glob(f".{glob.escape(output.name)}.tmp-*")):
+        match = pattern.fullmatch(candidate.name)
+        if match and candidate.is_dir() and not processes.owner_alive(match[1]):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
 
 
 def _make_readable(directory: Path) -> None:

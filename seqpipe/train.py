@@ -83,6 +83,7 @@ from seqpipe.model_dir import (
     METADATA_COPY,
     SUMMARY_FILE,
 )
+from seqpipe.processes import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def _model_dir_lock(model_dir: Path, chief: bool) -> Iterator[None]:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         owner = lock.read_text().strip() or "?"
-        if _process_alive(owner):
+        if owner.isdigit() and process_alive(int(owner)):
             raise TrainingError(f"{model_dir} is in use by another training run "
                                 f"(pid {owner}); wait for it or use another --model-dir"
                                 ) from None
@@ -212,16 +213,6 @@ def _model_dir_lock(model_dir: Path, chief: bool) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _process_alive(pid_text: str) -> bool:
-    try:
-        os.kill(int(pid_text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Trainer:

@@ -649,3 +649,26 @@ def test_part_writer_keeps_no_statistics_for_mixed_widths(tmp_path):
     mixed = _written_part(tmp_path, "train", [_seq("a"), _seq("n", width=1), _seq("b")])
     assert one_width.stats is not None and mixed.stats is None
     assert (mixed.num_records, len(list(transforms.read_tfrecords(mixed.path)))) == (3, 3)
+
+
+def test_staging_directories_of_killed_runs_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead, host = int(finished.stdout), socket.gethostname()
+    output = tmp_path / "out"
+    leftovers = {
+        "killed": tmp_path / f".out.tmp-{dead}@{host}-ab12cd34",
+        "alive": tmp_path / f".out.tmp-{os.getpid()}@{host}-ef56gh78",
+        "other host": tmp_path / f".out.tmp-{dead}@not-{host}-ij90kl12",
+        "old format": tmp_path / ".out.tmp-mn34op56",
+        "other output": tmp_path / f".output.tmp-{dead}@{host}-qr78st90",
+    }
+    for leftover in leftovers.values():
+        (leftover / "_work").mkdir(parents=True)
+    assert job.remove_stale_staging(output) == [leftovers["killed"]]
+    assert not leftovers["killed"].exists()
+    assert all(path.is_dir() for name, path in leftovers.items() if name != "killed")

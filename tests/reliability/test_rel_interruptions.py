@@ -54,7 +54,7 @@ def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path
         proc = start_cli("preprocess", "--input", raw / "*.jsonl", "--output", out,
                          log=tmp_path / "preprocess.log")
         # the job is fast: wait until its staging directory exists, then a random delay
-        while proc.poll() is None and not list(tmp_path.glob(".data.tmp-*")):
+        while proc.poll() is None and not list(tmp_path.glob(f".data.tmp-{proc.pid}@*")):
             time.sleep(0.01)
         delay = rng.uniform(0.0, 1.2)
         killed = _kill_after(proc, delay)
@@ -64,14 +64,17 @@ def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path
         kills += 1
         assert not (out / records.METADATA_FILE).exists()
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
-        # a staging dir may be left behind, hidden, and never with metadata.json
-        for leftover in tmp_path.glob(".data.tmp-*"):
+        # a staging dir may be left behind, hidden, and never with metadata.json; the
+        # next run deletes it (its owner is dead)
+        leftovers = list(tmp_path.glob(".data.tmp-*"))
+        assert [p.name for p in leftovers if f".tmp-{proc.pid}@" not in p.name] == []
+        for leftover in leftovers:
             assert not (leftover / records.METADATA_FILE).exists() or not out.exists()
     assert kills >= 1, "the job finished before any kill: make the corpus bigger"
-    assert len(list(tmp_path.glob(".data.tmp-*"))) <= kills  # hidden leftovers only
     if not (out / records.METADATA_FILE).exists():
         proc = run_cli("preprocess", "--input", raw / "*.jsonl", "--output", out)
         assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(tmp_path.glob(".data.tmp-*"))  # the killed runs' staging dirs removed
     metadata = records.read_metadata(out)
     assert metadata["counts"]["read"] == metadata["counts"]["written"] == 12000
 
