@@ -24,9 +24,12 @@ Per epoch: seconds, real timesteps per second, and the speed-up over `naive`
 (naive seconds / seqpipe seconds of the same repeat). Then embedding the whole
 split: the naive encoder sub-model's `predict` on the padded arrays (batch 32)
 vs seqpipe's exported encoder (SavedModel) through `seqpipe.embed.compute_embeddings`.
-Also: padding efficiency of each, and the padding-invariance error of each
+Also: padding efficiency of each, the padding-invariance error of each
 embedding (max |e_alone - e_batched| / max |e| over 32 sequences embedded
-alone, unpadded, vs in one batch padded to 356 beside the longest sequence).
+alone, unpadded, vs in one batch padded to 356 beside the longest sequence),
+and how much a genuine all-zero timestep (inserted in the middle of 32
+sequences, in the space each model reads) moves the embedding (max |e_with -
+e_without| / max |e|): 0 means the model cannot see such a step.
 
 `--memory` instead trains seqpipe (`seqpipe.train.train`, 1 epoch) on N and 4N
 sequences, each in a fresh subprocess, and reports the peak RSS
@@ -147,9 +150,14 @@ class Naive:
 
     def embed_alone_and_batched(self, probes: list[np.ndarray], longest: np.ndarray):
         alone = np.concatenate([self.encoder.predict(s[None], verbose=0) for s in probes])
-        batched = self.encoder.predict(pad([*probes, longest], MAX_LENGTH),
-                                       batch_size=len(probes) + 1, verbose=0)[:-1]
+        batched = self.embed(probes, longest)
         return alone, batched
+
+    def embed(self, sequences: list[np.ndarray], longest: np.ndarray | None = None):
+        """Embeddings of `sequences` in one batch padded to 356 (beside `longest`)."""
+        extra = [] if longest is None else [longest]
+        x = pad([*sequences, *extra], MAX_LENGTH)
+        return self.encoder.predict(x, batch_size=len(x), verbose=0)[:len(sequences)]
 
     @property
     def padding_efficiency(self) -> float:
@@ -198,20 +206,20 @@ class Seqpipe:
         return time.perf_counter() - started
 
     def embed_alone_and_batched(self, probes: list[np.ndarray], longest: np.ndarray):
+        alone = np.concatenate([self.embed([s]) for s in probes])
+        batched = self.embed([*probes, longest])[:-1]
+        return alone, batched
+
+    def embed(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of `sequences` in one batch padded to the longest, with its mask."""
         if self._served is None:
             self.export()
-
-        def run(sequences, length):
-            x = pad(sequences, length)
-            mask = np.zeros(x.shape[:2], np.float32)
-            for i, s in enumerate(sequences):
-                mask[i, :len(s)] = 1.0
-            return self._served(x=tf.constant(x), mask=tf.constant(mask))[
-                models.EMBEDDING_KEY].numpy()
-
-        alone = np.concatenate([run([s], len(s)) for s in probes])
-        batched = run([*probes, longest], MAX_LENGTH)[:-1]
-        return alone, batched
+        x = pad(sequences, max(len(s) for s in sequences))
+        mask = np.zeros(x.shape[:2], np.float32)
+        for i, s in enumerate(sequences):
+            mask[i, :len(s)] = 1.0
+        return self._served(x=tf.constant(x), mask=tf.constant(mask))[
+            models.EMBEDDING_KEY].numpy()
 
     def padding_stats(self) -> dict:
         return data.padding_efficiency(data.make_dataset(
@@ -223,6 +231,17 @@ class Seqpipe:
 
 
 # ----------------------------------------------------------------------------- runs
+
+
+def zero_step_effect(runner, ds: Data, seed: int) -> float:
+    """How much one genuine all-zero timestep in the middle moves the embedding."""
+    rng = np.random.default_rng(seed + 1)
+    usable = [s for s in ds.sequences if 3 <= len(s) < MAX_LENGTH]
+    probes = [usable[i] for i in rng.choice(len(usable), PROBES, replace=False)]
+    with_zero = [np.insert(s, len(s) // 2, 0.0, axis=0) for s in probes]
+    without, with_step = runner.embed(probes), runner.embed(with_zero)
+    scale = float(np.max(np.abs(without))) or 1.0
+    return float(np.max(np.abs(with_step - without)) / scale)
 
 
 def invariance_error(runner, ds: Data, seed: int) -> float:
@@ -278,6 +297,7 @@ def compare(kind: str, repeats: int, seed: int, xla: bool, work: Path) -> dict:
             "embed_speedup_median": statistics.median(embed_speedups),
             "last_loss": epochs[name][-1]["loss"],
             "invariance_error": invariance_error(runner, ds, seed),
+            "zero_step_effect": zero_step_effect(runner, ds, seed),
         }
         if isinstance(runner, Seqpipe):
             stats = runner.padding_stats()
@@ -297,7 +317,7 @@ def spread(values: list[float]) -> str:
 def print_table(results: list[dict]) -> None:
     header = (f"{'lengths':<10} {'variant':<12} {'pad.eff':>7} {'steps':>5} {'epoch s':>8} "
               f"{'timesteps/s':>11} {'train x':>7} {'(spread)':>11} {'embed s':>8} "
-              f"{'embed x':>7} {'(spread)':>11} {'invariance':>10}")
+              f"{'embed x':>7} {'(spread)':>11} {'invariance':>10} {'zero step':>9}")
     print(header)
     print("-" * len(header))
     for result in results:
@@ -307,7 +327,7 @@ def print_table(results: list[dict]) -> None:
                   f"{row['timesteps_per_s_median']:>11,.0f} {row['train_speedup_median']:>7.2f} "
                   f"{spread(row['train_speedup']):>11} {row['embed_s_median']:>8.2f} "
                   f"{row['embed_speedup_median']:>7.2f} {spread(row['embed_speedup']):>11} "
-                  f"{row['invariance_error']:>10.1e}")
+                  f"{row['invariance_error']:>10.1e} {row['zero_step_effect']:>9.1e}")
         naive = result["variants"]["naive"]["padding_efficiency"]
         print(f"{result['lengths']}: physical limit 1/naive padding efficiency = {1 / naive:.2f}x")
 
