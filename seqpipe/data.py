@@ -90,8 +90,8 @@ weights and the reversed target are made once per padded batch
 (`tf.sequence_mask`, `tf.reverse_sequence`), never per record.
 
 `inference_batches` yields the same element contract (with keys) for a
-one-pass, fixed-order read of a split (embedding), eagerly, without building
-a `tf.data` graph.
+one-pass, fixed-order read of a split (embedding), window by window from
+traced functions, without building a `tf.data` pipeline per call.
 
 Order, shuffling, distribution
 ------------------------------
@@ -339,12 +339,13 @@ def inference_batches(
     Yields the element contract with keys (`make_dataset(..., training=False,
     with_keys=True)`): every record of the split exactly once, padded as
     `batching: sorted_window` pads (windows of `sort_window` records sorted by
-    length, cut into batches, padded to the length grid), with the same
+    length, cut into batches, padded like training batches), with the same
     normalization, checks and errors. It reads the shards one after another
-    in file order and parses a window with one `tf.io.parse_example`, eagerly:
-    no `tf.data` graph to build or iterator to start, which on a split of a
-    few thousand records costs more than reading it. Windows are parsed as
-    they are needed, so memory holds one window of records.
+    in file order (each with a small reader from one traced function) and
+    parses, cuts and pads with traced functions called per window and per
+    batch: no `tf.data` pipeline to build and instantiate per call, which on
+    a split of a few thousand records costs more than reading it. Windows
+    are parsed as they are needed, so memory holds one window of records.
 
     `batching: buckets`, `pad_to_max` and `skip_corrupt` are served by
     `make_dataset` (same records, its batching).
