@@ -94,7 +94,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import transforms
-from seqpipe import buckets, processes, records, sources
+from seqpipe import buckets, paths, processes, records, sources
 from seqpipe import config as config_lib
 from seqpipe.errors import SeqpipeError
 
@@ -128,9 +128,12 @@ def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.Preproces
 
     Raises:
         OutputExistsError: `output_dir` exists and is not empty.
+        seqpipe.paths.PathError: `output_dir` overlaps an input, or the input
+            patterns would read it on a re-run.
         FileNotFoundError: an input pattern matches no file.
         ValueError: an input format this job cannot read yet.
     """
+    paths.check_output_outside_inputs(inputs, output_dir)
     output = _check_output_dir(output_dir)
     files = expand_inputs(inputs)
     files_by_format = group_by_format(files, cfg.input_format)

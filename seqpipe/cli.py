@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fnmatch
 import glob
 import json
 import sys
@@ -39,6 +38,7 @@ from seqpipe.model_dir import (
     TRAINING_ARTEFACTS,
     training_metadata,
 )
+from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,11 +77,6 @@ def _is_expected(error: Exception) -> bool:
     return isinstance(error, SeqpipeError)
 
 
-class PathError(SeqpipeError, ValueError):
-    """A path argument the command refuses (it would overwrite an input, or is not
-    what the command needs)."""
-
-
 def preflight(args: argparse.Namespace) -> None:
     """Cheap checks of the paths a command reads and writes, before any heavy import.
 
@@ -96,7 +91,7 @@ def preflight(args: argparse.Namespace) -> None:
 
     command = args.command
     if command == "preprocess":
-        _check_preprocess_output(args.input, args.output)
+        check_output_outside_inputs(args.input, args.output)
         return
     data_metadata = None
     if getattr(args, "data", None):
@@ -117,11 +112,6 @@ def preflight(args: argparse.Namespace) -> None:
                                  "report --output", only=TRAINING_ARTEFACTS)
 
 
-def _same_or_inside(path: Path, directory: Path) -> bool:
-    path, directory = path.resolve(), directory.resolve()
-    return path == directory or directory in path.parents
-
-
 def _check_output_not_inside(output: Path, directory: str | None, flag: str, what: str,
                              only: Sequence[str] = ()) -> None:
     """Refuses an output equal to or inside `directory` (or only its `only` entries)."""
@@ -129,7 +119,7 @@ def _check_output_not_inside(output: Path, directory: str | None, flag: str, wha
         return
     targets = [Path(directory) / name for name in only] if only else [Path(directory)]
     for target in targets:
-        if _same_or_inside(output, target):
+        if same_or_inside(output, target):
             raise PathError(f"{what} {str(output)!r} is inside {flag} {directory!r}, which "
                             "it must not overwrite; choose another path")
 
@@ -149,41 +139,9 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
             continue
         for path in glob.glob(pattern) or [pattern]:
             for target in written:
-                if Path(path).exists() and _same_or_inside(target, Path(path)):
+                if Path(path).exists() and same_or_inside(target, Path(path)):
                     raise PathError(f"{command} would write {str(target)!r}, which is the "
                                     f"input {path!r}; choose another --output")
-
-
-def _check_preprocess_output(inputs: Sequence[str], output: str) -> None:
-    """Refuses an output that is an input, holds one, or that the input patterns
-    would read on a re-run (the dataset taken for raw input)."""
-    out = Path(output).absolute()
-    for pattern in inputs:
-        if "://" in pattern:
-            continue
-        for path in glob.glob(pattern):
-            if _same_or_inside(Path(path), out) or _same_or_inside(out, Path(path)):
-                raise PathError(f"preprocess --output {output!r} overlaps the input "
-                                f"{path!r}; choose an output outside the inputs")
-        if _pattern_reaches(Path(pattern).absolute(), out):
-            raise PathError(f"preprocess --output {output!r} lies where the input "
-                            f"{pattern!r} reads; choose an output outside the inputs")
-
-
-def _pattern_reaches(pattern: Path, directory: Path) -> bool:
-    """Whether `pattern` (a path or glob) can match `directory` or a path inside it.
-
-    A non-recursive glob matches paths of its own depth only: it reaches a
-    directory when its leading components match the directory's. A literal
-    directory, or a `**` glob, reaches everything below it.
-    """
-    parts = pattern.parts
-    if "**" in parts:
-        return _same_or_inside(directory, Path(*parts[:parts.index("**")]))
-    if not glob.has_magic(str(pattern)):
-        return pattern.is_dir() and _same_or_inside(directory, pattern)
-    depth = len(directory.parts)
-    return depth <= len(parts) and fnmatch.fnmatchcase(str(directory), str(Path(*parts[:depth])))
 
 
 def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,

@@ -145,13 +145,15 @@ def test_read_jsonl_in_byte_ranges_reads_every_line_once_at_its_offset(tmp_path)
 
 def test_readers_survive_bom_long_fields_and_truncated_gzip(tmp_path):
     good = b'{"id": "a", "steps": [[1, 2], [3, 4]]}\n'
-    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good)
-    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfid,t,x,y\nc,0,1,1\nc,1,2,2\n"
-                                       b"big,0,1," + b"9" * 200_000 + b"\n")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good)
+    (raw / "bom.csv").write_bytes(b"\xef\xbb\xbfid,t,x,y\nc,0,1,1\nc,1,2,2\n"
+                                  b"big,0,1," + b"9" * 200_000 + b"\n")
     whole = gzip.compress(b"".join(b'{"id": "z%d", "steps": [[%d, 1]]}\n' % (i, i)
                                    for i in range(2000)))
-    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
-    metadata = job.preprocess([str(tmp_path / "*")], str(tmp_path / "out"),
+    (raw / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    metadata = job.preprocess([str(raw / "*")], str(tmp_path / "out"),
                               PreprocessConfig(train_fraction=1.0, val_fraction=0.0))
     counts = metadata["counts"]
     by_input = {os.path.basename(k): v for k, v in counts["by_input"].items()}
@@ -672,3 +674,16 @@ def test_staging_directories_of_killed_runs_are_removed(tmp_path):
     assert job.remove_stale_staging(output) == [leftovers["killed"]]
     assert not leftovers["killed"].exists()
     assert all(path.is_dir() for name, path in leftovers.items() if name != "killed")
+
+
+def test_the_job_itself_refuses_an_output_among_its_inputs(tmp_path):
+    from seqpipe.paths import PathError
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"id": "a", "steps": [[1.0]]}\n')
+    before = sorted(p.name for p in raw.iterdir())
+    for output in (raw / "a.jsonl", raw, raw / "sub" / "data"):
+        with pytest.raises(PathError, match="choose an output outside the inputs"):
+            job.preprocess([str(raw)], str(output), PreprocessConfig())
+    assert sorted(p.name for p in raw.iterdir()) == before

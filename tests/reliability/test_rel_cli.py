@@ -195,13 +195,13 @@ def test_preprocess_output_inside_input_dir_is_refused(tmp_path):
 
 def test_preprocess_output_beside_the_matched_files_is_allowed(tmp_path):
     """`--input 'raw/*.jsonl' --output raw/data`: a re-run cannot read the dataset."""
-    from seqpipe import cli
+    from seqpipe import paths
 
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "a.jsonl").write_text('{"id": "a", "steps": [[1.0]]}\n')
-    cli._check_preprocess_output([str(raw / "*.jsonl")], str(raw / "data"))
-    cli._check_preprocess_output(["*.jsonl"], "data")
+    paths.check_output_outside_inputs([str(raw / "*.jsonl")], str(raw / "data"))
+    paths.check_output_outside_inputs(["*.jsonl"], "data")
 
 
 def test_embed_and_evaluate_outputs_never_overwrite_inputs(paths, tmp_path):
