@@ -47,9 +47,7 @@ def throughput(root: Path, cfg: DataConfig, epochs: int) -> list[dict]:
     """Sequences/s and timesteps/s of `epochs` full passes of the train split."""
     rows = []
     for epoch in range(epochs):
-        ds = data.make_dataset(root, "train", DataConfig(**{**cfg.__dict__,
-                                                            "seed": cfg.seed + epoch}),
-                               training=True)
+        ds = data.make_dataset(root, "train", cfg, training=True, seed=cfg.seed + epoch)
         started = time.perf_counter()
         sequences = timesteps = 0
         for _, _, weights in ds:

@@ -263,8 +263,11 @@ class _Trainer:
         self._streams: dict[str, _EpochStream] = {}
         # Opened inputs by (split, epoch, skip): `_open_input` futures.
         self._inputs: dict[tuple[str, int, int], concurrent.futures.Future] = {}
+        # Per-epoch inputs (several replicas) are opened ahead in a thread, except
+        # under MultiWorkerMirroredStrategy, whose iterators run collectives.
         self._input_thread = (
-            None if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            None if self._single_replica()
+            or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seqpipe-input"))
 
     def _writable(self, relative: str) -> str:
@@ -358,13 +361,8 @@ class _Trainer:
         progress = self._progress(split, epoch)
         started = time.monotonic()
         self._trace_for_any_shape(step_fn)
-        if batches is None and self._streams_epochs():
-            batches = self._stream(split, epoch, skip, training).epoch()
-        elif batches is None:
+        if batches is None:
             batches = self._batches(split, epoch, skip, training)
-            next_split = self._next_split(split, epoch)
-            if next_split is not None:
-                self._open_input(*next_split)
         for batch in batches:
             sse, count = step_fn(batch)
             total_sse += float(sse)
@@ -408,9 +406,7 @@ class _Trainer:
         epochs later. Distributed batches (several replicas) keep the lazy
         tracing.
         """
-        if (self.strategy.num_replicas_in_sync != 1
-                or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                or step_fn.experimental_get_tracing_count()):
+        if not self._single_replica() or step_fn.experimental_get_tracing_count():
             return
         for batch_size in (self.cfg.data.batch_size, None):  # the specific trace first
             steps = tf.TensorSpec([batch_size, None, self.metadata["num_features"]],
@@ -450,9 +446,19 @@ class _Trainer:
         return self._inputs[key]
 
     def _batches(self, split: str, epoch: int, skip: int, training: bool) -> Iterator[Any]:
-        """The batches of `(split, epoch)` from `skip`, using an input opened ahead if any."""
+        """The batches of `(split, epoch)` from `skip`.
+
+        One replica: from the split's `_EpochStream`. Several: from an input
+        opened ahead if any, and the input of the split `run()` iterates next
+        is opened ahead now.
+        """
+        if self._single_replica():
+            return self._stream(split, epoch, skip, training).epoch()
         future = self._open_input(split, epoch, skip, training)
         self._inputs = {}  # inputs opened for another split or epoch will not be used
+        next_split = self._next_split(split, epoch)
+        if next_split is not None:
+            self._open_input(*next_split)
         return _chain_first(future)
 
     def _distributed_dataset(self, split: str, epoch: int, skip: int, training: bool):
@@ -465,13 +471,14 @@ class _Trainer:
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-    def _streams_epochs(self) -> bool:
-        """Whether splits are read as `_EpochStream`s (one replica) or per epoch.
+    def _single_replica(self) -> bool:
+        """One replica in one process: batches are plain tensors.
 
-        With several replicas an epoch's last global batch is split unevenly
-        (and across workers, epochs end at different steps): `tf.distribute`
-        handles that for an iterator that ends with the epoch, so those get
-        one per epoch, opened ahead in a thread.
+        Then splits are read as `_EpochStream`s and the step is traced ahead
+        for every shape. With several replicas an epoch's last global batch
+        is split unevenly (and across workers, epochs end at different
+        steps): `tf.distribute` handles that for an iterator that ends with
+        the epoch, so those get one per epoch, opened ahead in a thread.
         """
         return self.strategy.num_replicas_in_sync == 1 and not isinstance(
             self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
