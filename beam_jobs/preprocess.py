@@ -7,14 +7,14 @@
 App flags are parsed here; every other flag is a Beam pipeline option. Inputs
 are JSON lines (`{"id", "steps", "label"?, "split"?}`) or long-format CSV or
 Parquet (one row per timestep: id, time and feature columns, optional label and
-split; see `seqpipe.sources`), told apart by suffix (`.jsonl`, `.csv`,
+split; see `seqpipe.dataset.sources`), told apart by suffix (`.jsonl`, `.csv`,
 `.parquet`); globs, several inputs and `.gz` (not for Parquet) welcome.
 The job reads every record, validates it (rejects go to `rejects/` with a
 reason; nothing is dropped silently), assigns splits (the record's own, else a
 stable hash of its id), writes TFRecord shards per split and computes the
 statistics the trainer needs. The output directory:
 
-    seqpipe-{split}.tfrecord-SSSSS-of-NNNNN   records (`seqpipe.records` contract)
+    seqpipe-{split}.tfrecord-SSSSS-of-NNNNN   records (`seqpipe.dataset.records` contract)
     rejects/rejects-*.jsonl                   {reason, message, source, line, offset,
                                                record, record_truncated}
     dataset_info.json, features.json          TFDS metadata (uncompressed shards only)
@@ -94,9 +94,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import transforms
-from seqpipe import buckets, paths, processes, records, sources
 from seqpipe import config as config_lib
+from seqpipe import paths, processes
+from seqpipe.dataset import records, sources
 from seqpipe.errors import SeqpipeError
+from seqpipe.input_pipeline import buckets
 
 WORK_DIR = "_work"
 PARTS_DIR = "parts"
@@ -334,7 +336,7 @@ def assemble_counts(rows: Sequence[Sequence[Any]], files: Sequence[str]) -> dict
 def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str, Any]],
                    cfg: config_lib.PreprocessConfig, inputs: Sequence[str],
                    files: Sequence[str], names: Sequence[str]) -> dict[str, Any]:
-    """The content of `metadata.json` (see `seqpipe.records.read_metadata`)."""
+    """The content of `metadata.json` (see `seqpipe.dataset.records.read_metadata`)."""
     counts = assemble_counts(summary["counts"], files)
     sizes = {split: size for split, size in summary["split_sizes"]}
     splits = {}

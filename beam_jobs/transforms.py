@@ -10,7 +10,7 @@
     rejections of every stage ──write_rejects──▶ rejects/*.jsonl
     read / kept / rejected ──count_records──▶ counts;  parts ──compute_stats──▶ stats
 
-Per-record logic lives in `seqpipe.sources` (pure, tested without Beam); this
+Per-record logic lives in `seqpipe.dataset.sources` (pure, tested without Beam); this
 module wires it into Beam, counts every rejection with a Beam counter
 (`seqpipe/rejected_<reason>`) and aggregates statistics with CombineFns whose
 merges are exact or numerically stable (Chan et al.'s parallel variance).
@@ -55,8 +55,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from seqpipe import records, sources
-from seqpipe.sources import Rejection, Sequence
+from seqpipe.dataset import records, sources
+from seqpipe.dataset.sources import Rejection, Sequence
 
 METRICS_NAMESPACE = "seqpipe"
 REJECTS = "rejects"

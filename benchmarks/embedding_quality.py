@@ -4,7 +4,7 @@ Generates the synthetic default data (`seqpipe synth` defaults unless
 `--set synth.*` says otherwise: 1,326 sequences of 7..356 steps, 4 classes
 that differ only in event order), preprocesses it once with the real Beam job,
 then for every option trains the autoencoder (the base config plus the
-option's overrides), and runs `seqpipe.evaluate.evaluate_model` on it. Prints
+option's overrides), and runs `seqpipe.commands.evaluate.evaluate_model` on it. Prints
 and writes a table: option -> SVM test accuracy and macro-F1 on the embeddings,
 on the embeddings + pooled statistics (hybrid), the pooled-statistics baseline,
 the 1-NN DTW baseline, epochs and training time.
@@ -73,8 +73,8 @@ def prepare_data(workdir: Path, cfg: Config) -> Path:
 def run_option(name: str, overrides: tuple[str, ...], data_dir: Path, workdir: Path,
                base: str, base_overrides: list[str]) -> dict[str, Any]:
     """Trains (unless already trained) and evaluates one option; its table row."""
-    from seqpipe import evaluate
-    from seqpipe.train import SUMMARY_FILE, train
+    from seqpipe.commands import evaluate
+    from seqpipe.training.trainer import SUMMARY_FILE, train
 
     cfg = load_config(base, [*base_overrides, *overrides])
     model_dir = workdir / "models" / name

@@ -4,11 +4,11 @@ Writes seed-shaped synthetic data (1,326 sequences, 8 features, lengths 7..356,
 uniform or long-tailed) as gzip TFRecord shards, then with the default
 `DataConfig` (sorted windows):
 
-1. input throughput: iterates `seqpipe.data.make_dataset` (training order,
+1. input throughput: iterates `seqpipe.input_pipeline.data.make_dataset` (training order,
    shuffled) for a few epochs, one dataset each, then the trainer's epoch
    stream (every epoch from one iterator, as training reads them), and prints
    sequences/s and timesteps/s;
-2. training epoch ratio: seqpipe's trainer itself (`seqpipe.train._Trainer.
+2. training epoch ratio: seqpipe's trainer itself (`seqpipe.training.trainer._Trainer.
    train_epoch`: the real step, loop, backups and epoch stream, as `run()`
    uses them), alternating blocks of 3 consecutive epochs fed by the
    pipeline with the same 3 epochs fed by their batches cached in memory
@@ -39,8 +39,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from padding_efficiency import sample_lengths, write_dataset  # noqa: E402
 
-from seqpipe import data, records, train  # noqa: E402
 from seqpipe.config import DataConfig, load_config  # noqa: E402
+from seqpipe.dataset import records  # noqa: E402
+from seqpipe.input_pipeline import data  # noqa: E402
+from seqpipe.training import trainer as train  # noqa: E402
 
 
 def throughput(root: Path, cfg: DataConfig, epochs: int) -> list[dict]:

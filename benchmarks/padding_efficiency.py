@@ -3,7 +3,7 @@
 Writes seed-shaped synthetic data (1,326 sequences, 8 features, lengths 7..356;
 once uniform, once long-tailed log-normal) as real TFRecord shards plus a
 metadata.json whose bucket boundaries are length quantiles (as the Beam job
-suggests them) and whose histogram is exact, runs `seqpipe.data.make_dataset`
+suggests them) and whose histogram is exact, runs `seqpipe.input_pipeline.data.make_dataset`
 over the train split in several batching modes, and prints, per mode, the
 padding efficiency (real / padded timesteps), the number of batches, the
 number of distinct batch shapes (what XLA or `tf.function` retrace on) and
@@ -29,8 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from seqpipe import buckets, data, records  # noqa: E402
 from seqpipe.config import DataConfig  # noqa: E402
+from seqpipe.dataset import records  # noqa: E402
+from seqpipe.input_pipeline import (
+    buckets,  # noqa: E402
+    data,  # noqa: E402
+)
 
 NUM_SEQUENCES = 1326
 NUM_FEATURES = 8

@@ -70,7 +70,7 @@ def write_inputs(directory: Path, num_sequences: int, num_files: int) -> list[st
 
 def run_loop(inputs: list[str], output_dir: str, use_tf: bool = True) -> int:
     """The single-process baseline; returns the number of records written."""
-    from seqpipe import records, sources
+    from seqpipe.dataset import records, sources
 
     os.makedirs(output_dir)
     paths = {split: os.path.join(output_dir, f"{split}.tfrecord") for split in records.SPLITS}

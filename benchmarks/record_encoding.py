@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from seqpipe import records, synthetic  # noqa: E402
+from seqpipe import synthetic  # noqa: E402
 from seqpipe.config import SynthConfig  # noqa: E402
+from seqpipe.dataset import records  # noqa: E402
 
 NUM_FEATURES = 8
 

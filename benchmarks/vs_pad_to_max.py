@@ -13,9 +13,9 @@ drifting load from other processes hits every variant alike):
   not counted against it);
 * `seqpipe`: `ModelConfig(units=100, embedding_dim=0, decoder_units=8,
   bidirectional=False, activation="relu")` (seqpipe's relu is relu6: the same
-  op count as relu, and it does not overflow), fed by `seqpipe.data.make_dataset`
+  op count as relu, and it does not overflow), fed by `seqpipe.input_pipeline.data.make_dataset`
   from the TFRecord shards with the default `DataConfig` (sorted windows), trained
-  by `seqpipe.train._Trainer.train_epoch`: the real step, loop and backups;
+  by `seqpipe.training.trainer._Trainer.train_epoch`: the real step, loop and backups;
 * `seqpipe_xla`: the same with `train.jit_compile=true`, on a grid of 16
   lengths per doubling without the efficiency floor (bounded batch shapes,
   as the trainer advises for XLA; only with `--xla`).
@@ -23,7 +23,7 @@ drifting load from other processes hits every variant alike):
 Per epoch: seconds, real timesteps per second, and the speed-up over `naive`
 (naive seconds / seqpipe seconds of the same repeat). Then embedding the whole
 split: the naive encoder sub-model's `predict` on the padded arrays (batch 32)
-vs seqpipe's exported encoder (SavedModel) through `seqpipe.embed.compute_embeddings`.
+vs seqpipe's exported encoder (SavedModel) through `seqpipe.commands.embed.compute_embeddings`.
 Also: padding efficiency of each, the padding-invariance error of each
 embedding (max |e_alone - e_batched| / max |e| over 32 sequences embedded
 alone, unpadded, vs in one batch padded to 356 beside the longest sequence),
@@ -31,7 +31,7 @@ and how much a genuine all-zero timestep (inserted in the middle of 32
 sequences, in the space each model reads) moves the embedding (max |e_with -
 e_without| / max |e|): 0 means the model cannot see such a step.
 
-`--memory` instead trains seqpipe (`seqpipe.train.train`, 1 epoch) on N and 4N
+`--memory` instead trains seqpipe (`seqpipe.training.trainer.train`, 1 epoch) on N and 4N
 sequences, each in a fresh subprocess, and reports the peak RSS (`VmHWM`),
 with the default shuffle buffer and with a small one.
 
@@ -63,8 +63,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from padding_efficiency import MAX_LENGTH, NUM_FEATURES, sample_lengths, write_dataset  # noqa: E402
 
-from seqpipe import data, embed, models, records, train  # noqa: E402
+from seqpipe.commands import embed  # noqa: E402
 from seqpipe.config import dump_config, load_config  # noqa: E402
+from seqpipe.dataset import records  # noqa: E402
+from seqpipe.input_pipeline import data  # noqa: E402
+from seqpipe.model import autoencoder as models  # noqa: E402
+from seqpipe.training import trainer as train  # noqa: E402
 
 BATCH_SIZE = 32
 UNITS, DECODER_UNITS = 100, 8

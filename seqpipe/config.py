@@ -139,7 +139,7 @@ class PreprocessConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The tf.data input pipeline (`seqpipe.data`).
+    """The tf.data input pipeline (`seqpipe.input_pipeline.data`).
 
     Attributes:
         batching: `sorted_window` (default): sort windows of `sort_window`
@@ -161,7 +161,7 @@ class DataConfig:
             grows with sort_window / batch_size (about 64 is enough).
         length_grid: `sorted_window` only: 0 (default): each batch is padded
             to its longest sequence; N > 0: to the first value >= it of a grid
-            of N lengths per doubling of T (`seqpipe.buckets.length_grid`), so
+            of N lengths per doubling of T (`seqpipe.input_pipeline.buckets.length_grid`), so
             padding adds < 1/N and T takes at most ~N * log2(max length)
             values: what `train.jit_compile` needs (XLA compiles every shape).
         min_batch_efficiency: `sorted_window` only: a batch ends before a
@@ -173,7 +173,7 @@ class DataConfig:
             `num_buckets` derived ones, else the metadata's suggestion.
         num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
             derive this many boundaries minimizing padding from the
-            metadata's length histogram (`seqpipe.buckets.optimal_boundaries`).
+            metadata's length histogram (`seqpipe.input_pipeline.buckets.optimal_boundaries`).
         pad_to_bucket_boundary: `buckets` only: pad every batch to its
             bucket's upper boundary, bounding the number of distinct shapes.
         pad_to_max: no bucketing: pad every batch to the longest sequence
@@ -220,7 +220,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The LSTM/GRU autoencoder (`seqpipe.models`).
+    """The LSTM/GRU autoencoder (`seqpipe.model.autoencoder`).
 
     Attributes:
         cell: `lstm` or `gru`.
@@ -276,7 +276,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The training loop (`seqpipe.train`).
+    """The training loop (`seqpipe.training.trainer`).
 
     Attributes:
         epochs: passes over the train split.
@@ -339,7 +339,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """SVM evaluation of embeddings and baselines (`seqpipe.evaluate`).
+    """SVM evaluation of embeddings and baselines (`seqpipe.commands.evaluate`).
 
     Attributes:
         kernels: SVM kernels to try, chosen by cross-validation.

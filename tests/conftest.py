@@ -36,7 +36,7 @@ def tiny_dataset(tmp_path_factory, tiny_config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_dataset, tiny_config) -> Path:
     """A model trained on `tiny_dataset` (2 epochs), shared by the tests that only read it."""
-    from seqpipe.train import train
+    from seqpipe.training.trainer import train
 
     model_dir = tmp_path_factory.mktemp("tiny-model") / "model"
     train(tiny_dataset, model_dir, tiny_config, verbose=False)

@@ -1,4 +1,4 @@
-"""Tests of seqpipe.buckets: boundaries from length histograms, padding grids."""
+"""Tests of seqpipe.input_pipeline.buckets: boundaries from length histograms, padding grids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from seqpipe import buckets
+from seqpipe.input_pipeline import buckets
 
 # Bins [1, 3) [3, 5) [5, 9) [9, 11): last lengths 2, 4, 8, 10; [3, 5) is empty.
 HISTOGRAM = {"edges": [1, 3, 5, 9, 11], "counts": [2, 0, 5, 1]}

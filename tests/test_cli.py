@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from seqpipe import cli
+from seqpipe.commands import cli
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqpipe.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "seqpipe", *args], capture_output=True,
                           text=True, timeout=300, cwd=cwd)
 
 

@@ -1,4 +1,4 @@
-"""Tests of seqpipe.data on tiny literal datasets written as real TFRecord shards."""
+"""Tests of seqpipe.input_pipeline.data on tiny literal datasets written as real TFRecord shards."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seqpipe import data, records
 from seqpipe.config import DataConfig
+from seqpipe.dataset import records
+from seqpipe.input_pipeline import data
 
 # Lengths 1, 2, 3, 5, 8 and F=2; "d" has a genuine all-zero step in its middle.
 SEQS = {
@@ -250,7 +251,7 @@ def test_input_context_shards_cover_every_record_once(tmp_path, num_shards, capl
     root = write_dataset(tmp_path, num_shards=num_shards)
     cfg = DataConfig(batch_size=4, normalize=False, shuffle_buffer=4)
     seen = []
-    with caplog.at_level(logging.WARNING, logger="seqpipe.data"):
+    with caplog.at_level(logging.WARNING, logger="seqpipe.input_pipeline.data"):
         for pipeline in range(2):
             context = tf.distribute.InputContext(num_input_pipelines=2,
                                                  input_pipeline_id=pipeline,

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from seqpipe import records
+from seqpipe.dataset import records
 
 TINY_OVERRIDES = ("synth.num_sequences=160", "synth.max_length=60", "model.units=16",
                   "model.embedding_dim=8", "train.epochs=2")
@@ -26,9 +26,10 @@ MIRRORED_STEP = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from seqpipe import data, records
+    from seqpipe.input_pipeline import data
+    from seqpipe.dataset import records
     from seqpipe.config import load_config
-    from seqpipe.train import _Trainer
+    from seqpipe.training.trainer import _Trainer
 
     data_dir, work = sys.argv[1], sys.argv[2]
     cfg = load_config("tiny", sys.argv[3:])
@@ -87,7 +88,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _train_command(data_dir, model_dir, *extra) -> list[str]:
-    return [sys.executable, "-m", "seqpipe.cli", "train", "--data", str(data_dir),
+    return [sys.executable, "-m", "seqpipe", "train", "--data", str(data_dir),
             "--model-dir", str(model_dir), "--config", "tiny", "--quiet", "--json",
             *[f"--set={o}" for o in (*TINY_OVERRIDES, *extra)]]
 

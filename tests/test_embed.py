@@ -1,4 +1,4 @@
-"""Tests of seqpipe.embed: determinism, batching independence, raw input, Parquet."""
+"""Tests of seqpipe.commands.embed: determinism, batching independence, raw input, Parquet."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqpipe import embed, sources
-from seqpipe.train import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
+from seqpipe.commands import embed
+from seqpipe.dataset import sources
+from seqpipe.training.trainer import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
 
 
 @pytest.fixture(scope="module")

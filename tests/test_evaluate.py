@@ -1,4 +1,4 @@
-"""Tests of seqpipe.evaluate: pooled statistics, the SVM protocol, the table."""
+"""Tests of seqpipe.commands.evaluate: pooled statistics, the SVM protocol, the table."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from seqpipe import evaluate
-from seqpipe.config import EvalConfig
-from seqpipe.evaluate import (
+from seqpipe.commands import evaluate
+from seqpipe.commands.evaluate import (
     EvaluationError,
     chance_accuracy,
     dtw_distances,
@@ -19,6 +18,7 @@ from seqpipe.evaluate import (
     format_table,
     pooled_statistics,
 )
+from seqpipe.config import EvalConfig
 
 CFG = EvalConfig(kernels=("rbf", "linear"), c_grid=(1.0, 10.0), cv_folds=3)
 
@@ -249,7 +249,7 @@ def test_shuffled_test_labels_change_nothing_before_scoring():
 
 
 def test_evaluate_model_refuses_unlabeled_data_before_embedding(monkeypatch, tmp_path):
-    from seqpipe import records
+    from seqpipe.dataset import records
 
     metadata = {"splits": {"train": {"num_records": 2}, "test": {"num_records": 1}}}
     monkeypatch.setattr(records, "read_metadata", lambda data_dir: metadata)

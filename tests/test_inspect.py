@@ -1,13 +1,13 @@
-"""seqpipe.inspect on a real tiny dataset written by the Beam job."""
+"""seqpipe.commands.inspect on a real tiny dataset written by the Beam job."""
 
 import json
 
 import pytest
 
 from beam_jobs.preprocess import preprocess
-from seqpipe import records
+from seqpipe.commands.inspect import format_inspection, inspect_dataset
 from seqpipe.config import DataConfig, PreprocessConfig
-from seqpipe.inspect import format_inspection, inspect_dataset
+from seqpipe.dataset import records
 
 LENGTHS = (1, 2, 2, 3, 4)
 

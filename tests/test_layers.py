@@ -1,10 +1,10 @@
-"""Unit tests of seqpipe.layers: literal inputs, exact numbers, masks, save/reload."""
+"""Unit tests of seqpipe.model.layers: literal inputs, exact numbers, masks, save/reload."""
 
 import keras
 import numpy as np
 import pytest
 
-from seqpipe.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
+from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
 
 # One sequence, 3 steps, 2 features, the last step padded (the seed Q&A's example),
 # padded with garbage on purpose.

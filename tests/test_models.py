@@ -1,4 +1,4 @@
-"""Tests of seqpipe.models: the exact masked loss, mask flow, padding invariance, saving."""
+"""Tests of seqpipe.model.autoencoder: exact masked loss, mask flow, padding, saving."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from seqpipe.config import ModelConfig
-from seqpipe.models import (
+from seqpipe.model.autoencoder import (
     MaskedMeanSquaredError,
     build_autoencoder,
     compile_autoencoder,

@@ -15,9 +15,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import preprocess as job
 from beam_jobs import transforms
-from seqpipe import records, sources
 from seqpipe.config import PreprocessConfig
-from seqpipe.sources import Rejection, Sequence
+from seqpipe.dataset import records, sources
+from seqpipe.dataset.sources import Rejection, Sequence
 
 CFG = PreprocessConfig(min_length=2, max_length=6, num_buckets=3, train_fraction=0.6,
                        val_fraction=0.2)

@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
-from seqpipe import embed, records
+from seqpipe.commands import embed
+from seqpipe.dataset import records
 
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     workdir = tmp_path / "qs"
-    result = subprocess.run([sys.executable, "-m", "seqpipe.cli", "quickstart",
+    result = subprocess.run([sys.executable, "-m", "seqpipe", "quickstart",
                              "--workdir", str(workdir)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -49,7 +50,7 @@ def test_quickstart_end_to_end(tmp_path):
 
 def test_quickstart_refuses_an_earlier_run(tmp_path):
     (tmp_path / "data").mkdir()
-    result = subprocess.run([sys.executable, "-m", "seqpipe.cli", "quickstart",
+    result = subprocess.run([sys.executable, "-m", "seqpipe", "quickstart",
                              "--workdir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

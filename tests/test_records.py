@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from seqpipe import records
+from seqpipe.dataset import records
 
 
 def test_round_trip_is_exact():

@@ -1,4 +1,4 @@
-"""Tests of seqpipe.report: every figure is written as a sane PNG, and the summary."""
+"""Tests of seqpipe.commands.report: every figure is written as a sane PNG, and the summary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from seqpipe import embed, evaluate, report
+from seqpipe.commands import embed, evaluate, report
 from seqpipe.config import EvalConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

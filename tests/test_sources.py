@@ -1,12 +1,12 @@
-"""Per-record parsing and validation (seqpipe.sources): pure, no Beam."""
+"""Per-record parsing and validation (seqpipe.dataset.sources): pure, no Beam."""
 
 import json
 
 import numpy as np
 import pytest
 
-from seqpipe import sources
-from seqpipe.sources import Rejection, Sequence
+from seqpipe.dataset import sources
+from seqpipe.dataset.sources import Rejection, Sequence
 
 
 @pytest.mark.parametrize("line, reason", [

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from seqpipe.commands.evaluate import evaluate_svm, pooled_statistics
 from seqpipe.config import EvalConfig, SynthConfig
-from seqpipe.evaluate import evaluate_svm, pooled_statistics
 from seqpipe.synthetic import generate, write_jsonl
 
 SMALL = SynthConfig(num_sequences=40, max_length=60)

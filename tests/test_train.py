@@ -15,8 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from seqpipe import data, records, train
 from seqpipe.config import TrainConfig
+from seqpipe.dataset import records
+from seqpipe.input_pipeline import data
+from seqpipe.training import trainer as train
 
 
 def replace_section(cfg, section, **changes):
@@ -157,7 +159,7 @@ def test_missing_data_dir_is_refused(tmp_path, tiny_config):
 def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
     """SIGKILL after the first mid-epoch backup; the same command resumes and finishes."""
     model_dir = tmp_path / "model"
-    command = [sys.executable, "-m", "seqpipe.cli", "train", "--data", str(tiny_dataset),
+    command = [sys.executable, "-m", "seqpipe", "train", "--data", str(tiny_dataset),
                "--model-dir", str(model_dir), "--config", "tiny", "--quiet",
                *[f"--set={o}" for o in ("synth.num_sequences=160", "model.units=16",
                                         "model.embedding_dim=8", "train.epochs=2",

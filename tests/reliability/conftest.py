@@ -47,7 +47,7 @@ def other_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory, small_dataset) -> Path:
     """A model trained in-process on `small_dataset` (1 epoch)."""
-    from seqpipe.train import train
+    from seqpipe.training.trainer import train
 
     model_dir = tmp_path_factory.mktemp("small-model") / "model"
     train(small_dataset, model_dir, load_config("tiny", SMALL), verbose=False)

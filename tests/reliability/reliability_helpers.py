@@ -28,7 +28,7 @@ F = 3  # the corpus' dominant feature count
 
 
 def cli_env() -> dict[str, str]:
-    """The environment of a `python -m seqpipe.cli` subprocess on the source tree."""
+    """The environment of a `python -m seqpipe.commands.cli` subprocess on the source tree."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
@@ -39,14 +39,14 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 300
             ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqpipe.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "seqpipe", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env=cli_env())
 
 
 def start_cli(*args: str, log: Path, cwd: str | Path | None = None) -> subprocess.Popen:
     handle = open(log, "ab")  # noqa: SIM115 - closed by the caller through the process
-    return subprocess.Popen([sys.executable, "-m", "seqpipe.cli", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "seqpipe", *map(str, args)],
                             stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=cli_env())
 
 
@@ -369,7 +369,7 @@ def read_written(data_dir: Path, metadata: dict[str, Any]) -> dict[str, dict[str
     """Every written record, by id, decoded with `records.decode_sequence`."""
     import tensorflow as tf
 
-    from seqpipe import records
+    from seqpipe.dataset import records
 
     out: dict[str, dict[str, Any]] = {}
     for split, info in metadata["splits"].items():
@@ -396,7 +396,8 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
     import tensorflow as tf
 
     from beam_jobs import transforms
-    from seqpipe import buckets, records
+    from seqpipe.dataset import records
+    from seqpipe.input_pipeline import buckets
 
     data_dir.mkdir(parents=True, exist_ok=True)
     shards = [[] for _ in range(num_shards)]

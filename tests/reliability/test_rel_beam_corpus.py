@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from reliability_helpers import F, make_hostile_corpus, read_rejects, read_written
 
-from seqpipe import records, sources
 from seqpipe.config import load_config
+from seqpipe.dataset import records, sources
 
 MAX_LENGTH = 50
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import run_cli, start_cli
 
-from seqpipe import records
+from seqpipe.dataset import records
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "0"))
 
@@ -120,8 +120,8 @@ def test_training_killed_repeatedly_resumes_and_finishes(small_dataset, small_ov
 def test_kill_between_backup_and_history_keeps_history_honest(small_dataset,
                                                                small_overrides, tmp_path,
                                                                monkeypatch):
-    from seqpipe import train as train_lib
     from seqpipe.config import load_config
+    from seqpipe.training import trainer as train_lib
 
     cfg = load_config("tiny", [*small_overrides, "train.epochs=2"])
     original = train_lib._Trainer._write_epoch_logs
@@ -144,8 +144,8 @@ def test_kill_between_backup_and_history_keeps_history_honest(small_dataset,
 @pytest.mark.slow
 def test_kill_after_last_step_backup_keeps_loss_honest(small_dataset, small_overrides,
                                                        tmp_path, monkeypatch):
-    from seqpipe import train as train_lib
     from seqpipe.config import load_config
+    from seqpipe.training import trainer as train_lib
 
     cfg = load_config("tiny", [*small_overrides, "train.epochs=2",
                                "train.checkpoint_every_steps=1"])
@@ -194,7 +194,7 @@ def test_failed_parquet_write_leaves_nothing(small_dataset, small_model, tmp_pat
     import numpy as np
     import pyarrow.parquet as pq
 
-    from seqpipe import embed
+    from seqpipe.commands import embed
 
     embeddings = embed.Embeddings(ids=np.array(["a", "b"]), labels=np.array(["", ""]),
                                   lengths=np.array([1, 2], np.int32),

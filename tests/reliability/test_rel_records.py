@@ -1,6 +1,6 @@
 """Records: exact round trips for any valid sequence, and damaged shards name their file.
 
-sequence -> `records.encode_sequence` -> TFRecord shard -> `seqpipe.data.make_dataset`
+sequence -> `records.encode_sequence` -> TFRecord shard -> `make_dataset`
 -> padded batch must give back the float32 values bit for bit (also -0.0,
 subnormals and the float32 extremes), the id, the label and a mask of exactly
 1.0 on the real steps. A shard truncated anywhere or with any single bit
@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import write_dataset
 
-from seqpipe import data, records
 from seqpipe.config import DataConfig
+from seqpipe.dataset import records
+from seqpipe.input_pipeline import data
 
 SETTINGS = settings(max_examples=6, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

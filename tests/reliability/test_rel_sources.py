@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the pure per-record parsing (`seqpipe.sources`).
+"""Property-based fuzzing of the pure per-record parsing (`seqpipe.dataset.sources`).
 
 Whatever the bytes, `validate_json_line`, `parse_csv_row`, `parse_long_row`
 and `assemble_rows` return a `Sequence` (finite float32 `[length >= 1, F]`, a
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from seqpipe import records, sources
+from seqpipe.dataset import records, sources
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seqpipe.config import Config
-from seqpipe.model_dir import EVALUATION_FILE, REPORT_DIR
+from seqpipe.training.model_dir import EVALUATION_FILE, REPORT_DIR
 
 T = TypeVar("T")
 
@@ -54,21 +54,21 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
     metadata = _stage(2, steps, "Beam preprocessing (DirectRunner)", lambda: preprocess(
         [str(raw_file)], str(paths["data"]), cfg.preprocess))
 
-    from seqpipe.train import train
+    from seqpipe.training.trainer import train
     training = _stage(3, steps, f"training ({cfg.train.epochs} epochs)", lambda: train(
         paths["data"], paths["model"], cfg))
 
-    from seqpipe import embed
+    from seqpipe.commands import embed
     test_parquet = paths["embeddings"] / "test.parquet"
     _stage(4, steps, "embedding the test split", lambda: embed.write_parquet(
         embed.compute_embeddings(paths["data"], paths["model"], "test"), test_parquet))
 
-    from seqpipe import evaluate
+    from seqpipe.commands import evaluate
     evaluation = _stage(5, steps, "SVM evaluation", lambda: evaluate.evaluate_model(
         paths["data"], paths["model"], cfg.eval))
     (paths["model"] / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
 
-    from seqpipe import report
+    from seqpipe.commands import report
     _stage(6, steps, "report figures", lambda: report.make_report(
         paths["data"], paths["model"], paths["model"] / REPORT_DIR))
 

@@ -1,6 +1,6 @@
 """Pure length-bucketing arithmetic: boundaries from a length histogram, padding grids.
 
-No TensorFlow here: `seqpipe.data` batches with these numbers and the Beam job
+No TensorFlow here: `seqpipe.input_pipeline.data` batches with these numbers and the Beam job
 can suggest the same boundaries in metadata.json.
 
 A length histogram is stored in metadata.json as

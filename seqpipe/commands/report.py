@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from seqpipe import embed, records
+from seqpipe.commands import embed
 from seqpipe.config import load_config
-from seqpipe.model_dir import (
+from seqpipe.dataset import records
+from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
     CONFIG_FILE,
     EVALUATION_FILE,
@@ -142,7 +143,7 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: dict[str, An
     are padded) over their reconstructions, padding shaded."""
     import keras
 
-    from seqpipe import models  # noqa: F401  (registers the custom layers)
+    from seqpipe.model import autoencoder as models  # noqa: F401  (registers the custom layers)
 
     cfg = load_config(model_dir / CONFIG_FILE)
     trained_on = _read_json(model_dir / METADATA_COPY) or metadata
@@ -219,7 +220,7 @@ def plot_confusion(evaluation: dict[str, Any]) -> Figure:
 def format_summary(metadata: dict[str, Any], history: list[dict[str, Any]],
                    evaluation: dict[str, Any] | None, paths: dict[str, Path]) -> str:
     """`summary.md`: data, training and evaluation numbers, then the figures."""
-    from seqpipe.evaluate import format_table
+    from seqpipe.commands.evaluate import format_table
 
     counts = metadata.get("counts", {})
     per_split = ", ".join(f"{split} {info.get('num_records', 0)}"

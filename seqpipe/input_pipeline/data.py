@@ -144,9 +144,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from seqpipe import buckets as length_buckets
-from seqpipe import records
 from seqpipe.config import DataConfig
+from seqpipe.dataset import records
+from seqpipe.input_pipeline import buckets as length_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def make_dataset(
         seed: the shuffle seed, `cfg.seed` if None. May be a scalar int64
             tensor: called inside a `tf.function` with the seed as its
             argument, this builds every epoch's dataset from one trace
-            (`seqpipe.train` does that).
+            (`seqpipe.training.trainer` does that).
 
     Returns:
         A dataset following the element contract in this module's docstring.

@@ -76,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from seqpipe import records
+from seqpipe.dataset import records
 
 UNPARSEABLE = "unparseable"
 MISSING_ID = "missing_id"

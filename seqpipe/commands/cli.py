@@ -30,7 +30,8 @@ from typing import Any
 
 from seqpipe.config import Config, load_config
 from seqpipe.errors import SeqpipeError
-from seqpipe.model_dir import (
+from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
+from seqpipe.training.model_dir import (
     ENTRIES,
     EVALUATION_FILE,
     METADATA_COPY,
@@ -38,7 +39,6 @@ from seqpipe.model_dir import (
     TRAINING_ARTEFACTS,
     training_metadata,
 )
-from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +87,7 @@ def preflight(args: argparse.Namespace) -> None:
     Raises:
         records.DatasetError, PathError: see the messages.
     """
-    from seqpipe import records
+    from seqpipe.dataset import records
 
     command = args.command
     if command == "preprocess":
@@ -147,7 +147,7 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
 def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
                            data_dir: str) -> None:
     """A new, empty or earlier seqpipe model dir whose data fits; nothing else."""
-    from seqpipe import records
+    from seqpipe.dataset import records
 
     if model_dir.exists() and not model_dir.is_dir():
         raise PathError(f"--model-dir {str(model_dir)!r} is not a directory")
@@ -230,7 +230,7 @@ def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe.inspect import format_inspection, inspect_dataset
+    from seqpipe.commands.inspect import format_inspection, inspect_dataset
 
     result = inspect_dataset(args.data, cfg.data)
     if not args.json:
@@ -245,7 +245,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe.train import train
+    from seqpipe.training.trainer import train
 
     return train(args.data, args.model_dir, cfg, verbose=not args.quiet)
 
@@ -263,7 +263,7 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _embed(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe import embed
+    from seqpipe.commands import embed
 
     result: dict[str, Any] = {}
     if args.data:
@@ -291,7 +291,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace, cfg: Config,
               extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe import evaluate
+    from seqpipe.commands import evaluate
 
     output = Path(args.output or Path(args.model_dir) / EVALUATION_FILE)
     result = evaluate.evaluate_model(args.data, args.model_dir, cfg.eval)
@@ -309,7 +309,7 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe import report
+    from seqpipe.commands import report
 
     output = Path(args.output or Path(args.model_dir) / REPORT_DIR)
     paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne)
@@ -327,7 +327,7 @@ def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _quickstart(args: argparse.Namespace, cfg: Config,
                 extra: Sequence[str]) -> dict[str, Any]:
-    from seqpipe import quickstart
+    from seqpipe.commands import quickstart
 
     return quickstart.run(args.workdir, cfg, overwrite=args.overwrite)
 

@@ -411,7 +411,8 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
         EvaluationError: the dataset is unlabeled.
         records.DatasetError: missing data or a model that does not fit it.
     """
-    from seqpipe import embed, records
+    from seqpipe.commands import embed
+    from seqpipe.dataset import records
 
     metadata = records.read_metadata(data_dir)
     splits = [s for s in ("train", "val", "test")
@@ -499,7 +500,7 @@ def _read_labeled_split(data_dir: str | Path, split: str, metadata: dict[str, An
     Raises:
         EvaluationError: a record without a label (names the data directory).
     """
-    from seqpipe import records
+    from seqpipe.dataset import records
 
     ids, steps, labels = [], [], []
     for record in records.read_split(data_dir, split, metadata):

@@ -10,12 +10,12 @@ of the data being embedded.
 Two sources:
 
 * `compute_embeddings(data_dir, model_dir, split)`: a split of a preprocessed
-  dataset, read through `seqpipe.data.inference_batches`: deterministic batches
+  dataset, read through `seqpipe.input_pipeline.data.inference_batches`: deterministic batches
   of records sorted by length within windows, read and parsed eagerly (no
   `tf.data` graph to build for a one-pass read).
 * `embed_raw(inputs, model_dir)`: JSON lines (files or globs, `.gz` read
   transparently), parsed and validated record by record exactly as the Beam job
-  does (`seqpipe.sources`, with the length limits of the model's
+  does (`seqpipe.dataset.sources`, with the length limits of the model's
   `preprocess` config, the feature count of its training data, duplicate ids
   resolved the same way); returns the embeddings of every valid record and
   the rejections. Sequences are sorted by length and batched, so each batch
@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from seqpipe import data, records, sources
 from seqpipe.config import load_config
-from seqpipe.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
+from seqpipe.dataset import records, sources
+from seqpipe.input_pipeline import data
+from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
 
 RAW_SPLIT = "raw"
 
@@ -122,7 +123,7 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
     """Embeds new raw JSON lines with the model in `model_dir`.
 
     Every non-blank line is either embedded (exactly once) or rejected, with
-    the checks and reason codes of the Beam job (`seqpipe.sources`): parsing,
+    the checks and reason codes of the Beam job (`seqpipe.dataset.sources`): parsing,
     the length limits of the model's `preprocess` config (`too_long: truncate`
     embeds the first `max_length` steps), the feature count of the training
     data (`wrong_feature_count`), and duplicate ids (the copy with the smallest

@@ -1,6 +1,6 @@
 """The sequence autoencoder, its exact masked loss, and the encoder export.
 
-Inputs are the data pipeline's dict (see `seqpipe.data`):
+Inputs are the data pipeline's dict (see `seqpipe.input_pipeline.data`):
 
     {"x":    float32 [batch, time, features]   right-padded sequences,
      "mask": float32 [batch, time]             1.0 on real steps, 0.0 on padding}
@@ -46,7 +46,7 @@ import tensorflow as tf
 from keras import ops
 
 from seqpipe.config import ModelConfig
-from seqpipe.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
+from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
 
 __all__ = [
     "MaskedMeanSquaredError",
@@ -215,7 +215,7 @@ class MaskedMeanSquaredError(keras.losses.Loss):
 
     Under a `tf.distribute` strategy with several replicas the per-replica value
     is divided by the number of replicas, as Keras' own losses do; the exact
-    global masked mean needs the counts all-reduced, as `seqpipe.train` does.
+    global masked mean needs the counts all-reduced, as `seqpipe.training.trainer` does.
 
     Args:
         name: name of the loss instance.

@@ -70,10 +70,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from seqpipe import data, models, records
 from seqpipe.config import Config, TrainConfig, dump_config, load_config, to_dict
+from seqpipe.dataset import records
 from seqpipe.errors import SeqpipeError
-from seqpipe.model_dir import (
+from seqpipe.input_pipeline import data
+from seqpipe.model import autoencoder as models
+from seqpipe.processes import process_alive
+from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
     CONFIG_FILE,
     ENCODER_DIR,
@@ -83,7 +86,6 @@ from seqpipe.model_dir import (
     METADATA_COPY,
     SUMMARY_FILE,
 )
-from seqpipe.processes import process_alive
 
 logger = logging.getLogger(__name__)
 

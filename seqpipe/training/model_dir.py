@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from seqpipe.records import DatasetError
+from seqpipe.dataset.records import DatasetError
 
 AUTOENCODER_FILE = "autoencoder.keras"
 ENCODER_DIR = "encoder"

@@ -5,7 +5,7 @@
 
 `inspect_dataset` reads `metadata.json` (counts, rejects per reason, length
 statistics, bucket boundaries, splits, compression) and iterates the train
-split once through `seqpipe.data.make_dataset` with the given `DataConfig`
+split once through `seqpipe.input_pipeline.data.make_dataset` with the given `DataConfig`
 to measure its padding efficiency (real / padded timesteps): the number that
 tells whether the bucket boundaries and batch sizes suit this data. The
 result is a plain JSON-serializable dict (`seqpipe inspect --json`);
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from seqpipe import config as config_lib
-from seqpipe import records
 from seqpipe.config import DataConfig
+from seqpipe.dataset import records
 
 PADDING_SPLIT = "train"
 # The DataConfig keys shown beside the padding efficiency (those present are shown).
@@ -43,7 +43,7 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
         timesteps, shards}}, length_stats: {min, max, mean, quantiles},
         bucket_boundaries (the metadata's suggestion), data_config (the
         batching measured, as a dict), padding}`; `padding` is
-        `seqpipe.data.padding_efficiency` of the train split, or None when the
+        `seqpipe.input_pipeline.data.padding_efficiency` of the train split, or None when the
         train split is empty.
 
     Raises:
@@ -79,7 +79,7 @@ def _padding(data_dir: str | Path, data_cfg: DataConfig,
     """`padding_efficiency` of the train split under `data_cfg` (None if it is empty)."""
     if not metadata["splits"][PADDING_SPLIT]["num_records"]:
         return None
-    from seqpipe import data
+    from seqpipe.input_pipeline import data
 
     dataset = data.make_dataset(data_dir, PADDING_SPLIT, data_cfg, training=False,
                                 metadata=metadata)
