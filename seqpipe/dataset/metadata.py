@@ -1,0 +1,264 @@
+"""`metadata.json`: the typed description of a dataset directory, read and written here only.
+
+The Beam job builds one `DatasetMetadata` and writes it last (`write`); every
+reader (the input pipeline, training, embedding, evaluation, inspection, the
+report) gets it from `read` (or `from_json` for the copy a model directory
+keeps) and uses its attributes, never string keys. `to_json(from_json(x)) ==
+x` for every file this module writes, so the JSON stays the interchange
+format other tools read.
+
+The file holds, for schema version `records.SCHEMA_VERSION`:
+
+    schema_version     int
+    num_features       F
+    feature_names      F names
+    compression        "none" | "gzip"
+    splits             {split: {num_records, num_timesteps, num_shards, files}}
+    length_stats       {min, max, mean, quantiles {q: length}, histogram {edges, counts}}
+                       over all written records (None values when none was written)
+    feature_stats      {num_timesteps, mean, std, min, max} per feature, over the
+                       *train* split only (None lists when it is empty)
+    bucket_boundaries  suggested length boundaries (see `input_pipeline.batching`)
+    labels             sorted distinct labels; label_counts {label: records}
+    counts             {read, written, rejected, truncated, rejected_by_reason,
+                        by_input {file: {read, written, rejected}}}: read = written + rejected
+    config             the `preprocess` config section used; inputs: the input patterns
+    tfds_readable      whether TFDS metadata was written (tfds_note says why not)
+    created            ISO 8601 UTC time of the commit
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from seqpipe.dataset.records import METADATA_FILE, SCHEMA_VERSION, SPLITS, DatasetError
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    """One split's shards and sizes."""
+
+    num_records: int = 0
+    num_timesteps: int = 0
+    num_shards: int = 0
+    files: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    """Lengths `l` with `edges[i] <= l < edges[i + 1]` are counted in `counts[i]`."""
+
+    edges: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthStats:
+    """Sequence lengths over every written record (None when none was written)."""
+
+    min: int | None = None
+    max: int | None = None
+    mean: float | None = None
+    quantiles: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
+    histogram: Histogram = Histogram()
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature moments of the train split's timesteps (None when it is empty)."""
+
+    num_timesteps: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    min: tuple[float, ...] | None = None
+    max: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """What the job read and where each record went: read = written + rejected."""
+
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    truncated: int = 0
+    rejected_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    by_input: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMetadata:
+    """The content of `metadata.json` (field by field in this module's docstring)."""
+
+    num_features: int
+    splits: Mapping[str, SplitInfo]
+    schema_version: int = SCHEMA_VERSION
+    feature_names: tuple[str, ...] = ()
+    compression: str = "none"
+    length_stats: LengthStats = LengthStats()
+    feature_stats: FeatureStats = FeatureStats()
+    bucket_boundaries: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ()
+    label_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    counts: Counts = Counts()
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    tfds_readable: bool = False
+    created: str = ""
+    tfds_note: str | None = None
+
+    def split(self, name: str) -> SplitInfo:
+        """The split `name`; an empty one when the dataset has no such split."""
+        return self.splits.get(name, SplitInfo())
+
+    def num_records(self, split: str) -> int:
+        """Records in `split` (0 for a split the dataset does not have)."""
+        return self.split(split).num_records
+
+    @property
+    def tf_compression_type(self) -> str:
+        """The `compression_type` argument of `tf.data.TFRecordDataset`."""
+        return "GZIP" if self.compression == "gzip" else ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of `metadata.json` (lists for tuples; no None-valued note)."""
+        tree = _plain(dataclasses.asdict(self))
+        if tree["tfds_note"] is None:
+            del tree["tfds_note"]
+        return tree
+
+    @classmethod
+    def from_json(cls, tree: Mapping[str, Any], where: str = METADATA_FILE) -> DatasetMetadata:
+        """Checks and types a `metadata.json` object.
+
+        Raises:
+            DatasetError: naming `where` and the problem: another schema
+                version, a missing required field, an unknown field or a field
+                of the wrong shape.
+        """
+        if not isinstance(tree, Mapping):
+            raise DatasetError(f"{where}: not a JSON object")
+        check_schema_version(tree, where)
+        try:
+            return _build(cls, tree, where)
+        except (TypeError, ValueError) as error:
+            raise DatasetError(f"{where}: {error}") from None
+
+
+def check_schema_version(tree: Mapping[str, Any], where: str) -> None:
+    """Raises `DatasetError` unless `tree` has this code's schema version."""
+    version = tree.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DatasetError(f"{where}: schema_version {version!r}, this seqpipe reads "
+                           f"version {SCHEMA_VERSION}")
+
+
+def read(data_dir: str | Path) -> DatasetMetadata:
+    """Reads and checks `metadata.json` of a finished dataset directory.
+
+    Raises:
+        DatasetError: no directory, no metadata.json (an unfinished or foreign
+            directory), invalid JSON, or content this code does not read.
+    """
+    path = Path(data_dir) / METADATA_FILE
+    if not Path(data_dir).is_dir():
+        raise DatasetError(f"{data_dir}: no such dataset directory")
+    if not path.is_file():
+        raise DatasetError(f"{data_dir}: no {METADATA_FILE}; not a finished seqpipe "
+                           "dataset (run `seqpipe preprocess` to create one)")
+    return read_file(path)
+
+
+def read_file(path: str | Path) -> DatasetMetadata:
+    """Reads a metadata file by its own path (e.g. a model directory's copy)."""
+    try:
+        tree = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
+    return DatasetMetadata.from_json(tree, str(path))
+
+
+def write_file(metadata: DatasetMetadata, path: str | Path) -> Path:
+    """Writes `metadata` as JSON to `path`, atomically (temp file, then rename)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(metadata.to_json(), indent=2))
+    temporary.replace(path)
+    return path
+
+
+def write(metadata: DatasetMetadata, data_dir: str | Path) -> Path:
+    """Writes `data_dir/metadata.json`: the last file of a dataset, its commit marker."""
+    return write_file(metadata, Path(data_dir) / METADATA_FILE)
+
+
+def check_compatible(trained_on: DatasetMetadata, metadata: DatasetMetadata,
+                     model_dir: str | Path, data_dir: str | Path) -> None:
+    """Raises `DatasetError` when a dataset does not fit a model's training data.
+
+    Args:
+        trained_on: the metadata of the data the model was trained on.
+        metadata: the metadata of the data at hand.
+    """
+    for key in ("schema_version", "num_features"):
+        theirs, ours = getattr(trained_on, key), getattr(metadata, key)
+        if theirs != ours:
+            raise DatasetError(
+                f"{data_dir} has {key}={ours!r} but the model in {model_dir} "
+                f"was trained on data with {key}={theirs!r}")
+
+
+def splits_with_records(metadata: DatasetMetadata, names: Sequence[str] = SPLITS) -> list[str]:
+    """The splits among `names` that hold records."""
+    return [name for name in names if metadata.num_records(name) > 0]
+
+
+def empty_splits() -> dict[str, SplitInfo]:
+    """Every split, empty: the `splits` of a dataset that wrote nothing."""
+    return {split: SplitInfo() for split in SPLITS}
+
+
+# Fields whose JSON object maps names to a nested record type.
+_MAPPED = {(DatasetMetadata, "splits"): SplitInfo}
+_NESTED = {(DatasetMetadata, "length_stats"): LengthStats,
+           (DatasetMetadata, "feature_stats"): FeatureStats,
+           (DatasetMetadata, "counts"): Counts,
+           (LengthStats, "histogram"): Histogram}
+
+
+def _build(cls: type, tree: Any, where: str) -> Any:
+    """`cls(**tree)` with nested records typed and lists made tuples."""
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object; Received: {tree!r}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} in {cls.__name__}")
+    missing = [name for name, field in fields.items() if name not in tree
+               and field.default is dataclasses.MISSING
+               and field.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)} in {cls.__name__}")
+    values = {}
+    for name, value in tree.items():
+        if (cls, name) in _MAPPED:
+            value = {key: _build(_MAPPED[cls, name], item, where) for key, item in value.items()}
+        elif (cls, name) in _NESTED:
+            value = _build(_NESTED[cls, name], value, where)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: tuples become lists, mappings plain dicts."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
