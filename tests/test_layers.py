@@ -4,7 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
+from seqpipe.model.layers import (
+    MaskedGaussianNoise,
+    MaskedPooling,
+    RepeatToLength,
+    SequenceMask,
+)
 
 # One sequence, 3 steps, 2 features, the last step padded (the seed Q&A's example),
 # padded with garbage on purpose.
@@ -172,3 +177,49 @@ class TestMaskedGaussianNoise:
         clone = MaskedGaussianNoise.from_config(layer.get_config())
         assert (clone.stddev, clone.seed) == (0.3, 7)
         assert clone.get_config() == layer.get_config()
+
+
+class TestMaskedPooling:
+    # Two sequences, 3 steps, 2 features; padded steps hold large garbage on purpose.
+    X = np.array([[[1.0, -2.0], [3.0, -4.0], [100.0, 100.0]],
+                  [[-5.0, 0.0], [50.0, 50.0], [70.0, 70.0]]], dtype="float32")
+    MASK = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype="float32")
+
+    def test_mean_and_max_over_real_steps_only(self):
+        pooled = MaskedPooling(("mean", "max"))(SequenceMask()([self.X, self.MASK]))
+        np.testing.assert_array_equal(pooled, [[2.0, -3.0, 3.0, -2.0],
+                                               [-5.0, 0.0, -5.0, 0.0]])
+
+    def test_modes_keep_their_order_and_no_mask_goes_on(self):
+        sequence = SequenceMask()([self.X, self.MASK])
+        layer = MaskedPooling(("max",))
+        np.testing.assert_array_equal(layer(sequence), [[3.0, -2.0], [-5.0, 0.0]])
+        assert layer.compute_mask(sequence, sequence._keras_mask) is None
+        assert layer.compute_output_shape((None, None, 2)) == (None, 2)
+
+    def test_without_a_mask_every_step_counts(self):
+        np.testing.assert_allclose(MaskedPooling(("mean",))(self.X[:1]),
+                                   [[104.0 / 3, 94.0 / 3]], rtol=1e-6)
+
+    def test_a_row_without_real_steps_pools_to_zero(self):
+        mask = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype="float32")
+        pooled = np.asarray(MaskedPooling()(SequenceMask()([self.X, mask])))
+        np.testing.assert_array_equal(pooled[0], 0.0)
+        np.testing.assert_allclose(pooled[1], [115.0 / 3, 40.0, 70.0, 70.0], rtol=1e-6)
+
+    def test_rejects_bad_modes(self):
+        with pytest.raises(ValueError, match="Received: modes=\\('median',\\)"):
+            MaskedPooling(("median",))
+        with pytest.raises(ValueError, match="Received: modes=\\('max', 'max'\\)"):
+            MaskedPooling(("max", "max"))
+
+    def test_saves_and_reloads(self, tmp_path):
+        x = keras.Input((None, 2), name="x")
+        mask = keras.Input((None,), name="mask")
+        pooled = MaskedPooling(("max", "mean"), name="pool")(SequenceMask()([x, mask]))
+        model = keras.Model({"x": x, "mask": mask}, pooled)
+        model.save(tmp_path / "m.keras")
+        reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+        np.testing.assert_array_equal(reloaded({"x": self.X, "mask": self.MASK}),
+                                      model({"x": self.X, "mask": self.MASK}))
+        assert reloaded.get_layer("pool").modes == ("max", "mean")

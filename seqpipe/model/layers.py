@@ -29,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["MaskedGaussianNoise", "RepeatToLength", "SequenceMask"]
+__all__ = ["MaskedGaussianNoise", "MaskedPooling", "RepeatToLength", "SequenceMask"]
 
 
 def _is_shape_pair(input_shape) -> bool:
@@ -258,3 +258,73 @@ class MaskedGaussianNoise(keras.layers.Layer):
         base_config = super().get_config()
         config = {"stddev": self.stddev, "seed": self.seed}
         return {**base_config, **config}
+
+
+@keras.saving.register_keras_serializable(package="seqpipe")
+class MaskedPooling(keras.layers.Layer):
+    """Mean and/or max of a sequence over its real timesteps only.
+
+    Pools the encoder's per-step outputs into fixed-size features that the
+    final state alone may lose over long sequences. Padded timesteps (mask
+    False) count in neither statistic: the mean divides by the number of real
+    steps, and the max ignores padded values however large. A row without any
+    real step (never produced by seqpipe's input pipeline) pools to 0.
+
+    Args:
+        modes: Tuple of `"mean"` and/or `"max"`, in output order.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        3D tensor `(batch_size, timesteps, features)`, usually carrying a mask
+        of shape `(batch_size, timesteps)`; without a mask every step is real.
+
+    Output shape:
+        2D tensor `(batch_size, features * len(modes))`: the statistics
+        concatenated in `modes` order. No mask.
+
+    Example:
+
+    >>> x = SequenceMask()([np.array([[[1.], [3.], [99.]]], "float32"),
+    ...                     np.array([[1., 1., 0.]], "float32")])
+    >>> MaskedPooling(("mean", "max"))(x)
+    [[2., 3.]]
+    """
+
+    MODES = ("mean", "max")
+
+    def __init__(self, modes=("mean", "max"), **kwargs):
+        super().__init__(**kwargs)
+        modes = tuple(modes) if isinstance(modes, (list, tuple)) else (modes,)
+        if not modes or any(m not in self.MODES for m in modes) or len(set(modes)) < len(modes):
+            raise ValueError(
+                f"`modes` must be distinct values among {self.MODES}. Received: modes={modes!r}"
+            )
+        self.modes = modes
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            real = ops.ones(ops.shape(inputs)[:2], dtype="bool")
+        else:
+            real = ops.cast(mask, "bool")
+        weights = ops.expand_dims(ops.cast(real, inputs.dtype), -1)
+        count = ops.sum(weights, axis=1)
+        pooled = []
+        for mode in self.modes:
+            if mode == "mean":
+                pooled.append(ops.sum(inputs * weights, axis=1) / ops.maximum(count, 1.0))
+            else:
+                lowest = ops.where(ops.expand_dims(real, -1), inputs, float("-inf"))
+                pooled.append(ops.where(count > 0, ops.max(lowest, axis=1), 0.0))
+        return ops.concatenate(pooled, axis=-1) if len(pooled) > 1 else pooled[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        features = input_shape[-1]
+        return (input_shape[0], None if features is None else features * len(self.modes))
+
+    def get_config(self):
+        base_config = super().get_config()
+        return {**base_config, "modes": list(self.modes)}
