@@ -179,7 +179,6 @@ class Spread(beam.PTransform):
                 | "values" >> beam.FlatMap(_values))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class FileRange:
     """Part of an input file to read: the lines that start in `[start, end)`.

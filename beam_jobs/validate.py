@@ -63,7 +63,7 @@ class Candidate:
             re-serialize it exactly if it is rejected later.
         width: its feature count.
         truncated: whether `too_long=truncate` cut it.
-        part, index: the name of the part file holding it (`ShardPart.name`)
+        part, index: the name of the part file holding it (`write.ShardPart.name`)
             and its 0-based position there.
 
     One travels through the runner per record (`CandidateCoder` keeps it small).
@@ -112,7 +112,6 @@ class Drop:
     candidate: Candidate
     reason: str
     message: str
-
 
 
 def _width(candidate: Candidate) -> int:

@@ -69,7 +69,7 @@ class ShardPart:
         num_records, num_bytes: records in the file and its size.
         order: sort key among the parts of its split, for the final numbering
             (the (source, line) of the first record, or the shard index).
-        stats: the `DatasetStatsCombineFn` accumulator of its records (None
+        stats: the `statistics.DatasetStatsCombineFn` accumulator of its records (None
             for resharded files, whose statistics their input parts carry).
     """
 
@@ -226,7 +226,7 @@ class WriteCandidates(beam.PTransform):
     (`records.encode_sequence`) and written to a part file by the worker that
     parsed it, so the records never travel between workers or through the
     runner; only a small `Candidate` per record does, for the dataset-level
-    checks (`CheckDataset`). Part files stay in `parts_dir` until the driver
+    checks (`validate.CheckDataset`). Part files stay in `parts_dir` until the driver
     renames them: a candidate that those checks reject is removed by
     `DropRejected`, before anything looks finished.
     """

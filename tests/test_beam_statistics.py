@@ -79,3 +79,13 @@ def test_merge_moments_is_numpy_on_the_concatenation():
     np.testing.assert_allclose(np.sqrt(m2 / n), values.std(0), rtol=1e-9)
     np.testing.assert_array_equal(low, values.min(0))
     np.testing.assert_array_equal(high, values.max(0))
+
+
+def test_suggested_boundaries_pad_least_for_the_bucket_count():
+    lengths = {2: 4, 3: 1, 4: 3}
+    # 2 buckets: [2, 4] pads the one 3 to 4 (1 step); [3, 4] would pad four 2s (4 steps).
+    assert statistics.suggested_boundaries(lengths, 2) == [2, 4]
+    assert statistics.suggested_boundaries(lengths, 1) == [4]
+    ten = {length: 1 for length in range(1, 11)}
+    assert len(statistics.suggested_boundaries(ten)) == statistics.SUGGESTED_NUM_BUCKETS == 8
+    assert statistics.suggested_boundaries({}) == []
