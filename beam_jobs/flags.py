@@ -8,9 +8,9 @@ FLAGS:
     --output DIR        the dataset directory to create (required)
     --format FORMAT     auto | jsonl | csv | parquet (`preprocess.input_format`)
     --config NAME|YAML  a bundled config (default, tiny) or a YAML file
-    --set KEY=VALUE     a config override, repeatable; a bare key means
-                        `preprocess.KEY` (`--set max_length=500`), others name
-                        their section (`--set data.num_buckets=16`)
+    --set KEY=VALUE     a config override, repeatable: `section.key=value`
+                        (`--set data.num_buckets=16`), or a `preprocess` key
+                        alone (`--set max_length=500` is preprocess.max_length)
 
 Every other argument is a Beam pipeline option (`--runner`,
 `--direct_num_workers=2 --direct_running_mode=multi_processing`, Dataflow
@@ -25,9 +25,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from seqpipe.config import Config
+from seqpipe.config import Config, PreprocessConfig
 
 FORMATS = ("auto", "jsonl", "csv", "parquet")
+_PREPROCESS_KEYS = frozenset(field.name for field in dataclasses.fields(PreprocessConfig))
 BEAM_OPTIONS_EPILOG = ("Other arguments are Beam pipeline options, e.g. --runner, "
                        "--direct_num_workers=2 --direct_running_mode=multi_processing.")
 
@@ -50,8 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def qualified_override(override: str) -> str:
-    """`key=value` -> `preprocess.key=value`; `section.key=value` unchanged."""
-    return override if "." in override.partition("=")[0] else f"preprocess.{override}"
+    """`key=value` -> `preprocess.key=value` if `key` is a `preprocess` key; else unchanged.
+
+    Anything else (`section.key=value`, a section name, a typo) goes to
+    `seqpipe.config.load_config` as given, which names the key in its error.
+    """
+    key = override.partition("=")[0].strip()
+    return f"preprocess.{override.strip()}" if key in _PREPROCESS_KEYS else override
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -386,6 +386,10 @@ def test_flags_become_the_call():
                     "cfg": dataclasses.replace(PreprocessConfig(), input_format="csv",
                                                min_length=3),
                     "pipeline_args": ["--runner=DirectRunner"], "num_buckets": 5}
+    # Only `preprocess` keys may go without their section; the rest reach load_config as is.
+    assert [flags.qualified_override(o) for o in ("too_long=truncate", "data.seed=1",
+                                                  "bogus=1", "model=3", "=3")] == [
+        "preprocess.too_long=truncate", "data.seed=1", "bogus=1", "model=3", "=3"]
 
 
 def test_run_and_seqpipe_preprocess_write_the_same_dataset(tmp_path, capsys):
