@@ -11,8 +11,9 @@ thresholds.
 Note: `ru_maxrss` of RUSAGE_CHILDREN is the largest single descendant's
 peak, not a sum; with multi-process DirectRunner the peak is the largest
 process. What grows with N: the runner process holds one small
-`transforms.Candidate` per record (~150 bytes encoded) for the duplicate-id
-check; the records themselves stay in the workers, a bundle at a time.
+`beam_jobs.validate.Candidate` per record (a few fields, `CandidateCoder`) for
+the duplicate-id check; the records themselves stay in the workers, a bundle
+at a time.
 
     python benchmarks/preprocess_memory.py [--num-sequences 5000] [--json out.json] \\
         [--pipeline-args="--direct_num_workers=2 --direct_running_mode=multi_processing"]

@@ -9,7 +9,7 @@ Writes seed-shaped synthetic data (`seqpipe.synthetic`: 8 features, lengths
                 checks, no statistics, no rejects file)
     loop_notf   the same loop writing the TFRecord framing with Beam's codec, as
                 the job's workers do, so it never imports TensorFlow (the
-                stricter baseline: the TF import is ~3 s of the loop's time)
+                stricter baseline: the loop pays the TF import, the workers do not)
     beam_1      `beam_jobs.preprocess.preprocess`, DirectRunner, 1 worker (in-process)
     beam_2mp    the same, `--direct_num_workers 2 --direct_running_mode multi_processing`
 

@@ -99,7 +99,6 @@ class PreprocessConfig:
             hash of the id, so re-running on grown data keeps old records put.
         num_shards: shards per split; 0 sizes them to the data.
         compression: `none` (default; TFDS-readable) or `gzip`.
-        num_buckets: how many length buckets to suggest in the metadata.
         id_column, time_column, label_column, split_column: column names of
             long-format (CSV/Parquet) inputs.
         feature_columns: feature column names of long-format inputs; empty
@@ -114,7 +113,6 @@ class PreprocessConfig:
     val_fraction: float = 0.1
     num_shards: int = 0
     compression: str = "none"
-    num_buckets: int = 8
     id_column: str = "id"
     time_column: str = "t"
     label_column: str = "label"
@@ -134,7 +132,6 @@ class PreprocessConfig:
                  "preprocess.train_fraction",
                  "train_fraction and val_fraction must be >= 0 and sum to <= 1")
         _require(self.num_shards >= 0, "preprocess.num_shards", "must be >= 0")
-        _require(self.num_buckets >= 1, "preprocess.num_buckets", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +168,13 @@ class DataConfig:
             0.94 -> 0.96 for 7% more batches; benchmarks/padding_efficiency.py).
         bucket_boundaries: `buckets` only: length boundaries; empty means
             `num_buckets` derived ones, else the metadata's suggestion.
-        num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
-            derive this many boundaries minimizing padding from the
-            metadata's length histogram (`seqpipe.input_pipeline.buckets.optimal_boundaries`).
+        num_buckets: the number of length buckets. `buckets` batching: if > 0
+            (and no `bucket_boundaries`), derive this many boundaries
+            minimizing padding from the metadata's length histogram
+            (`seqpipe.input_pipeline.buckets.optimal_boundaries`). The
+            preprocessing job suggests as many in the metadata's
+            `bucket_boundaries` (the same function on the exact lengths), or
+            8 when 0 (`beam_jobs.statistics.SUGGESTED_NUM_BUCKETS`).
         pad_to_bucket_boundary: `buckets` only: pad every batch to its
             bucket's upper boundary, bounding the number of distinct shapes.
         pad_to_max: no bucketing: pad every batch to the longest sequence

@@ -22,7 +22,7 @@ def data_dir(tmp_path_factory):
               json.dumps({"id": "v", "split": "val", "steps": [[0.0, 0.0]] * 3})]
     (root / "in.jsonl").write_text("\n".join(lines) + "\n")
     out = root / "data"
-    preprocess([str(root / "in.jsonl")], str(out), PreprocessConfig(num_buckets=2))
+    preprocess([str(root / "in.jsonl")], str(out), PreprocessConfig(), num_buckets=2)
     return out
 
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from beam_jobs import flags as preprocess_flags
 from seqpipe.config import Config, load_config
 from seqpipe.errors import SeqpipeError
 from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
@@ -168,10 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, handler, add_arguments, help_text in _COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
-        sub.add_argument("--config", default=_default_config(name),
-                         help="bundled config name (default, tiny) or a YAML file")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config value, e.g. --set model.units=64")
+        if name != "preprocess":  # the job's flags include --config/--set (beam_jobs.flags)
+            sub.add_argument("--config", default=_default_config(name),
+                             help="bundled config name (default, tiny) or a YAML file")
+            sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config value, e.g. --set model.units=64")
         sub.add_argument("--json", action="store_true",
                          help="also print the machine-readable result to stdout")
         sub.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -203,26 +205,11 @@ def _synth(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
     return summary
 
 
-def _add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", action="append", required=True,
-                        help="input file or glob (repeatable); .gz read transparently")
-    parser.add_argument("--output", required=True, help="new dataset directory")
-    parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"),
-                        help="input format (preprocess.input_format)")
-    parser.epilog = ("Other arguments are Beam pipeline options, e.g. --runner, "
-                     "--direct_num_workers=2 --direct_running_mode=multi_processing.")
-
-
 def _preprocess(args: argparse.Namespace, cfg: Config,
                 extra: Sequence[str]) -> dict[str, Any]:
-    import dataclasses
+    from beam_jobs.preprocess import run_parsed
 
-    from beam_jobs.preprocess import preprocess
-
-    pre_cfg = cfg.preprocess
-    if args.format:
-        pre_cfg = dataclasses.replace(pre_cfg, input_format=args.format)
-    return preprocess(args.input, args.output, pre_cfg, pipeline_args=extra)
+    return run_parsed(args, cfg, extra, print_summary=not args.json)
 
 
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -334,7 +321,7 @@ def _quickstart(args: argparse.Namespace, cfg: Config,
 
 _COMMANDS = (
     ("synth", _synth, _add_synth_arguments, "write labeled synthetic sequences (JSON lines)"),
-    ("preprocess", _preprocess, _add_preprocess_arguments,
+    ("preprocess", _preprocess, preprocess_flags.add_arguments,
      "raw sequences -> validated TFRecord shards + metadata.json (Apache Beam)"),
     ("inspect", _inspect, _add_inspect_arguments,
      "what a dataset holds, and the padding its batching gives"),

@@ -8,7 +8,7 @@ Every raw record becomes exactly one of:
                original record text cut to `MAX_RECORD_CHARS`
 
 `validate_json_line` is the whole per-record check of a JSONL line. Pure
-functions, no Beam: the Beam job (`beam_jobs.transforms`) maps them over
+functions, no Beam: the Beam job (`beam_jobs.read`, `beam_jobs.validate`) maps them over
 records and counts the results; tests/test_sources.py checks each reason on
 tiny literal lines.
 

@@ -395,7 +395,7 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
     (for round trips without Beam); returns its metadata."""
     import tensorflow as tf
 
-    from beam_jobs import transforms
+    from beam_jobs import statistics
     from seqpipe.dataset import records
     from seqpipe.input_pipeline import buckets
 
@@ -418,7 +418,7 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
         "splits": {"train": {"num_records": len(sequences), "files": files,
                              "num_shards": len(files),
                              "num_timesteps": sum(k * v for k, v in lengths.items())}},
-        "length_stats": transforms.length_stats(lengths),
+        "length_stats": statistics.length_stats(lengths),
         "feature_stats": None,
         "bucket_boundaries": buckets.optimal_boundaries(buckets.exact_histogram(lengths), 4),
     }

@@ -144,7 +144,7 @@ HOSTILE_FILES = {
         "sources: a lone-surrogate label is accepted; encode_sequence raises"),
     "csv_field_over_128k": ("x.csv", (
         "id,t,a,b,c\nok-1,0,1,2,3\nbig,0,1,2," + "9" * 200_000 + "\n").encode(),
-        "transforms._ReadCsvRowsFn: csv.Error 'field larger than field limit'"),
+        "read._ReadCsvRowsFn: csv.Error 'field larger than field limit'"),
     "jsonl_bom_first_record": ("x.jsonl", b"\xef\xbb\xbf" + _jsonl(_good_line()),
                                "JSONL reader: a UTF-8 BOM makes the first good record "
                                "'unparseable'"),

@@ -1,0 +1,109 @@
+"""The dataset's metadata: `metadata.json` (one function) and the TFDS metadata.
+
+`build_metadata` assembles every key of `metadata.json` (read back by
+`seqpipe.dataset.records.read_metadata`) from what the pipeline computed
+(`beam_jobs.statistics`, the `_work/summary.json` side file) and the shards
+the driver named (`beam_jobs.commit.finalize_shards`). `write_tfds_metadata`
+writes `dataset_info.json` and `features.json`, so that
+`tfds.builder_from_directory(out_dir)` loads the splits; only for uncompressed
+shards with at least one record (TFDS reads no gzip TFRecords and has no
+empty datasets).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from beam_jobs import statistics
+from seqpipe import config as config_lib
+from seqpipe.dataset import records
+
+TFDS_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str, Any]],
+                   cfg: config_lib.PreprocessConfig, inputs: Sequence[str],
+                   files: Sequence[str], names: Sequence[str],
+                   num_buckets: int = 0) -> dict[str, Any]:
+    """The content of `metadata.json` (see `seqpipe.dataset.records.read_metadata`).
+
+    Args:
+        summary: the pipeline's side file (`counts`, `split_sizes`,
+            `length_counts`, `feature_moments`, `label_counts`, `num_features`).
+        shards: `commit.finalize_shards`'s result.
+        cfg: the `preprocess` config the job ran with (stored as `config`).
+        inputs, files: the input patterns as given and the files they matched.
+        names: the feature names.
+        num_buckets: buckets to suggest (`data.num_buckets`; 0:
+            `statistics.SUGGESTED_NUM_BUCKETS`).
+
+    Raises:
+        RuntimeError: the counts disagree with what was written (a bug).
+    """
+    counts = statistics.assemble_counts(summary["counts"], files)
+    length_counts = {length: n for length, n in summary["length_counts"]}
+    tfds_readable = cfg.compression == "none" and counts["written"] > 0
+    metadata = {
+        "schema_version": records.SCHEMA_VERSION,
+        "num_features": summary["num_features"],
+        "feature_names": list(names),
+        "compression": cfg.compression,
+        "splits": _splits(summary["split_sizes"], shards),
+        "length_stats": statistics.length_stats(length_counts),
+        "feature_stats": summary["feature_moments"],
+        "bucket_boundaries": statistics.suggested_boundaries(length_counts, num_buckets),
+        "labels": sorted(label for label, _ in summary["label_counts"]),
+        "label_counts": dict(summary["label_counts"]),
+        "counts": counts,
+        "config": config_lib.to_dict(cfg),
+        "inputs": list(inputs),
+        "tfds_readable": tfds_readable,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+    }
+    if not tfds_readable:
+        metadata["tfds_note"] = ("no TFDS metadata: TFDS reads only uncompressed TFRecords"
+                                 if cfg.compression != "none" else
+                                 "no TFDS metadata: no record was written")
+    return metadata
+
+
+def _splits(split_sizes: Sequence[Sequence[Any]],
+            shards: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The metadata's `splits`; checks the counted records against the written shards."""
+    sizes = {split: size for split, size in split_sizes}
+    splits = {}
+    for split in records.SPLITS:
+        num_records, num_timesteps = sizes.get(split, (0, 0))
+        if num_records != sum(shards[split]["shard_lengths"]):
+            raise RuntimeError(f"split {split}: {num_records} records counted, "
+                               f"{sum(shards[split]['shard_lengths'])} written")
+        splits[split] = {"num_records": num_records, "num_timesteps": num_timesteps,
+                         "num_shards": shards[split]["num_shards"],
+                         "files": shards[split]["files"]}
+    return splits
+
+
+def write_tfds_metadata(data_dir: Path, num_features: int,
+                        shards: Mapping[str, Mapping[str, Any]]) -> None:
+    """Writes dataset_info.json/features.json so `tfds.builder_from_directory` reads it.
+
+    Split infos come from the shard lengths the job counted (no re-read of the
+    data); splits without records are left out (TFDS has no empty splits).
+    """
+    import tensorflow_datasets as tfds
+
+    split_infos = [
+        tfds.core.SplitInfo(
+            name=split, shard_lengths=info["shard_lengths"], num_bytes=info["num_bytes"],
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir=data_dir, template=TFDS_TEMPLATE, dataset_name=records.DATASET_NAME,
+                split=split, filetype_suffix=records.FILE_FORMAT))
+        for split, info in shards.items() if info["num_shards"]]
+    tfds.folder_dataset.write_metadata(
+        data_dir=data_dir, features=records.tfds_features(num_features),
+        split_infos=split_infos, filename_template=TFDS_TEMPLATE, check_data=False,
+        description="seqpipe sequences: id, label, length, steps [length, F] float32.")

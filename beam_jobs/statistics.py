@@ -1,0 +1,357 @@
+"""Statistics: record counts, length statistics and per-feature train statistics.
+
+    parts ──compute_stats──▶ split sizes, length counts, feature moments, label counts
+    read / written / rejects ──count_records──▶ [[kind, source, reason, n]]
+
+then, in the driver, pure functions of those results: `assemble_counts` (the
+metadata's `counts`, checking read = written + rejected), `length_stats`
+(min/max/mean, exact quantiles, histogram), `suggested_boundaries` (the
+metadata's `bucket_boundaries`).
+
+The statistics are accumulated in one pass while the records are written
+(`beam_jobs.write.PartWriter` keeps a `DatasetStatsCombineFn` accumulator per
+part file), so `ComputeStats` only merges one accumulator per part. Merges
+are exact (lengths are counted per distinct value, so quantiles are exact:
+numpy's linear interpolation) or numerically stable (per-feature moments with
+Chan et al.'s parallel variance; population std over the train split only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import apache_beam as beam
+import numpy as np
+
+from seqpipe.dataset import sources
+from seqpipe.input_pipeline import buckets
+
+if TYPE_CHECKING:
+    from beam_jobs.validate import Candidate
+    from beam_jobs.write import ShardPart
+
+HISTOGRAM_BINS = 20
+LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+# Buckets suggested in metadata.json when `data.num_buckets` is 0 (the default).
+SUGGESTED_NUM_BUCKETS = 8
+
+
+class CounterCombineFn(beam.CombineFn):
+    """Counts hashable elements: -> dict {element: count} (empty on no input)."""
+
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, accumulator, element):
+        accumulator[element] += 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = Counter()
+        for accumulator in accumulators:
+            merged.update(accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return dict(accumulator)
+
+
+class SumTuplesCombineFn(beam.CombineFn):
+    """Element-wise sum of equal-length int tuples."""
+
+    def create_accumulator(self):
+        return ()
+
+    def add_input(self, accumulator, element):
+        return self.merge_accumulators([accumulator, element])
+
+    def merge_accumulators(self, accumulators):
+        accumulators = [a for a in accumulators if a]
+        return tuple(map(sum, zip(*accumulators, strict=True))) if accumulators else ()
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+Moments = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def moments_of(steps: np.ndarray) -> Moments:
+    """(count, mean, M2, min, max) per feature of `[length, F]` steps, in float64."""
+    values = np.asarray(steps, dtype=np.float64)
+    mean = values.mean(axis=0)
+    return (values.shape[0], mean, ((values - mean) ** 2).sum(axis=0),
+            values.min(axis=0), values.max(axis=0))
+
+
+def merge_moments(a: Moments | None, b: Moments | None) -> Moments | None:
+    """Chan et al.'s parallel merge of two `moments_of` results (None is empty)."""
+    if a is None or b is None:
+        return a if b is None else b
+    n_a, mean_a, m2_a, min_a, max_a = a
+    n_b, mean_b, m2_b, min_b, max_b = b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return (n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n),
+            np.minimum(min_a, min_b), np.maximum(max_a, max_b))
+
+
+class FeatureMomentsCombineFn(beam.CombineFn):
+    """Steps arrays -> per-feature {num_timesteps, mean, std, min, max} over all timesteps.
+
+    `std` is the population standard deviation (ddof=0, as `np.std`). With no
+    input the statistics are None and `num_timesteps` is 0.
+    """
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, steps):
+        return merge_moments(accumulator, moments_of(steps))
+
+    def merge_accumulators(self, accumulators):
+        merged = None
+        for accumulator in accumulators:
+            merged = merge_moments(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        if accumulator is None:
+            return {"num_timesteps": 0, "mean": None, "std": None, "min": None, "max": None}
+        n, mean, m2, low, high = accumulator
+        return {"num_timesteps": int(n), "mean": mean.tolist(),
+                "std": np.sqrt(m2 / n).tolist(), "min": low.tolist(), "max": high.tolist()}
+
+
+def _pairs(counter: Mapping[Any, int]) -> list[list[Any]]:
+    """A dict with non-string keys as a sorted JSON-friendly list of [key, value]."""
+    return sorted([key, value] for key, value in counter.items())
+
+
+class DatasetStatsCombineFn(beam.CombineFn):
+    """(split, sequence) -> every dataset statistic in one pass (see `ComputeStats`).
+
+    The accumulator is O(distinct lengths + labels + features), never O(records):
+    lengths are counted exactly per value, features merged as moments.
+    """
+
+    def __init__(self):
+        self._moments = FeatureMomentsCombineFn()
+
+    def create_accumulator(self):
+        return {}, Counter(), None, Counter()
+
+    def add_input(self, accumulator, element):
+        return self.add_inputs(accumulator, [element])
+
+    def add_inputs(self, accumulator, elements):
+        """Adds many (split, sequence) at once: one moments update for all train steps."""
+        sizes, lengths, moments, labels = accumulator
+        train_steps = []
+        for split, sequence in elements:
+            num_records, num_timesteps = sizes.get(split, (0, 0))
+            sizes[split] = (num_records + 1, num_timesteps + sequence.length)
+            lengths[sequence.length] += 1
+            if split == "train":
+                train_steps.append(sequence.steps)
+            if sequence.label:
+                labels[sequence.label] += 1
+        if train_steps:
+            moments = merge_moments(moments, moments_of(np.concatenate(train_steps)))
+        return sizes, lengths, moments, labels
+
+    def merge_accumulators(self, accumulators):
+        sizes, lengths, moments, labels = self.create_accumulator()
+        for part_sizes, part_lengths, part_moments, part_labels in accumulators:
+            for split, (num_records, num_timesteps) in part_sizes.items():
+                total = sizes.get(split, (0, 0))
+                sizes[split] = (total[0] + num_records, total[1] + num_timesteps)
+            lengths.update(part_lengths)
+            moments = merge_moments(moments, part_moments)
+            labels.update(part_labels)
+        return sizes, lengths, moments, labels
+
+    def extract_output(self, accumulator):
+        sizes, lengths, moments, labels = accumulator
+        return {"split_sizes": sorted(sizes.items()), "length_counts": _pairs(lengths),
+                "feature_moments": self._moments.extract_output(moments),
+                "label_counts": _pairs(labels)}
+
+
+STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts")
+
+
+def _pick(stats: Mapping[str, Any], name: str):
+    return stats[name]
+
+
+class MergeStatsCombineFn(DatasetStatsCombineFn):
+    """`DatasetStatsCombineFn` accumulators (one per part) -> the dataset statistics."""
+
+    def add_input(self, accumulator, other):
+        return self.merge_accumulators([accumulator, other])
+
+    def add_inputs(self, accumulator, others):
+        return self.merge_accumulators([accumulator, *others])
+
+
+def _part_stats(part: ShardPart):
+    return part.stats
+
+
+class ComputeStats(beam.PTransform):
+    """parts -> {name: singleton PCollection} of the dataset statistics.
+
+    `split_sizes`: [(split, (num_records, num_timesteps))]; `length_counts`:
+    [[length, n]] over every written record (exact: lengths are few distinct
+    ints); `feature_moments`: `FeatureMomentsCombineFn` on the train split only;
+    `label_counts`: [[label, n]] of labeled records. Each part carries the
+    `DatasetStatsCombineFn` accumulator of its records (computed while it was
+    written, in one pass), so this only merges one accumulator per part.
+    """
+
+    def expand(self, parts):
+        stats = (parts
+                 | "part_stats" >> beam.Map(_part_stats)
+                 | "merge_stats" >> beam.CombineGlobally(MergeStatsCombineFn()))
+        return {name: stats | f"pick_{name}" >> beam.Map(_pick, name) for name in STATS}
+
+
+def _read_key(result: sources.Sequence | sources.Rejection):
+    return "read", result.source, ""
+
+
+def _written_key(candidate: Candidate):
+    return "written", candidate.source, ""
+
+
+def _truncated_key(candidate: Candidate):
+    return "truncated", candidate.source, ""
+
+
+def _is_truncated(candidate: Candidate) -> bool:
+    return candidate.truncated
+
+
+def _rejected_key(rejection: sources.Rejection):
+    return "rejected", rejection.source, rejection.reason
+
+
+class CountRecords(beam.PTransform):
+    """(read results, written `Candidate`s, rejects) -> [[kind, source, reason, n]].
+
+    `kind` is `read`, `written`, `truncated` or `rejected` (with its reason).
+    """
+
+    def expand(self, pcolls):
+        read, written, rejects = pcolls
+        keys = (
+            read | "read_keys" >> beam.Map(_read_key),
+            written | "written_keys" >> beam.Map(_written_key),
+            written | "truncated_only" >> beam.Filter(_is_truncated)
+            | "truncated_keys" >> beam.Map(_truncated_key),
+            rejects | "rejected_keys" >> beam.Map(_rejected_key),
+        )
+        return (keys
+                | "all_keys" >> beam.Flatten()
+                | "count_keys" >> beam.CombineGlobally(CounterCombineFn())
+                | "count_rows" >> beam.Map(_count_rows))
+
+
+def _count_rows(counter: Mapping[tuple[str, str, str], int]) -> list[list[Any]]:
+    return sorted([*key, n] for key, n in counter.items())
+
+
+
+
+def assemble_counts(rows: Sequence[Sequence[Any]], files: Sequence[str]) -> dict[str, Any]:
+    """Turns `CountRecords` rows into the metadata's `counts`, checking nothing was lost.
+
+    Raises:
+        RuntimeError: read != written + rejected (a bug, never bad input).
+    """
+    counts: dict[str, Any] = {
+        "read": 0, "written": 0, "rejected": 0, "truncated": 0,
+        "rejected_by_reason": dict.fromkeys(sources.REASONS, 0),
+        "by_input": {f: {"read": 0, "written": 0, "rejected": 0} for f in files},
+    }
+    for kind, source, reason, n in rows:
+        counts[kind] += n
+        if kind == "rejected":
+            counts["rejected_by_reason"][reason] = (
+                counts["rejected_by_reason"].get(reason, 0) + n)
+        if kind != "truncated":
+            per_file = counts["by_input"].setdefault(
+                source, {"read": 0, "written": 0, "rejected": 0})
+            per_file[kind] += n
+    if counts["read"] != counts["written"] + counts["rejected"]:
+        raise RuntimeError(f"records lost: read {counts['read']} != written "
+                           f"{counts['written']} + rejected {counts['rejected']}")
+    return counts
+
+
+# ---------------------------------------------------------------- pure length statistics
+
+
+def _sorted_counts(length_counts: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    values = np.array(sorted(length_counts), dtype=np.int64)
+    counts = np.array([length_counts[v] for v in values], dtype=np.int64)
+    return values, counts
+
+
+def exact_quantile(length_counts: Mapping[int, int], q: float) -> float:
+    """`np.quantile(lengths, q)` (linear interpolation) from {length: count}."""
+    values, counts = _sorted_counts(length_counts)
+    ends = np.cumsum(counts)
+    position = q * (ends[-1] - 1)
+    low, high = math.floor(position), math.ceil(position)
+    value_low = values[np.searchsorted(ends, low, side="right")]
+    value_high = values[np.searchsorted(ends, high, side="right")]
+    return float(value_low + (value_high - value_low) * (position - low))
+
+
+def length_histogram(length_counts: Mapping[int, int],
+                     bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Integer-edged histogram: bin i counts lengths in [edges[i], edges[i+1])."""
+    if not length_counts:
+        return {"edges": [], "counts": []}
+    values, counts = _sorted_counts(length_counts)
+    low, high = int(values[0]), int(values[-1]) + 1
+    edges = np.unique(np.round(np.linspace(low, high, min(bins, high - low) + 1)).astype(int))
+    hist, _ = np.histogram(values, bins=edges, weights=counts)
+    return {"edges": edges.tolist(), "counts": hist.astype(int).tolist()}
+
+
+def length_stats(length_counts: Mapping[int, int]) -> dict[str, Any]:
+    """min, max, mean, quantiles (`LENGTH_QUANTILES`) and histogram of the lengths."""
+    if not length_counts:
+        return {"min": None, "max": None, "mean": None,
+                "quantiles": {str(q): None for q in LENGTH_QUANTILES},
+                "histogram": length_histogram({})}
+    values, counts = _sorted_counts(length_counts)
+    return {
+        "min": int(values[0]),
+        "max": int(values[-1]),
+        "mean": float((values * counts).sum() / counts.sum()),
+        "quantiles": {str(q): exact_quantile(length_counts, q) for q in LENGTH_QUANTILES},
+        "histogram": length_histogram(length_counts),
+    }
+
+
+def suggested_boundaries(length_counts: Mapping[int, int], num_buckets: int = 0) -> list[int]:
+    """The metadata's `bucket_boundaries`: the padding-optimal ones for the exact lengths.
+
+    Args:
+        length_counts: {length: number of records}.
+        num_buckets: the most buckets (`data.num_buckets`); 0 means
+            `SUGGESTED_NUM_BUCKETS`.
+
+    Returns:
+        `seqpipe.input_pipeline.buckets.optimal_boundaries` of the exact
+        length histogram; [] without records.
+    """
+    return buckets.optimal_boundaries(buckets.exact_histogram(length_counts),
+                                      num_buckets or SUGGESTED_NUM_BUCKETS)

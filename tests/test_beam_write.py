@@ -1,0 +1,78 @@
+"""beam_jobs.write and beam_jobs.commit: part files, shards, staging directories."""
+
+import os
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from beam_helpers import part_records, seq, written_part
+
+from beam_jobs import commit, write
+
+
+def test_write_candidates_rolls_parts_over_at_the_target_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(write, "TARGET_SHARD_BYTES", 200)
+    sequences = [seq(f"t{i}", length=4) for i in range(20)]
+    with BeamTestPipeline() as p:
+        parts, _, _ = (p | beam.Create(sequences)
+                       | write.WriteCandidates(str(tmp_path), 1.0, 0.0))
+        sizes = parts | beam.Map(lambda part: (part.num_records, part.num_bytes))
+        assert_that(sizes, lambda rows: (sum(n for n, _ in rows) == 20 and len(rows) > 2
+                                         and all(size < 200 + 120 for _, size in rows)))
+    assert len(list(tmp_path.iterdir())) > 2
+
+
+def test_reshard_writes_exactly_num_shards_in_hashed_id_order(tmp_path):
+    parts = [written_part(tmp_path / "in", "train", [seq(f"t{i}") for i in range(i0, i0 + 5)])
+             for i0 in (0, 5)] + [written_part(tmp_path / "in", "val", [seq("v0")])]
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        with BeamTestPipeline() as p:
+            shards = (p | beam.Create(parts[::-1] if run == "b" else parts)
+                      | write.Reshard(str(tmp_path / run), num_shards=3))
+            assert_that(shards | beam.Map(lambda part: (part.split, part.order)),
+                        equal_to([("train", (0,)), ("train", (1,)), ("train", (2,)),
+                                  ("val", (0,))]))
+    for path in (tmp_path / "a").iterdir():
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
+        ids = [r[0] for r in part_records(write.ShardPart("train", str(path), 0, 0))]
+        assert ids == sorted(ids, key=lambda i: (write.id_hash(i), i))
+
+
+def test_num_shards_for():
+    assert write.num_shards_for(0, 0) == 0
+    assert write.num_shards_for(1, 10) == 1
+    assert write.num_shards_for(1000, 10) == write.MIN_SHARDS
+    assert write.num_shards_for(10**6, 10 * write.TARGET_SHARD_BYTES + 1) == 11
+    assert write.num_shards_for(1000, 10, configured=8) == 8
+    assert write.num_shards_for(3, 10, configured=8) == 3
+
+
+def test_part_writer_keeps_no_statistics_for_mixed_widths(tmp_path):
+    one_width = written_part(tmp_path, "train", [seq("a"), seq("b")])
+    mixed = written_part(tmp_path, "train", [seq("a"), seq("n", width=1), seq("b")])
+    assert one_width.stats is not None and mixed.stats is None
+    assert (mixed.num_records, len(list(write.read_tfrecords(mixed.path)))) == (3, 3)
+
+
+def test_staging_directories_of_killed_runs_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead, host = int(finished.stdout), socket.gethostname()
+    output = tmp_path / "out"
+    leftovers = {
+        "killed": tmp_path / f".out.tmp-{dead}@{host}-ab12cd34",
+        "alive": tmp_path / f".out.tmp-{os.getpid()}@{host}-ef56gh78",
+        "other host": tmp_path / f".out.tmp-{dead}@not-{host}-ij90kl12",
+        "old format": tmp_path / ".out.tmp-mn34op56",
+        "other output": tmp_path / f".output.tmp-{dead}@{host}-qr78st90",
+    }
+    for leftover in leftovers.values():
+        (leftover / "_work").mkdir(parents=True)
+    assert commit.remove_stale_staging(output) == [leftovers["killed"]]
+    assert not leftovers["killed"].exists()
+    assert all(path.is_dir() for name, path in leftovers.items() if name != "killed")
