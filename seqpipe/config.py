@@ -237,9 +237,7 @@ class ModelConfig:
         activation: recurrent activation. `tanh` (default) keeps the cuDNN
             path. `relu` is ReLU capped at 6 (relu6): an unbounded ReLU state
             explodes over hundreds of steps, whatever the gradient clipping.
-            `relu_unbounded` is the plain ReLU of the naive recipe; a
-            non-finite loss then stops training with the step named. Both
-            ReLU options leave the cuDNN path.
+            `relu` leaves the cuDNN path.
         input_noise: standard deviation of Gaussian noise added to the real
             (unmasked) input timesteps in training only: a denoising
             autoencoder; 0 disables it. In normalized units.
@@ -264,8 +262,7 @@ class ModelConfig:
         _require_choice(self.cell, ("lstm", "gru"), "model.cell")
         _require_choice(self.embedding_from, ("last", "all_layers"), "model.embedding_from")
         _require(self.input_noise >= 0.0, "model.input_noise", "must be >= 0")
-        _require_choice(self.activation, ("tanh", "relu", "relu_unbounded"),
-                        "model.activation")
+        _require_choice(self.activation, ("tanh", "relu"), "model.activation")
         _require(self.units >= 1, "model.units", "must be >= 1")
         _require(self.layers >= 1, "model.layers", "must be >= 1")
         _require(self.decoder_units >= 0, "model.decoder_units", "must be >= 0")
