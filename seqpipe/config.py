@@ -19,8 +19,11 @@ Unknown sections or keys, and values of the wrong type, raise `ConfigError`
 naming the offending key; nothing falls back silently to a default. YAML is
 read with `yaml.safe_load` only.
 
-Bundled configs (`default`, `tiny`) live in `seqpipe/configs/`; `--config`
-takes either one of those names or a path to a YAML file.
+Bundled configs are the YAML files of the repository's top-level `configs/`
+folder (`default`: every key with its default; `tiny`: the quickstart and the
+tests; `dataflow`, `multi_worker`: examples), shipped inside the installed
+package as `seqpipe.configs`. `--config` takes a bundled name (the file name
+without `.yaml`) or a path to a YAML file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +152,9 @@ class DataConfig:
         timestep_budget: global most timesteps (B x T) per batch: a batch
             padded to T holds `min(batch_size, max(1, budget // T))` records,
             so long sequences come in smaller batches. 0 (default): none,
-            every full batch holds `batch_size` records (measured faster on
-            CPU: a recurrent step costs about the same at B=16 as at B=32, so
-            fewer, fuller batches win; benchmarks/vs_pad_to_max.py); -1: auto,
+            every full batch holds `batch_size` records (faster on CPU, where
+            a recurrent step costs about the same for a smaller batch, so
+            fewer, fuller batches win: see benchmarks/README.md); -1: auto,
             `batch_size x length_stats.mean` with `sorted_window`, no budget
             with `buckets` or `pad_to_max`.
         sort_window: `sorted_window` only: records sorted together, per input
@@ -164,8 +168,8 @@ class DataConfig:
         min_batch_efficiency: `sorted_window` only: a batch ends before a
             record that would leave less than this fraction of its padded
             timesteps real; 0 turns it off. It only bites in sparse tails of
-            long sequences (seed-shaped long-tailed data: padding efficiency
-            0.94 -> 0.96 for 7% more batches; benchmarks/padding_efficiency.py).
+            long sequences, where it trades a few more batches for less
+            padding (see benchmarks/README.md).
         bucket_boundaries: `buckets` only: length boundaries; empty means
             `num_buckets` derived ones, else the metadata's suggestion.
         num_buckets: the number of length buckets. `buckets` batching: if > 0
@@ -231,16 +235,14 @@ class ModelConfig:
         decoder_layers: number of stacked decoder layers.
         embedding_dim: size of the embedding; 0 means the last encoder
             layer's state is the embedding (no projection).
-        bidirectional: bidirectional encoder layers. On by default: on the
-            synthetic default it took the SVM test accuracy from 0.82 to 0.96
-            (with `data.reverse_target`; benchmarks/embedding_quality.py).
+        bidirectional: bidirectional encoder layers. On by default: with
+            `data.reverse_target` it makes markedly better embeddings (SVM
+            test accuracy; see benchmarks/README.md).
         dropout: dropout on the recurrent layers' inputs.
         activation: recurrent activation. `tanh` (default) keeps the cuDNN
             path. `relu` is ReLU capped at 6 (relu6): an unbounded ReLU state
             explodes over hundreds of steps, whatever the gradient clipping.
-            `relu_unbounded` is the plain ReLU of the naive recipe; a
-            non-finite loss then stops training with the step named. Both
-            ReLU options leave the cuDNN path.
+            `relu` leaves the cuDNN path.
         input_noise: standard deviation of Gaussian noise added to the real
             (unmasked) input timesteps in training only: a denoising
             autoencoder; 0 disables it. In normalized units.
@@ -265,8 +267,7 @@ class ModelConfig:
         _require_choice(self.cell, ("lstm", "gru"), "model.cell")
         _require_choice(self.embedding_from, ("last", "all_layers"), "model.embedding_from")
         _require(self.input_noise >= 0.0, "model.input_noise", "must be >= 0")
-        _require_choice(self.activation, ("tanh", "relu", "relu_unbounded"),
-                        "model.activation")
+        _require_choice(self.activation, ("tanh", "relu"), "model.activation")
         _require(self.units >= 1, "model.units", "must be >= 1")
         _require(self.layers >= 1, "model.layers", "must be >= 1")
         _require(self.decoder_units >= 0, "model.decoder_units", "must be >= 0")
@@ -298,11 +299,10 @@ class TrainConfig:
             many steps (0: epoch lines only).
         jit_compile: compile the training step with XLA (one replica only);
             set `data.length_grid: 16` and `data.min_batch_efficiency: 0`
-            with it, so batches have few shapes. Off by default (measured,
-            benchmarks/vs_pad_to_max.py, 2 CPU cores): an epoch is 1.8-2.2x
+            with it, so batches have few shapes. Off by default: an epoch is
             faster once compiled, but every distinct batch shape compiles
-            first (~1.7 s each, 36-42 on seed-shaped data): it pays off
-            after ~10 million timestep-epochs, for long runs on large data.
+            first, so it pays off only for long runs on large data (see
+            benchmarks/README.md).
     """
 
     epochs: int = 30
@@ -390,7 +390,6 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-BUNDLED_CONFIGS = ("default", "tiny")
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -399,8 +398,8 @@ def load_config(source: str | Path | None = None,
     """Loads a config from a bundled name or a YAML path, then applies overrides.
 
     Args:
-        source: `None` (the defaults), a bundled name (`default`, `tiny`) or a
-            path to a YAML file.
+        source: `None` (the defaults), a bundled name (`default`, `tiny`,
+            `dataflow`, `multi_worker`) or a path to a YAML file.
         overrides: `section.key=value` strings; values are parsed as YAML.
 
     Returns:
@@ -464,14 +463,37 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _resolve_source(source: str | Path) -> Path:
-    if str(source) in BUNDLED_CONFIGS:
-        return Path(str(resources.files("seqpipe") / "configs" / f"{source}.yaml"))
+def _resolve_source(source: str | Path) -> Path | Traversable:
+    """The file of a bundled config name, else `source` as a path that must exist."""
+    bundled = bundled_configs()
+    if str(source) in bundled:
+        return _bundled_folder() / f"{source}.yaml"
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"config {str(source)!r} is neither a file nor one of the "
-                          f"bundled configs {list(BUNDLED_CONFIGS)}")
+                          f"bundled configs {bundled}")
     return path
+
+
+def bundled_configs() -> list[str]:
+    """The names `load_config` accepts for the bundled configs, sorted."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in _bundled_folder().iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def _bundled_folder() -> Traversable:
+    """The folder of the bundled configs: the repository's top-level `configs/`.
+
+    An install ships that folder as the package `seqpipe.configs` (pyproject.toml
+    maps the package to the folder), read through `importlib.resources`. A
+    source checkout (the package imported from the repository, with
+    `PYTHONPATH` or an editable install) has no such package folder, so there
+    the folder is read in place, beside the `seqpipe` package.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
+        return checkout / "configs"
+    return resources.files("seqpipe.configs")
 
 
 def _apply_override(tree: dict[str, Any], override: str) -> None:

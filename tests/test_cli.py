@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,8 +13,12 @@ from seqpipe.commands import cli
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Runs `python -m seqpipe ARGS` in the environment a user has: TensorFlow's
+    C++ logging not turned down (TF_CPP_MIN_LOG_LEVEL unset)."""
+    env = {name: value for name, value in os.environ.items()
+           if name != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "seqpipe", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+                          text=True, timeout=300, cwd=cwd, env=env)
 
 
 def test_synth_is_deterministic_and_counts(tmp_path, capsys):
@@ -42,13 +47,18 @@ def test_synth_is_deterministic_and_counts(tmp_path, capsys):
     (["inspect", "--data", "no-such-dir"], "no-such-dir: no such dataset directory"),
     (["preprocess", "--input", "no-such-*.jsonl", "--output", "out"],
      "matches no file"),
+    (["preprocess", "--input", "no-such-dir/*.jsonl", "--output", "out"],
+     "input 'no-such-dir/*.jsonl' matches no file"),
+    (["embed", "--input", "no-such-dir/*.jsonl", "--model-dir", "m", "--output", "e.parquet"],
+     "input 'no-such-dir/*.jsonl' matches no file"),
 ])
 def test_expected_errors_are_one_line(tmp_path, args, message):
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
+    # Exactly one line, and nothing else: no log line of TensorFlow, absl or Beam.
+    assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"seqpipe {args[0]}: error: "), result.stderr
     assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()[-1]) > 0
 
 
 def test_debug_shows_the_traceback(tmp_path):

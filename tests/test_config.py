@@ -1,17 +1,21 @@
 """Config loading: bundled files, overrides, and errors that name the key."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from seqpipe.config import (
     Config,
     ConfigError,
+    bundled_configs,
     dump_config,
     from_dict,
     load_config,
     to_dict,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_yaml_equals_dataclass_defaults():
@@ -23,6 +27,25 @@ def test_tiny_changes_only_what_it_names():
     assert tiny.model.units == 128
     assert tiny.synth.num_sequences == 800
     assert tiny.model.cell == Config().model.cell
+
+
+def test_every_file_of_configs_is_bundled_by_name():
+    assert bundled_configs() == ["dataflow", "default", "multi_worker", "tiny"]
+    assert bundled_configs() == sorted(path.stem for path in (ROOT / "configs").glob("*.yaml"))
+    assert load_config("dataflow").preprocess.too_long == "truncate"
+    assert load_config("multi_worker").train.strategy == "multi_worker"
+    assert load_config("multi_worker") == load_config(ROOT / "configs" / "multi_worker.yaml")
+
+
+def test_the_package_list_names_every_package_and_ships_configs():
+    """pyproject.toml lists the packages (configs/ is mapped in, so not discovered)."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    in_tree = {".".join(init.parent.relative_to(ROOT).parts)
+               for top in ("seqpipe", "beam_jobs") for init in (ROOT / top).rglob("__init__.py")}
+    assert sorted(setuptools_cfg["packages"]) == sorted(in_tree | {"seqpipe.configs"})
+    assert setuptools_cfg["package-dir"] == {"seqpipe.configs": "configs"}
+    assert setuptools_cfg["package-data"]["seqpipe.configs"] == ["*.yaml"]
 
 
 def test_overrides_parse_yaml_values():

@@ -1,4 +1,4 @@
-"""Tests of seqpipe.model.autoencoder: exact masked loss, mask flow, padding, saving."""
+"""Tests of seqpipe.model: the exact masked loss, mask flow, padding, saving, export."""
 
 import json
 import subprocess
@@ -10,14 +10,8 @@ import pytest
 import tensorflow as tf
 
 from seqpipe.config import ModelConfig
-from seqpipe.model.autoencoder import (
-    MaskedMeanSquaredError,
-    build_autoencoder,
-    compile_autoencoder,
-    export_encoder,
-    masked_mse,
-    masked_squared_error,
-)
+from seqpipe.model.autoencoder import build_autoencoder, export_encoder
+from seqpipe.model.losses import masked_squared_error
 
 F = 3
 TINY = ModelConfig(units=8, embedding_dim=4, bidirectional=False)
@@ -48,6 +42,12 @@ def _random_batch(rng, lengths, max_length, num_features=F, scale=1.0):
     return x, mask
 
 
+def _masked_mean(targets, predictions, mask):
+    """The loss the trainer computes: the sum over the valid entries / their count."""
+    total, count = masked_squared_error(targets, predictions, mask)
+    return total / count
+
+
 def _numpy_masked_mse(targets, predictions, mask):
     valid = np.broadcast_to(mask[..., None] > 0.5, targets.shape)
     return float(np.sum((targets - predictions)[valid] ** 2) / valid.sum())
@@ -58,23 +58,21 @@ class TestMaskedLoss:
         total, count = masked_squared_error(QA_X, QA_PRED, QA_MASK)
         assert float(total) == 7.0
         assert float(count) == 4.0
-        assert float(masked_mse(QA_X, QA_PRED, QA_MASK)) == QA_LOSS
+        assert float(total / count) == QA_LOSS
 
     def test_nan_in_padding_does_not_leak(self):
         targets, predictions = QA_X.copy(), QA_PRED.copy()
         targets[0, 2, 0] = np.nan
         predictions[0, 2, 1] = np.nan
-        assert float(masked_mse(targets, predictions, QA_MASK)) == QA_LOSS
+        total, count = masked_squared_error(targets, predictions, QA_MASK)
+        assert (float(total), float(count)) == (7.0, 4.0)
 
     def test_no_valid_step_gives_zero_not_nan(self):
-        assert float(masked_mse(QA_X, QA_PRED, np.zeros_like(QA_MASK))) == 0.0
+        total, count = masked_squared_error(QA_X, QA_PRED, np.zeros_like(QA_MASK))
+        assert (float(total), float(count)) == (0.0, 0.0)
 
-    def test_keras_loss_matches_with_sample_weight_or_keras_mask(self):
-        loss = MaskedMeanSquaredError()
-        assert float(loss(QA_X, QA_PRED, sample_weight=QA_MASK)) == QA_LOSS
-        predictions = tf.constant(QA_PRED)
-        predictions._keras_mask = tf.constant([[True, True, False]])
-        assert float(loss(QA_X, predictions)) == QA_LOSS
+    def test_divides_by_valid_count_not_batch_times_time(self):
+        assert float(_masked_mean(QA_X, QA_PRED, QA_MASK)) == QA_LOSS
         # Keras' own MSE with a temporal sample_weight divides by batch * time instead.
         keras_mse = keras.losses.MeanSquaredError()(QA_X, QA_PRED, sample_weight=QA_MASK)
         assert float(keras_mse) == pytest.approx(7.0 / 2 / 3)
@@ -84,29 +82,28 @@ class TestMaskedLoss:
         targets[0, 2] = np.nan
         predictions = tf.Variable(np.where(QA_MASK[..., None] > 0, QA_PRED, np.nan))
         with tf.GradientTape() as tape:
-            loss = masked_mse(targets, predictions, QA_MASK)
+            loss = _masked_mean(targets, predictions, QA_MASK)
         gradient = tape.gradient(loss, predictions).numpy()
         np.testing.assert_array_equal(gradient[0, 2], [0.0, 0.0])
         expected = -2.0 * (QA_X[0, :2] - QA_PRED[0, :2]) / 4.0
         np.testing.assert_allclose(gradient[0, :2], expected, rtol=1e-6)
 
-    def test_model_evaluate_reports_the_masked_mean(self):
+    def test_loss_of_the_model_output_is_the_masked_mean(self):
         autoencoder, _ = _build(num_features=2)
-        compile_autoencoder(autoencoder)
         inputs = _inputs(QA_X, QA_MASK)
-        predictions = autoencoder.predict(inputs, verbose=0)
+        predictions = np.asarray(autoencoder(inputs, training=False))
         expected = _numpy_masked_mse(QA_X, predictions, QA_MASK)
         padded_too = float(np.mean((QA_X - predictions)[0, :2] ** 2) * 4 / 6)
         assert expected != pytest.approx(padded_too)
 
-        reported = autoencoder.evaluate(inputs, QA_X, sample_weight=QA_MASK, verbose=0)
+        reported = float(_masked_mean(QA_X, predictions, QA_MASK))
         assert reported == pytest.approx(expected, rel=1e-6)
 
         # NaN in the padded step of both input and target changes nothing.
         dirty = QA_X.copy()
         dirty[0, 2] = np.nan
-        reported = autoencoder.evaluate(_inputs(dirty, QA_MASK), dirty, sample_weight=QA_MASK,
-                                        verbose=0)
+        dirty_predictions = autoencoder(_inputs(dirty, QA_MASK), training=False)
+        reported = float(_masked_mean(dirty, dirty_predictions, QA_MASK))
         assert reported == pytest.approx(expected, rel=1e-6)
 
 
@@ -246,7 +243,7 @@ class TestPaddingInvariance:
         x = tf.Variable(x)
         with tf.GradientTape() as tape:
             inputs = {"x": x, "mask": tf.constant(mask)}
-            loss = masked_mse(tf.where(tf.math.is_nan(x), 0.0, x), autoencoder(inputs), mask)
+            loss = _masked_mean(tf.where(tf.math.is_nan(x), 0.0, x), autoencoder(inputs), mask)
         x_gradient, *weight_gradients = tape.gradient(
             loss, [x, *autoencoder.trainable_variables])
         x_gradient = x_gradient.numpy()
@@ -263,12 +260,10 @@ class TestSaving:
     ], ids=["bilstm2", "all_layers_noise"])
     def test_keras_file_round_trip_in_safe_mode(self, tmp_path, cfg):
         autoencoder, _ = _build(cfg)
-        compile_autoencoder(autoencoder)
         inputs = _inputs(*_random_batch(np.random.default_rng(4), [4, 2], 5))
         autoencoder.save(tmp_path / "ae.keras")
         reloaded = keras.models.load_model(tmp_path / "ae.keras", safe_mode=True)
         np.testing.assert_array_equal(autoencoder(inputs), reloaded(inputs))
-        assert isinstance(reloaded.loss, MaskedMeanSquaredError)
         encoder = keras.Model(reloaded.input, reloaded.get_layer("embedding").output)
         assert encoder(inputs).shape == (2, 4)
 
@@ -276,8 +271,6 @@ class TestSaving:
         autoencoder, _ = _build()
         clone = keras.Model.from_config(autoencoder.get_config())
         assert clone.get_config() == autoencoder.get_config()
-        loss = MaskedMeanSquaredError(name="l")
-        assert MaskedMeanSquaredError.from_config(loss.get_config()).get_config() == {"name": "l"}
 
     def test_saved_model_serves_without_seqpipe(self, tmp_path):
         _, encoder = _build()
@@ -306,7 +299,7 @@ def _train(autoencoder, optimizer, batches, steps):
     def step(x, mask):
         with tf.GradientTape() as tape:
             predictions = autoencoder({"x": x, "mask": mask}, training=True)
-            loss = masked_mse(x, predictions, mask)
+            loss = _masked_mean(x, predictions, mask)
         gradients = tape.gradient(loss, autoencoder.trainable_variables)
         optimizer.apply_gradients(zip(gradients, autoencoder.trainable_variables, strict=True))
         return loss
@@ -317,28 +310,9 @@ def _train(autoencoder, optimizer, batches, steps):
 class TestTraining:
     def test_custom_step_reduces_the_masked_loss(self):
         autoencoder, _ = _build()
-        compile_autoencoder(autoencoder, learning_rate=1e-2)
+        optimizer = keras.optimizers.Adam(learning_rate=1e-2, global_clipnorm=1.0)
         rng = np.random.default_rng(6)
         # Two buckets of different lengths: one traced function per shape.
         batches = [_random_batch(rng, [5, 3, 4, 5], 5), _random_batch(rng, [9, 7], 9)]
-        losses = _train(autoencoder, autoencoder.optimizer, batches, steps=40)
+        losses = _train(autoencoder, optimizer, batches, steps=40)
         assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
-
-    def test_relu_with_clipping_stays_finite_on_large_values(self):
-        # A smoke check only: at this size unclipped training stays finite too, and on
-        # long sequences a relu LSTM's state explodes in the forward pass (before any
-        # update), which no gradient clipping can fix.
-        autoencoder, _ = _build(ModelConfig(units=8, embedding_dim=4, activation="relu",
-                                            bidirectional=False))
-        compile_autoencoder(autoencoder, learning_rate=1e-2, clipnorm=1.0)
-        rng = np.random.default_rng(7)
-        batches = [_random_batch(rng, [30, 12, 25], 30, scale=50.0)]
-        losses = _train(autoencoder, autoencoder.optimizer, batches, steps=15)
-        assert np.all(np.isfinite(losses))
-
-    def test_compile_uses_global_clipping_and_validates(self):
-        autoencoder, _ = _build()
-        assert compile_autoencoder(autoencoder, clipnorm=2.0).optimizer.global_clipnorm == 2.0
-        assert compile_autoencoder(autoencoder, clipnorm=0.0).optimizer.global_clipnorm is None
-        with pytest.raises(ValueError, match="Received: clipnorm=-1"):
-            compile_autoencoder(autoencoder, clipnorm=-1)

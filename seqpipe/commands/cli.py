@@ -23,6 +23,9 @@ import argparse
 import errno
 import glob
 import json
+import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +45,22 @@ from seqpipe.training.model_dir import (
 )
 
 
+class _BeamImportNoise(logging.Filter):
+    """Drops the warning Beam logs on the root logger when imported without its
+    GCP extras (no BigQuery client libraries): seqpipe never uses them, and the
+    line would precede every message of `preprocess` and `quickstart`, one-line
+    errors included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+_BEAM_IMPORT_NOISE = _BeamImportNoise()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `seqpipe` console script."""
+    logging.getLogger().addFilter(_BEAM_IMPORT_NOISE)  # added once: the same instance
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "preprocess":
@@ -91,6 +108,8 @@ def preflight(args: argparse.Namespace) -> None:
     from seqpipe.dataset import records
 
     command = args.command
+    if getattr(args, "input", None):
+        _check_inputs_can_match(args.input)
     if command == "preprocess":
         check_output_outside_inputs(args.input, args.output)
         return
@@ -111,6 +130,24 @@ def preflight(args: argparse.Namespace) -> None:
         _check_output_not_inside(Path(output), args.data, "--data", "report --output")
         _check_output_not_inside(Path(output), args.model_dir, "--model-dir",
                                  "report --output", only=TRAINING_ARTEFACTS)
+
+
+def _check_inputs_can_match(patterns: Sequence[str]) -> None:
+    """Refuses a local input that can match no file: a missing literal path, or a
+    glob whose fixed leading directory is missing (what a typo mostly gives).
+
+    Only certain misses are refused here; every other pattern is matched by the
+    command itself (Beam's or TensorFlow's file systems, which read gs:// too).
+    """
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        fixed = pattern
+        if glob.has_magic(pattern):
+            before_magic = re.split(r"[*?[]", pattern, maxsplit=1)[0]
+            fixed = os.path.dirname(before_magic) or "."
+        if not os.path.exists(fixed):
+            raise FileNotFoundError(f"input {pattern!r} matches no file")
 
 
 def _check_output_not_inside(output: Path, directory: str | None, flag: str, what: str,

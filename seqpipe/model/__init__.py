@@ -1,0 +1,14 @@
+"""The model: an LSTM/GRU sequence autoencoder whose encoder turns a padded,
+masked batch of variable-length sequences into one fixed-size embedding each.
+
+The padding mask travels with the sequence from input to reconstruction, so
+padded timesteps change neither the embedding nor the loss:
+
+* `seqpipe.model.layers`: the masking layers (`SequenceMask`, `RepeatToLength`,
+  `MaskedGaussianNoise`) that carry the mask through the bottleneck;
+* `seqpipe.model.autoencoder`: `build_autoencoder` (the graph: encoder,
+  embedding, decoder) and `export_encoder` (a SavedModel that serves without
+  seqpipe);
+* `seqpipe.model.losses`: `masked_squared_error`, the reconstruction loss over
+  the real timesteps only, and its exact normalization.
+"""

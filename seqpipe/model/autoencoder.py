@@ -1,4 +1,4 @@
-"""The sequence autoencoder, its exact masked loss, and the encoder export.
+"""The sequence autoencoder: its graph, and the encoder export.
 
 Inputs are the data pipeline's dict (see `seqpipe.input_pipeline.data`):
 
@@ -28,13 +28,9 @@ Options that change the graph (measured in `benchmarks/embedding_quality.py`):
   concatenates them (`encoder_states`) before the projection, instead of using
   the last layer's state only.
 
-The loss is the mean squared error over the valid (timestep, feature) entries
-only: `sum of squared errors / (number of valid timesteps * features)`. Keras'
-default reduction with a temporal `sample_weight` divides by `batch * time`
-instead, which changes the loss scale with every bucket. The custom training
-loop reduces `masked_squared_error` (a sum and a count) across replicas, so the
-global loss is the exact masked mean; `MaskedMeanSquaredError` gives the same
-number to `model.compile`/`fit`/`evaluate` on one device.
+The loss lives in `seqpipe.model.losses` (`masked_squared_error` is also
+importable from here until its importers move there). `export_encoder` saves
+the encoder as a TensorFlow SavedModel that serves without seqpipe.
 """
 
 from __future__ import annotations
@@ -43,19 +39,12 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 from seqpipe.config import ModelConfig
 from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
+from seqpipe.model.losses import masked_squared_error
 
-__all__ = [
-    "MaskedMeanSquaredError",
-    "build_autoencoder",
-    "compile_autoencoder",
-    "export_encoder",
-    "masked_mse",
-    "masked_squared_error",
-]
+__all__ = ["build_autoencoder", "export_encoder", "masked_squared_error"]
 
 EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"
@@ -63,9 +52,9 @@ SERVING_SIGNATURE = "serving_default"
 _RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 # Keras activation of each `model.activation`. `relu` is capped at 6 (Keras' relu6):
 # an unbounded relu lets a recurrent state grow geometrically over long sequences
-# (measured on 7..356-step data: embeddings ~1e23 after one epoch, then a non-finite
-# loss), and gradient clipping cannot stop an overflow in the forward pass.
-RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6", "relu_unbounded": "relu"}
+# until the loss is not finite, and gradient clipping cannot stop an overflow in the
+# forward pass.
+RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6"}
 
 
 def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model, keras.Model]:
@@ -161,131 +150,6 @@ def _recurrent_layer(cfg: ModelConfig, units: int, return_sequences: bool,
     if bidirectional:
         return keras.layers.Bidirectional(layer, name=f"{name}_bidirectional")
     return layer
-
-
-def masked_squared_error(targets, predictions, weights):
-    """Sum of squared errors over the valid entries, and how many there are.
-
-    The building block of the distributed loss: sum both numbers over replicas,
-    then divide. Padded entries contribute exactly nothing, even if the padded
-    targets or predictions hold NaN or garbage (they are selected away before
-    squaring, so neither the value nor the gradient sees them).
-
-    Args:
-        targets: float `[B, T, F]`.
-        predictions: float `[B, T, F]`.
-        weights: float `[B, T]`, 1.0 on real timesteps and 0.0 on padding.
-
-    Returns:
-        `(sum_of_squared_errors, num_valid_values)`, float32 scalars;
-        `num_valid_values` is the number of real timesteps times `F`.
-    """
-    targets = ops.cast(targets, "float32")
-    predictions = ops.cast(predictions, "float32")
-    valid = ops.greater(ops.cast(weights, "float32"), 0.5)
-    errors = ops.where(ops.expand_dims(valid, -1), targets - predictions, 0.0)
-    sum_of_squared_errors = ops.sum(ops.square(errors))
-    num_features = ops.cast(ops.shape(targets)[-1], "float32")
-    num_valid_values = ops.sum(ops.cast(valid, "float32")) * num_features
-    return sum_of_squared_errors, num_valid_values
-
-
-def masked_mse(targets, predictions, weights):
-    """Mean squared error over the valid timesteps and features only.
-
-    `sum_of_squared_errors / max(num_valid_values, 1)`: for a batch with no real
-    timestep at all the loss is 0, not NaN.
-
-    Example: targets `[[[1, 2], [1, 2], [1, 1]]]` with weights `[[1, 1, 0]]`
-    average the 4 squared errors of the first two steps (divide by 4, not 6).
-    """
-    sum_of_squared_errors, num_valid_values = masked_squared_error(targets, predictions, weights)
-    return sum_of_squared_errors / ops.maximum(num_valid_values, 1.0)
-
-
-@keras.saving.register_keras_serializable(package="seqpipe")
-class MaskedMeanSquaredError(keras.losses.Loss):
-    """`masked_mse` as a Keras loss, for `compile`, `fit` and `evaluate`.
-
-    The timestep weights come from `sample_weight` (the dataset's third element)
-    or, when that is absent, from the mask Keras attached to `y_pred`; with both,
-    a timestep counts only if both allow it. Without either, every timestep
-    counts. The result is exactly `masked_mse`, not Keras' temporal
-    `sample_weight` reduction (which divides by `batch * time`).
-
-    Under a `tf.distribute` strategy with several replicas the per-replica value
-    is divided by the number of replicas, as Keras' own losses do; the exact
-    global masked mean needs the counts all-reduced, as `seqpipe.training.trainer` does.
-
-    Args:
-        name: name of the loss instance.
-
-    Example:
-
-    ```python
-    model.compile(optimizer="adam", loss=MaskedMeanSquaredError())
-    model.evaluate(inputs, targets, sample_weight=inputs["mask"])
-    ```
-    """
-
-    def __init__(self, name="masked_mean_squared_error", **kwargs):
-        # `reduction` may come back from a serialized base config; the
-        # reduction here is always the masked mean.
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, **kwargs)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        weights = _timestep_weights(y_pred, sample_weight)
-        loss = masked_mse(y_true, y_pred, weights)
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if num_replicas > 1:
-            loss = loss / num_replicas
-        return ops.cast(loss, self.dtype)
-
-    def call(self, y_true, y_pred):
-        """Unreduced squared errors; `__call__` applies the masked mean."""
-        return ops.square(ops.cast(y_true, self.dtype) - ops.cast(y_pred, self.dtype))
-
-    def get_config(self):
-        return {"name": self.name}
-
-
-def _timestep_weights(y_pred, sample_weight):
-    # Keras keeps a layer's output mask on the tensor as `_keras_mask`.
-    keras_mask = getattr(y_pred, "_keras_mask", None)
-    if sample_weight is None and keras_mask is None:
-        return ops.ones(ops.shape(y_pred)[:2], dtype="float32")
-    if sample_weight is None:
-        return ops.cast(keras_mask, "float32")
-    sample_weight = ops.cast(sample_weight, "float32")
-    if keras_mask is None:
-        return sample_weight
-    return ops.where(keras_mask, sample_weight, 0.0)
-
-
-def compile_autoencoder(model: keras.Model, learning_rate: float = 1e-3,
-                        clipnorm: float = 1.0) -> keras.Model:
-    """Compiles `model` with Adam and `MaskedMeanSquaredError`; returns it.
-
-    Args:
-        model: the autoencoder from `build_autoencoder`.
-        learning_rate: Adam learning rate.
-        clipnorm: clip the gradients by their *global* norm (all variables
-            together, Adam's `global_clipnorm`); 0 disables clipping. On by
-            default: `relu` recurrent layers diverge without it.
-    """
-    if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={learning_rate}")
-    if clipnorm < 0:
-        raise ValueError(f"`clipnorm` must be >= 0 (0 disables clipping). "
-                         f"Received: clipnorm={clipnorm}")
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate,
-                                      global_clipnorm=clipnorm or None)
-    model.compile(optimizer=optimizer, loss=MaskedMeanSquaredError())
-    # Create the slot variables now (inside the caller's strategy scope, if any), so a
-    # model saved before its first step reloads without an optimizer mismatch.
-    optimizer.build(model.trainable_variables)
-    return model
 
 
 class _EncoderServing(tf.Module):

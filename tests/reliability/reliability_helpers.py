@@ -50,20 +50,15 @@ def start_cli(*args: str, log: Path, cwd: str | Path | None = None) -> subproces
                             stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=cli_env())
 
 
-def error_lines(stderr: str) -> list[str]:
-    """stderr without TensorFlow/absl/Beam start-up noise."""
-    noise = ("I0000", "W0000", "E0000", "WARNING: All log messages", "WARNING:root:",
-             "WARNING:absl", "oneDNN", "To enable the following", "cuda", "absl::")
-    return [line for line in stderr.splitlines()
-            if line.strip() and not any(marker in line for marker in noise)]
-
-
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Non-zero exit, exactly one line on stderr naming `fragments`, no traceback."""
-    lines = error_lines(proc.stderr)
+    """Non-zero exit, and stderr is exactly one non-empty line naming `fragments`.
+
+    Nothing else may be on stderr: no traceback, and no log line of TensorFlow,
+    absl or Beam.
+    """
     assert proc.returncode != 0, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and proc.stderr.endswith("\n") and lines[0].strip(), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
