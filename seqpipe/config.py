@@ -139,7 +139,7 @@ class PreprocessConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The tf.data input pipeline (`seqpipe.input_pipeline.data`).
+    """The tf.data input pipeline (`seqpipe.input_pipeline`).
 
     Attributes:
         batching: `sorted_window` (default): sort windows of `sort_window`
@@ -155,29 +155,26 @@ class DataConfig:
             CPU: a recurrent step costs about the same at B=16 as at B=32, so
             fewer, fuller batches win; benchmarks/vs_pad_to_max.py); -1: auto,
             `batch_size x length_stats.mean` with `sorted_window`, no budget
-            with `buckets` or `pad_to_max`.
+            with `buckets`.
         sort_window: `sorted_window` only: records sorted together, per input
             pipeline (memory: that many parsed sequences). Padding efficiency
             grows with sort_window / batch_size (about 64 is enough).
         length_grid: `sorted_window` only: 0 (default): each batch is padded
             to its longest sequence; N > 0: to the first value >= it of a grid
-            of N lengths per doubling of T (`seqpipe.input_pipeline.buckets.length_grid`), so
+            of N lengths per doubling of T (`seqpipe.input_pipeline.batching.length_grid`), so
             padding adds < 1/N and T takes at most ~N * log2(max length)
             values: what `train.jit_compile` needs (XLA compiles every shape).
         min_batch_efficiency: `sorted_window` only: a batch ends before a
             record that would leave less than this fraction of its padded
             timesteps real; 0 turns it off. It only bites in sparse tails of
-            long sequences (seed-shaped long-tailed data: padding efficiency
-            0.94 -> 0.96 for 7% more batches; benchmarks/padding_efficiency.py).
+            long sequences (benchmarks/padding_efficiency.py prints its effect).
         bucket_boundaries: `buckets` only: length boundaries; empty means
             `num_buckets` derived ones, else the metadata's suggestion.
         num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
             derive this many boundaries minimizing padding from the
-            metadata's length histogram (`seqpipe.input_pipeline.buckets.optimal_boundaries`).
+            metadata's length histogram (`seqpipe.input_pipeline.batching.optimal_boundaries`).
         pad_to_bucket_boundary: `buckets` only: pad every batch to its
             bucket's upper boundary, bounding the number of distinct shapes.
-        pad_to_max: no bucketing: pad every batch to the longest sequence
-            (the naive recipe, for benchmarks only).
         shuffle_buffer: records in the shuffle buffer.
         normalize: standardize features with the train split's mean/std.
         reverse_target: the target is each sequence reversed within its own
@@ -195,7 +192,6 @@ class DataConfig:
     bucket_boundaries: tuple[int, ...] = ()
     num_buckets: int = 0
     pad_to_bucket_boundary: bool = True
-    pad_to_max: bool = False
     shuffle_buffer: int = 10000
     normalize: bool = True
     reverse_target: bool = True
