@@ -357,31 +357,7 @@ def _capped_batch_size(batch_size: int, budget: int, length: int) -> int:
     return min(batch_size, max(1, budget // length)) if budget else batch_size
 
 
-# ----------------------------------------------------------------------------- sorted windows
-
-
-def window_batches(windows: tf.data.Dataset, plan: WindowPlan,
-                   finish: ElementFinisher) -> tf.data.Dataset:
-    """Parsed windows -> element-contract batches: each window sorted by length, cut
-    into batches by `plan`, each batch gathered and padded with one gather.
-
-    Args:
-        windows: dicts as `seqpipe.input_pipeline.reading.parse_window` returns
-            them (`steps` [sum of lengths, F], `start`, `length`, `id`, `label`).
-        plan: how to cut a window.
-        finish: makes the element from the padded steps.
-    """
-    import tensorflow as tf
-
-    cut = plan.cutter()
-
-    def cut_window(window):
-        order, pads = cut(window["length"])
-        return window, order, pads
-
-    windows = windows.map(cut_window, num_parallel_calls=tf.data.AUTOTUNE)
-    return windows.flat_map(lambda window, order, pads: tf.data.Dataset.from_tensor_slices(
-        (order, pads)).map(lambda rows, pad: gather_batch(window, rows, pad, finish)))
+# ----------------------------------------------------------------------------- window cuts
 
 
 def fixed_size_cuts(lengths: tf.Tensor, grid: tf.Tensor, sizes: tf.Tensor):

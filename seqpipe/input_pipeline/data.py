@@ -1,12 +1,20 @@
 """The datasets of the element contract: a split for training or inference, or arrays.
 
-`make_dataset` chains `reading` (the shards of a split, parsed a window at a
-time) and `batching` (windows sorted and cut, or records bucketed, then
+`make_dataset` chains `reading` (the shards of a split, read as serialized
+records) and `batching` (windows sorted and cut, or records bucketed, then
 padded) into a `tf.data.Dataset` of the element contract stated in
-`seqpipe.input_pipeline`. `inference_batches` iterates that same dataset in
-its fixed order, with keys, for embedding. `array_batches` batches in-memory
-`[length, F]` arrays with the same windows, cuts and padding (new raw input).
-`padding_efficiency` measures any of them.
+`seqpipe.input_pipeline`. `padding_efficiency` measures it.
+
+Every sorted-window batch goes through the same two functions
+(`WindowSteps`): parse-and-cut a window of serialized records
+(`reading.parse_window`, `WindowPlan.cutter`) and gather one batch
+(`batching.gather_batch`). `make_dataset` runs them inside tf.data;
+`inference_batches` (a split, one pass, fixed order, for embedding) and
+`array_batches` (in-memory arrays, serialized as records) call them as
+`tf.function`s traced once per process, on windows from the same reader:
+a tf.data pipeline of parse and cut functions is instantiated again for
+every iterator, which on a split of a few thousand records costs more than
+reading it.
 
 Order, shuffling, distribution
 ------------------------------
@@ -32,6 +40,8 @@ uneven.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from seqpipe.config import DataConfig
+from seqpipe.dataset import records
 from seqpipe.input_pipeline import batching, reading
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -102,14 +113,13 @@ def make_dataset(
                                  shuffle_buffer=0 if ordered else cfg.shuffle_buffer, seed=seed)
     stats = normalization if normalization is not None else source.metadata.get("feature_stats")
     norm = _normalization(cfg, stats, source.num_features)
-    finish = batching.ElementFinisher(source.num_features, cfg.reverse_target, with_keys)
     per_replica_batch = (cfg.batch_size if input_context is None
                          else input_context.get_per_replica_batch_size(cfg.batch_size))
     if cfg.batching == "sorted_window":
         plan = batching.plan_window(cfg, source.metadata, num_replicas_in_sync=replicas,
                                     per_replica_batch_size=per_replica_batch)
-        windows = reading.parse_windows(pairs, plan.window, source.num_features, norm)
-        ds = batching.window_batches(windows, plan, finish)
+        ds = WindowSteps(source.num_features, norm, plan, cfg.reverse_target,
+                         with_keys).batches(pairs)
         if not ordered:
             batches_per_window = -(-plan.window // min(plan.batch_sizes))
             ds = ds.shuffle(min(batches_per_window, plan.window), seed=seed,
@@ -117,6 +127,7 @@ def make_dataset(
     else:
         buckets = batching.plan_buckets(cfg, source.metadata, num_replicas_in_sync=replicas,
                                         per_replica_batch_size=per_replica_batch)
+        finish = batching.ElementFinisher(source.num_features, cfg.reverse_target, with_keys)
         ds = batching.bucket_batches(reading.parse_records(pairs, source.num_features, norm),
                                      buckets, source.num_features, finish)
     return _with_options(ds.prefetch(AUTOTUNE), sharded=input_context is not None)
@@ -134,9 +145,10 @@ def inference_batches(
     """The batches of a whole split in a fixed order, eagerly, for inference.
 
     Exactly the batches of `make_dataset(..., training=False, with_keys=True)`
-    (every record of the split once, batched as `cfg` batches, with the same
-    normalization, checks and errors), as eager tensors. The dataset's
-    prefetching reads and parses the next batches while the caller works.
+    with `batching: sorted_window` (whatever `cfg.batching`: the vectors of an
+    encoder do not depend on the batching): every record of the split once,
+    with the same reader, parsing, normalization, checks and errors. Windows
+    are parsed as they are needed, so memory holds one window of records.
 
     Raises:
         records.DatasetError: as `make_dataset`.
@@ -144,10 +156,12 @@ def inference_batches(
             it) or an inconsistent record (naming it and its shard), when the
             iteration reaches it.
     """
-    dataset = make_dataset(data_dir, split, cfg, training=False, metadata=metadata,
-                           with_keys=True, skip_corrupt=skip_corrupt,
-                           normalization=normalization)
-    return iter(dataset)
+    source = reading.split_source(data_dir, split, metadata)
+    stats = normalization if normalization is not None else source.metadata.get("feature_stats")
+    steps = WindowSteps(source.num_features, _normalization(cfg, stats, source.num_features),
+                        batching.plan_window(cfg, source.metadata), cfg.reverse_target,
+                        with_keys=True)
+    yield from steps.eager_batches(reading.read_records(source, skip_corrupt=skip_corrupt))
 
 
 def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: DataConfig, *,
@@ -155,11 +169,10 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
                   feature_stats: Mapping[str, Any] | None = None) -> Iterator[Element]:
     """In-memory `[length, F]` arrays -> element-contract batches with keys, eagerly.
 
-    The arrays are batched as `make_dataset(training=False)` batches a split
-    (`batching.plan_window` of `cfg` with these lengths' maximum and mean,
-    windows of `cfg.sort_window` arrays in the given order, sorted by length,
-    cut, padded), whatever `cfg.batching`; `inputs["id"]` tells which array
-    each row is.
+    The arrays are serialized as records (`records.encode_sequence`) and
+    batched exactly as `inference_batches` batches a split holding them in
+    this order (`batching.plan_window` of `cfg` with these lengths' maximum
+    and mean); `inputs["id"]` tells which array each row is.
 
     Args:
         sequences: float arrays `[length >= 1, F]`, at least one.
@@ -169,26 +182,89 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
         labels: one per array; default "".
         feature_stats: `mean`, `std` to normalize with when `cfg.normalize`.
     """
-    lengths = np.asarray([len(s) for s in sequences], np.int32)
+    labels = [""] * len(sequences) if labels is None else labels
+    serialized = [records.encode_sequence(str(i), s, label)
+                  for i, s, label in zip(ids, sequences, labels, strict=True)]
+    lengths = np.asarray([len(s) for s in sequences])
     num_features = int(np.shape(sequences[0])[1])
-    norm = _normalization(cfg, feature_stats, num_features)
-    steps = tf.RaggedTensor.from_row_lengths(
-        np.concatenate(sequences).astype(np.float32), lengths.astype(np.int64))
-    labels = [""] * len(lengths) if labels is None else list(labels)
-    rows = tf.data.Dataset.from_tensor_slices(
-        {"steps": steps, "length": lengths, "id": list(ids), "label": labels})
-
-    def as_window(window):
-        return {"steps": reading.normalize(window["steps"].flat_values, norm),
-                "start": window["steps"].row_starts(), "length": window["length"],
-                "id": window["id"], "label": window["label"]}
-
     plan = batching.plan_window(cfg, {"length_stats": {"max": int(lengths.max()),
                                                        "mean": float(lengths.mean())}})
-    windows = rows.batch(plan.window).map(as_window, num_parallel_calls=AUTOTUNE)
-    finish = batching.ElementFinisher(num_features, cfg.reverse_target, with_keys=True)
-    return iter(_with_options(batching.window_batches(windows, plan, finish).prefetch(AUTOTUNE),
-                              sharded=False))
+    steps = WindowSteps(num_features, _normalization(cfg, feature_stats, num_features), plan,
+                        cfg.reverse_target, with_keys=True)
+    pairs = tf.data.Dataset.from_tensor_slices((["<in memory>"] * len(serialized), serialized))
+    yield from steps.eager_batches(pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSteps:
+    """The two functions every sorted-window batch goes through, and their two drivers.
+
+    Attributes:
+        num_features: F.
+        normalization: `(mean, std)` arrays, or None.
+        plan: how windows are cut.
+        reverse_target, with_keys: as `batching.ElementFinisher`.
+    """
+
+    num_features: int
+    normalization: tuple[np.ndarray, np.ndarray] | None
+    plan: batching.WindowPlan
+    reverse_target: bool
+    with_keys: bool
+
+    def parse_and_cut(self, paths: tf.Tensor, serialized: tf.Tensor):
+        """A window of serialized records -> `(window, order, pads)`: the parsed
+        window and its batches (`WindowPlan.cutter`)."""
+        window = reading.parse_window(paths, serialized, self.num_features, self.normalization)
+        order, pads = self.plan.cutter()(window["length"])
+        return window, order, pads
+
+    def gather(self, window, rows: tf.Tensor, pad: tf.Tensor) -> Element:
+        """One batch of a parsed window, padded to `pad`, as the element."""
+        finish = batching.ElementFinisher(self.num_features, self.reverse_target, self.with_keys)
+        return batching.gather_batch(window, rows, pad, finish)
+
+    def batches(self, pairs: tf.data.Dataset) -> tf.data.Dataset:
+        """`(path, record)` pairs -> their batches, inside tf.data."""
+        windows = pairs.batch(self.plan.window).map(self.parse_and_cut,
+                                                    num_parallel_calls=AUTOTUNE)
+        return windows.flat_map(lambda window, order, pads: tf.data.Dataset.from_tensor_slices(
+            (order, pads)).map(lambda rows, pad: self.gather(window, rows, pad)))
+
+    def eager_batches(self, pairs: tf.data.Dataset) -> Iterator[Element]:
+        """`(path, record)` pairs -> their batches, the functions called eagerly (traced
+        once per process for these settings): only the reader is a tf.data pipeline."""
+        parse_and_cut, gather = _traced(self._key())
+        windows = pairs.batch(self.plan.window).prefetch(1)
+        for paths, serialized in _with_options(windows, sharded=False):
+            window, order, pads = parse_and_cut(paths, serialized)
+            for rows, pad in zip(tf.unstack(order), tf.unstack(pads), strict=True):
+                yield gather(window, rows, pad)
+
+    def _key(self) -> tuple:
+        """These settings as a hashable key (the arrays as tuples)."""
+        norm = (None if self.normalization is None
+                else tuple(tuple(a.tolist()) for a in self.normalization))
+        return self.num_features, norm, self.plan, self.reverse_target, self.with_keys
+
+
+@functools.lru_cache(maxsize=16)
+def _traced(key: tuple):
+    """`(parse_and_cut, gather)` of `WindowSteps(*key)` as `tf.function`s for any window
+    and batch: one call per window and one per batch instead of dozens of eager ops."""
+    num_features, norm, plan, reverse_target, with_keys = key
+    if norm is not None:
+        norm = tuple(np.asarray(a, np.float32) for a in norm)
+    steps = WindowSteps(num_features, norm, plan, reverse_target, with_keys)
+    strings = tf.TensorSpec([None], tf.string)
+    window_spec = {"steps": tf.TensorSpec([None, num_features], tf.float32),
+                   "start": tf.TensorSpec([None], tf.int64),
+                   "length": tf.TensorSpec([None], tf.int32), "id": strings, "label": strings}
+    parse_and_cut = tf.function(steps.parse_and_cut, input_signature=[strings, strings],
+                                autograph=False)
+    gather = tf.function(steps.gather, autograph=False, input_signature=[
+        window_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
+    return parse_and_cut, gather
 
 
 def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:

@@ -266,15 +266,6 @@ def parse_window(paths, serialized, num_features: int,
             "id": parsed[records.ID_KEY], "label": parsed[records.LABEL_KEY]}
 
 
-def parse_windows(pairs: tf.data.Dataset, window: int, num_features: int,
-                  normalization: tuple[np.ndarray, np.ndarray] | None) -> tf.data.Dataset:
-    """`(path, record)` pairs -> `parse_window` dicts of `window` records each
-    (the last may hold fewer)."""
-    return pairs.batch(window).map(
-        lambda paths, serialized: parse_window(paths, serialized, num_features, normalization),
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def parse_records(pairs: tf.data.Dataset, num_features: int,
                   normalization: tuple[np.ndarray, np.ndarray] | None) -> tf.data.Dataset:
     """`(path, record)` pairs -> one dict per record: `x` [L, F] (ragged), `length`,
@@ -286,7 +277,9 @@ def parse_records(pairs: tf.data.Dataset, num_features: int,
         return {"x": x, "length": window["length"], "id": window["id"],
                 "label": window["label"]}
 
-    windows = parse_windows(pairs, _PARSE_BATCH, num_features, normalization)
+    windows = pairs.batch(_PARSE_BATCH).map(
+        lambda paths, serialized: parse_window(paths, serialized, num_features, normalization),
+        num_parallel_calls=tf.data.AUTOTUNE)
     return windows.map(records_of, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
