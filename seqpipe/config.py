@@ -167,7 +167,8 @@ class DataConfig:
         min_batch_efficiency: `sorted_window` only: a batch ends before a
             record that would leave less than this fraction of its padded
             timesteps real; 0 turns it off. It only bites in sparse tails of
-            long sequences (benchmarks/padding_efficiency.py prints its effect).
+            long sequences (seed-shaped long-tailed data: padding efficiency
+            0.94 -> 0.96 for 7% more batches; benchmarks/padding_efficiency.py).
         bucket_boundaries: `buckets` only: length boundaries; empty means
             `num_buckets` derived ones, else the metadata's suggestion.
         num_buckets: `buckets` only: if > 0 (and no `bucket_boundaries`),
