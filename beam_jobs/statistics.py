@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 
 from seqpipe.dataset import sources
-from seqpipe.input_pipeline import buckets
+from seqpipe.input_pipeline import batching
 
 if TYPE_CHECKING:
     from beam_jobs.validate import Candidate
@@ -350,8 +350,8 @@ def suggested_boundaries(length_counts: Mapping[int, int], num_buckets: int = 0)
             `SUGGESTED_NUM_BUCKETS`.
 
     Returns:
-        `seqpipe.input_pipeline.buckets.optimal_boundaries` of the exact
+        `seqpipe.input_pipeline.batching.optimal_boundaries` of the exact
         length histogram; [] without records.
     """
-    return buckets.optimal_boundaries(buckets.exact_histogram(length_counts),
+    return batching.optimal_boundaries(batching.exact_histogram(length_counts),
                                       num_buckets or SUGGESTED_NUM_BUCKETS)

@@ -3,8 +3,11 @@
 Writes seed-shaped synthetic data (1,326 sequences, 8 features, lengths 7..356;
 once uniform, once long-tailed log-normal) as real TFRecord shards plus a
 metadata.json whose bucket boundaries are length quantiles (as the Beam job
-suggests them) and whose histogram is exact, runs `seqpipe.input_pipeline.data.make_dataset`
-over the train split in several batching modes, and prints, per mode, the
+suggests them) and whose histogram is exact, runs `seqpipe.input_pipeline.make_dataset`
+over the train split in several batching modes, and the pad-to-max recipe as
+the baseline (`pad_to_max`: batches of 32 records in file order, each
+`padded_batch`-ed to the longest length, built here with plain tf.data;
+seqpipe has no such mode), and prints, per mode, the
 padding efficiency (real / padded timesteps), the number of batches, the
 number of distinct batch shapes (what XLA or `tf.function` retrace on) and
 of distinct T, and the batch sizes. No timings: the numbers are properties of
@@ -31,10 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 from seqpipe.config import DataConfig  # noqa: E402
 from seqpipe.dataset import records  # noqa: E402
-from seqpipe.input_pipeline import (
-    buckets,  # noqa: E402
-    data,  # noqa: E402
-)
+from seqpipe.input_pipeline import batching, data  # noqa: E402
 
 NUM_SEQUENCES = 1326
 NUM_FEATURES = 8
@@ -55,12 +55,12 @@ MODES = {
     # Grids of 16 and 8 lengths per doubling (bounded shapes, for XLA).
     "window_grid_16": DataConfig(length_grid=16, min_batch_efficiency=0.0),
     "window_grid_8": DataConfig(length_grid=8, min_batch_efficiency=0.0),
-    "pad_to_max": DataConfig(**BUCKETS, pad_to_max=True),
+    "pad_to_max": None,  # the recipe's baseline: `pad_to_max_dataset`
     "no_buckets_batch_max": None,  # one bucket (no boundaries), padded to the batch max
     "buckets_batch_max": DataConfig(**BUCKETS, pad_to_bucket_boundary=False),
     "buckets_boundary": DataConfig(**BUCKETS, pad_to_bucket_boundary=True),
     "budget_boundary": DataConfig(**{**BUCKETS, "timestep_budget": TIMESTEP_BUDGET}),
-    # Boundaries minimizing padding for the length histogram (buckets.optimal_boundaries).
+    # Boundaries minimizing padding for the length histogram (batching.optimal_boundaries).
     "dp_buckets_16": DataConfig(**BUCKETS, num_buckets=16),
     "dp_buckets_32": DataConfig(**BUCKETS, num_buckets=32),
 }
@@ -106,7 +106,7 @@ def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator,
                          "mean": float(lengths.mean()),
                          "quantiles": {str(q): float(np.quantile(lengths, q))
                                        for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)},
-                         "histogram": buckets.exact_histogram(
+                         "histogram": batching.exact_histogram(
                              dict(zip(*np.unique(lengths, return_counts=True), strict=True)))},
         "feature_stats": {"mean": steps.mean(0).tolist(), "std": steps.std(0).tolist(),
                           "min": steps.min(0).tolist(), "max": steps.max(0).tolist(),
@@ -114,6 +114,26 @@ def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator,
         "bucket_boundaries": quantile_boundaries(lengths, NUM_BUCKETS),
     }
     (root / records.METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def pad_to_max_dataset(root: Path, metadata: dict) -> tf.data.Dataset:
+    """The recipe: batches of BATCH_SIZE records padded to the dataset's longest length.
+
+    Yields `({"x", "mask"}, x, mask)` like `make_dataset`, so
+    `padding_efficiency` measures it the same way.
+    """
+    spec = records.tf_feature_spec(NUM_FEATURES)
+    max_length = int(metadata["length_stats"]["max"])
+
+    def parse(serialized):
+        record = tf.io.parse_single_example(serialized, spec)
+        return record[records.STEPS_KEY], tf.cast(record[records.LENGTH_KEY], tf.int32)
+
+    ds = tf.data.TFRecordDataset(records.split_files(root, "train")).map(parse)
+    ds = ds.padded_batch(BATCH_SIZE, padded_shapes=([max_length, NUM_FEATURES], []))
+    return ds.map(lambda x, length: (
+        {"x": x, "mask": tf.sequence_mask(length, max_length, tf.float32)}, x,
+        tf.sequence_mask(length, max_length, tf.float32)))
 
 
 def run(seed: int = 0) -> list[dict]:
@@ -130,7 +150,10 @@ def run(seed: int = 0) -> list[dict]:
                 if mode == "no_buckets_batch_max":
                     cfg = DataConfig(**BUCKETS, pad_to_bucket_boundary=False)
                     meta = {**metadata, "bucket_boundaries": []}
-                ds = data.make_dataset(root, "train", cfg, training=True, metadata=meta)
+                if mode == "pad_to_max":
+                    ds = pad_to_max_dataset(root, metadata)
+                else:
+                    ds = data.make_dataset(root, "train", cfg, training=True, metadata=meta)
                 stats = data.padding_efficiency(ds)
                 assert stats["num_records"] == NUM_SEQUENCES
                 rows.append({"lengths": kind, "mode": mode,

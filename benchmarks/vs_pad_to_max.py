@@ -66,7 +66,7 @@ from padding_efficiency import MAX_LENGTH, NUM_FEATURES, sample_lengths, write_d
 from seqpipe.commands import embed  # noqa: E402
 from seqpipe.config import dump_config, load_config  # noqa: E402
 from seqpipe.dataset import records  # noqa: E402
-from seqpipe.input_pipeline import data  # noqa: E402
+from seqpipe.input_pipeline import data, reading  # noqa: E402
 from seqpipe.model import autoencoder as models  # noqa: E402
 from seqpipe.training import trainer as train  # noqa: E402
 
@@ -98,7 +98,7 @@ def make_data(kind: str, root: Path, seed: int, num_copies: int = 1) -> Data:
     write_dataset(root, lengths, rng)
     raw = [twin.normal(size=(n, NUM_FEATURES)).astype(np.float32) for n in lengths]
     metadata = records.read_metadata(root)
-    mean, std = data.normalization_arrays(metadata["feature_stats"], NUM_FEATURES)
+    mean, std = reading.normalization_arrays(metadata["feature_stats"], NUM_FEATURES)
     return Data(kind, root, [(s - mean) / std for s in raw], metadata)
 
 

@@ -140,7 +140,7 @@ class PreprocessConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The tf.data input pipeline (`seqpipe.input_pipeline.data`).
+    """The tf.data input pipeline (`seqpipe.input_pipeline`).
 
     Attributes:
         batching: `sorted_window` (default): sort windows of `sort_window`
@@ -156,13 +156,13 @@ class DataConfig:
             a recurrent step costs about the same for a smaller batch, so
             fewer, fuller batches win: see benchmarks/README.md); -1: auto,
             `batch_size x length_stats.mean` with `sorted_window`, no budget
-            with `buckets` or `pad_to_max`.
+            with `buckets`.
         sort_window: `sorted_window` only: records sorted together, per input
             pipeline (memory: that many parsed sequences). Padding efficiency
             grows with sort_window / batch_size (about 64 is enough).
         length_grid: `sorted_window` only: 0 (default): each batch is padded
             to its longest sequence; N > 0: to the first value >= it of a grid
-            of N lengths per doubling of T (`seqpipe.input_pipeline.buckets.length_grid`), so
+            of N lengths per doubling of T (`seqpipe.input_pipeline.batching.length_grid`), so
             padding adds < 1/N and T takes at most ~N * log2(max length)
             values: what `train.jit_compile` needs (XLA compiles every shape).
         min_batch_efficiency: `sorted_window` only: a batch ends before a
@@ -175,14 +175,12 @@ class DataConfig:
         num_buckets: the number of length buckets. `buckets` batching: if > 0
             (and no `bucket_boundaries`), derive this many boundaries
             minimizing padding from the metadata's length histogram
-            (`seqpipe.input_pipeline.buckets.optimal_boundaries`). The
+            (`seqpipe.input_pipeline.batching.optimal_boundaries`). The
             preprocessing job suggests as many in the metadata's
             `bucket_boundaries` (the same function on the exact lengths), or
             8 when 0 (`beam_jobs.statistics.SUGGESTED_NUM_BUCKETS`).
         pad_to_bucket_boundary: `buckets` only: pad every batch to its
             bucket's upper boundary, bounding the number of distinct shapes.
-        pad_to_max: no bucketing: pad every batch to the longest sequence
-            (the naive recipe, for benchmarks only).
         shuffle_buffer: records in the shuffle buffer.
         normalize: standardize features with the train split's mean/std.
         reverse_target: the target is each sequence reversed within its own
@@ -200,7 +198,6 @@ class DataConfig:
     bucket_boundaries: tuple[int, ...] = ()
     num_buckets: int = 0
     pad_to_bucket_boundary: bool = True
-    pad_to_max: bool = False
     shuffle_buffer: int = 10000
     normalize: bool = True
     reverse_target: bool = True

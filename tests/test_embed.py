@@ -38,14 +38,13 @@ def _assert_same_vectors(a: embed.Embeddings, b: embed.Embeddings) -> None:
         np.testing.assert_allclose(vector, second[record_id], atol=1e-5, err_msg=record_id)
 
 
-def test_embeddings_do_not_depend_on_batching_or_bucketing(tiny_dataset, model_dir):
+def test_embeddings_do_not_depend_on_batching(tiny_dataset, model_dir):
     default = embed.compute_embeddings(tiny_dataset, model_dir, "train")
     one_by_one = embed.compute_embeddings(tiny_dataset, model_dir, "train", batch_size=1)
-    other_buckets = embed.compute_embeddings(tiny_dataset, model_dir, "train", batch_size=7,
-                                             bucket_boundaries=(9, 60))
+    batches_of_7 = embed.compute_embeddings(tiny_dataset, model_dir, "train", batch_size=7)
     assert len(default) > 50
     _assert_same_vectors(default, one_by_one)
-    _assert_same_vectors(default, other_buckets)
+    _assert_same_vectors(default, batches_of_7)
     # The vectors are not trivially equal (a model that ignored its input would pass).
     assert np.std(default.vectors, axis=0).min() > 1e-4
 
@@ -136,9 +135,3 @@ def test_parquet_has_every_record_exactly_once(tmp_path, tiny_dataset, model_dir
     assert back.split == "test" and len(set(back.ids.tolist())) == len(back)
     assert not list(path.parent.glob(".*.tmp"))
 
-
-def test_normalize_uses_the_pipeline_rule():
-    stats = {"mean": [1.0, 2.0], "std": [2.0, 0.0]}
-    steps = np.array([[3.0, 5.0], [1.0, 2.0]])
-    np.testing.assert_array_equal(embed.normalize(steps, stats), [[1.0, 3.0], [0.0, 0.0]])
-    assert embed.normalize(steps, None).dtype == np.float32

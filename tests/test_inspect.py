@@ -56,9 +56,9 @@ def test_inspect_reports_metadata_and_exact_padding(data_dir):
     assert "bucket_boundaries=[2, 4]" in text
 
 
-def test_inspect_pad_to_max_and_missing_dataset(data_dir, tmp_path):
+def test_inspect_one_bucket_at_the_longest_length_and_missing_dataset(data_dir, tmp_path):
     result = inspect_dataset(data_dir, DataConfig(batching="buckets", batch_size=8,
-                                                  timestep_budget=0, pad_to_max=True,
+                                                  timestep_budget=0, bucket_boundaries=(4,),
                                                   deterministic=True))
     # one batch of the 5 train records padded to the longest length (4): 20 slots
     padding = result["padding"]

@@ -10,16 +10,17 @@ of the data being embedded.
 Two sources:
 
 * `compute_embeddings(data_dir, model_dir, split)`: a split of a preprocessed
-  dataset, read through `seqpipe.input_pipeline.data.inference_batches`: deterministic batches
-  of records sorted by length within windows, read and parsed eagerly (no
-  `tf.data` graph to build for a one-pass read).
+  dataset, read through `seqpipe.input_pipeline.inference_batches`: the
+  model config's batching in a fixed order (records sorted by length within
+  windows), as the input pipeline reads a split.
 * `embed_raw(inputs, model_dir)`: JSON lines (files or globs, `.gz` read
   transparently), parsed and validated record by record exactly as the Beam job
   does (`seqpipe.dataset.sources`, with the length limits of the model's
   `preprocess` config, the feature count of its training data, duplicate ids
   resolved the same way); returns the embeddings of every valid record and
-  the rejections. Sequences are sorted by length and batched, so each batch
-  is padded only to its own longest sequence.
+  the rejections. The sequences are batched by
+  `seqpipe.input_pipeline.array_batches` with the same rules (sorted by
+  length within windows, cut and padded as the model config says).
 
 An embedding does not depend on how records are batched or padded (the mask
 makes padding invisible to the encoder): same id, same vector, up to float
@@ -36,18 +37,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seqpipe.config import load_config
+from seqpipe import input_pipeline
+from seqpipe.config import DataConfig, load_config
 from seqpipe.dataset import records, sources
-from seqpipe.input_pipeline import data
 from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
 
 RAW_SPLIT = "raw"
+# The serving signature's output (`seqpipe.model.autoencoder.EMBEDDING_KEY`; that
+# module loads Keras, which embedding does not need).
+_EMBEDDING_OUTPUT = "embedding"
 
 
 @dataclasses.dataclass
@@ -63,6 +67,20 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def empty(cls, split: str, width: int) -> Embeddings:
+        """No rows; vectors `[0, width]`."""
+        return cls(ids=np.zeros(0, str), labels=np.zeros(0, str),
+                   lengths=np.zeros(0, np.int32), vectors=np.zeros((0, width), np.float32),
+                   split=split)
+
+    def take(self, rows: Sequence[int]) -> Embeddings:
+        """These rows, in this order."""
+        rows = np.asarray(rows, np.int64)
+        return Embeddings(ids=self.ids[rows], labels=self.labels[rows],
+                          lengths=self.lengths[rows], vectors=self.vectors[rows],
+                          split=self.split)
+
 
 def load_encoder(model_dir: str | Path):
     """The exported encoder's `serving_default` function."""
@@ -76,8 +94,7 @@ def load_encoder(model_dir: str | Path):
 
 
 def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
-                       encoder=None, *, batch_size: int | None = None,
-                       bucket_boundaries: Sequence[int] | None = None) -> Embeddings:
+                       encoder=None, *, batch_size: int | None = None) -> Embeddings:
     """Embeds every record of `split` of `data_dir` with the model in `model_dir`.
 
     Args:
@@ -85,8 +102,9 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
         model_dir: a trained model directory.
         split: `train`, `val` or `test`.
         encoder: the loaded `serving_default` (saves reloading it per split).
-        batch_size, bucket_boundaries: override the model config's batching
-            (the vectors do not depend on it; useful for memory or speed).
+        batch_size: overrides the model config's batch size (and drops its
+            timestep budget); the vectors do not depend on it, memory and
+            speed do.
 
     Raises:
         records.DatasetError: the data does not fit the model (feature count,
@@ -97,24 +115,13 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
     trained_on = training_metadata(model_dir)
     records.check_compatible(trained_on, metadata, model_dir, data_dir)
     encoder = encoder or load_encoder(model_dir)
-    changes: dict[str, Any] = {"deterministic": True}
-    if batch_size is not None:
-        changes.update(batch_size=batch_size, timestep_budget=0)
-    if bucket_boundaries is not None:
-        changes["bucket_boundaries"] = tuple(bucket_boundaries)
-    data_cfg = dataclasses.replace(load_config(model_dir / CONFIG_FILE).data, **changes)
-    batches = data.inference_batches(data_dir, split, data_cfg, metadata=metadata,
-                                     normalization=trained_on["feature_stats"])
-    parts: dict[str, list[Any]] = {"ids": [], "labels": [], "lengths": [], "vectors": []}
-    for inputs, _, _ in batches:
-        outputs = encoder(x=inputs["x"], mask=inputs["mask"])
-        parts["vectors"].append(outputs["embedding"].numpy())
-        parts["ids"].append(inputs["id"].numpy().astype(str))
-        parts["labels"].append(inputs["label"].numpy().astype(str))
-        parts["lengths"].append(inputs["length"].numpy().astype(np.int32))
-    if not parts["ids"]:
+    batches = input_pipeline.inference_batches(
+        data_dir, split, _data_config(model_dir, batch_size), metadata=metadata,
+        normalization=trained_on["feature_stats"])
+    embeddings = _embed_batches(encoder, batches, split)
+    if not len(embeddings):
         raise records.DatasetError(f"{data_dir}: split {split!r} has no records")
-    return Embeddings(split=split, **{k: np.concatenate(v) for k, v in parts.items()})
+    return embeddings
 
 
 def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=None,
@@ -154,15 +161,38 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
     kept, rejections = _validated_sequences(expand_inputs(inputs), cfg.preprocess,
                                             int(trained_on["num_features"]))
     encoder = encoder or load_encoder(model_dir)
-    stats = trained_on.get("feature_stats") if cfg.data.normalize else None
-    steps = [normalize(sequence.steps, stats) for sequence in kept]
-    vectors = embed_arrays(encoder, steps, batch_size or cfg.data.batch_size)
-    embeddings = Embeddings(
-        ids=np.asarray([s.id for s in kept], dtype=str),
-        labels=np.asarray([s.label for s in kept], dtype=str),
-        lengths=np.asarray([s.length for s in kept], dtype=np.int32),
-        vectors=vectors, split=split)
-    return embeddings, rejections
+    if not kept:
+        width = encoder.structured_outputs[_EMBEDDING_OUTPUT].shape[-1]
+        return Embeddings.empty(split, width), rejections
+    batches = input_pipeline.array_batches(
+        [s.steps for s in kept], [s.id for s in kept], _data_config(model_dir, batch_size),
+        labels=[s.label for s in kept], feature_stats=trained_on.get("feature_stats"))
+    embeddings = _embed_batches(encoder, batches, split)
+    # Batches come sorted by length; the ids (unique after duplicates) give back input order.
+    row_of = {record_id: row for row, record_id in enumerate(embeddings.ids.tolist())}
+    return embeddings.take([row_of[s.id] for s in kept]), rejections
+
+
+def _data_config(model_dir: Path, batch_size: int | None) -> DataConfig:
+    """The model config's data section, with `batch_size` (and no budget) if given."""
+    data_cfg = load_config(model_dir / CONFIG_FILE).data
+    if batch_size is None:
+        return data_cfg
+    return dataclasses.replace(data_cfg, batch_size=batch_size, timestep_budget=0)
+
+
+def _embed_batches(encoder, batches, split: str) -> Embeddings:
+    """The encoder's vectors of element-contract batches with keys, in batch order."""
+    parts: dict[str, list[Any]] = {"ids": [], "labels": [], "lengths": [], "vectors": []}
+    for inputs, _, _ in batches:
+        outputs = encoder(x=inputs["x"], mask=inputs["mask"])
+        parts["vectors"].append(outputs[_EMBEDDING_OUTPUT].numpy())
+        parts["ids"].append(inputs["id"].numpy().astype(str))
+        parts["labels"].append(inputs["label"].numpy().astype(str))
+        parts["lengths"].append(inputs["length"].numpy().astype(np.int32))
+    if not parts["ids"]:
+        return Embeddings.empty(split, 0)
+    return Embeddings(split=split, **{k: np.concatenate(v) for k, v in parts.items()})
 
 
 def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
@@ -182,58 +212,6 @@ def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"input {str(pattern)!r} matches no file")
         files.update(matched)
     return sorted(files)
-
-
-def normalize(steps: np.ndarray, feature_stats: Mapping[str, Any] | None) -> np.ndarray:
-    """`(steps - mean) / std` with the rule of the tf.data pipeline, float32.
-
-    `feature_stats` None means no normalization (`data.normalize: false`);
-    a feature with std 0 is only centred (the pipeline's rule).
-    """
-    steps = np.asarray(steps, dtype=np.float32)
-    if feature_stats is None:
-        return steps
-    mean, std = data.normalization_arrays(feature_stats, steps.shape[1])
-    return (steps - mean) / std
-
-
-def embed_arrays(encoder, sequences: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """Embeds unpadded `[length, F]` arrays; returns `[N, E]` in input order.
-
-    Sequences are sorted by length and cut into batches of `batch_size`, each
-    right-padded with zeros to its longest member (little padding, few
-    shapes); the mask is 1.0 exactly on the real steps.
-    """
-    import tensorflow as tf
-
-    if not sequences:
-        width = encoder.structured_outputs["embedding"].shape[-1]
-        return np.zeros((0, width), np.float32)
-    order = np.argsort([len(s) for s in sequences], kind="stable")
-    vectors: list[np.ndarray] = [np.empty(0)] * len(sequences)
-    for start in range(0, len(order), max(1, batch_size)):
-        batch = order[start:start + batch_size]
-        x, mask = pad_batch([sequences[index] for index in batch])
-        output = encoder(x=tf.constant(x), mask=tf.constant(mask))["embedding"].numpy()
-        for row, index in enumerate(batch):
-            vectors[index] = output[row]
-    return np.stack(vectors).astype(np.float32)
-
-
-def pad_batch(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads `[length, F]` arrays with zeros to the longest one.
-
-    Returns:
-        `(x, mask)`: float32 `[B, T, F]` and `[B, T]`, the mask exactly 1.0 on
-        the real steps and 0.0 on padding (the model's input contract).
-    """
-    longest = max(len(s) for s in sequences)
-    x = np.zeros((len(sequences), longest, sequences[0].shape[1]), np.float32)
-    mask = np.zeros((len(sequences), longest), np.float32)
-    for row, steps in enumerate(sequences):
-        x[row, :len(steps)] = steps
-        mask[row, :len(steps)] = 1.0
-    return x, mask
 
 
 def count_rejections(rejections: Sequence[sources.Rejection]) -> dict[str, int]:

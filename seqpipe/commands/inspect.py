@@ -5,7 +5,7 @@
 
 `inspect_dataset` reads `metadata.json` (counts, rejects per reason, length
 statistics, bucket boundaries, splits, compression) and iterates the train
-split once through `seqpipe.input_pipeline.data.make_dataset` with the given `DataConfig`
+split once through `seqpipe.input_pipeline.make_dataset` with the given `DataConfig`
 to measure its padding efficiency (real / padded timesteps): the number that
 tells whether the bucket boundaries and batch sizes suit this data. The
 result is a plain JSON-serializable dict (`seqpipe inspect --json`);
@@ -25,7 +25,7 @@ from seqpipe.dataset import records
 PADDING_SPLIT = "train"
 # The DataConfig keys shown beside the padding efficiency (those present are shown).
 _BATCHING_KEYS = ("batching", "batch_size", "timestep_budget", "bucket_boundaries",
-                  "pad_to_bucket_boundary", "pad_to_max")
+                  "pad_to_bucket_boundary")
 
 
 def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
         timesteps, shards}}, length_stats: {min, max, mean, quantiles},
         bucket_boundaries (the metadata's suggestion), data_config (the
         batching measured, as a dict), padding}`; `padding` is
-        `seqpipe.input_pipeline.data.padding_efficiency` of the train split, or None when the
+        `seqpipe.input_pipeline.padding_efficiency` of the train split, or None when the
         train split is empty.
 
     Raises:
@@ -79,11 +79,11 @@ def _padding(data_dir: str | Path, data_cfg: DataConfig,
     """`padding_efficiency` of the train split under `data_cfg` (None if it is empty)."""
     if not metadata["splits"][PADDING_SPLIT]["num_records"]:
         return None
-    from seqpipe.input_pipeline import data
+    from seqpipe import input_pipeline
 
-    dataset = data.make_dataset(data_dir, PADDING_SPLIT, data_cfg, training=False,
-                                metadata=metadata)
-    return data.padding_efficiency(dataset)
+    dataset = input_pipeline.make_dataset(data_dir, PADDING_SPLIT, data_cfg, training=False,
+                                          metadata=metadata)
+    return input_pipeline.padding_efficiency(dataset)
 
 
 def format_inspection(result: Mapping[str, Any]) -> str:

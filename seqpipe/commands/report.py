@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from seqpipe import input_pipeline
 from seqpipe.commands import embed
 from seqpipe.config import load_config
 from seqpipe.dataset import records
@@ -147,10 +149,14 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: dict[str, An
 
     cfg = load_config(model_dir / CONFIG_FILE)
     trained_on = _read_json(model_dir / METADATA_COPY) or metadata
-    stats = trained_on.get("feature_stats") if cfg.data.normalize else None
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
-    steps = [embed.normalize(record["steps"], stats) for record in chosen]
-    x, mask = embed.pad_batch(steps)
+    # All of them in one batch, in their (short to long) order, padded to the longest.
+    one_batch = dataclasses.replace(cfg.data, batch_size=len(chosen), sort_window=len(chosen),
+                                    timestep_budget=0, length_grid=0, min_batch_efficiency=0.0)
+    inputs, _, _ = next(input_pipeline.array_batches(
+        [record["steps"] for record in chosen], [record["id"] for record in chosen], one_batch,
+        feature_stats=trained_on.get("feature_stats")))
+    x, mask = inputs["x"].numpy(), inputs["mask"].numpy()
     autoencoder = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
     predicted = np.asarray(autoencoder({"x": x, "mask": mask}, training=False))
 

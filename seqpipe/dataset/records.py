@@ -195,7 +195,7 @@ def read_split(data_dir: str | Path, split: str,
     """Yields `{id, label, steps}` of every record of a split, in shard order.
 
     For small-scale tools (baselines, plots); training reads through
-    `seqpipe.input_pipeline.data`.
+    `seqpipe.input_pipeline`.
 
     Raises:
         DatasetError: a corrupt or truncated shard (named) or a malformed record.

@@ -1,6 +1,6 @@
 """The sequence autoencoder: its graph, and the encoder export.
 
-Inputs are the data pipeline's dict (see `seqpipe.input_pipeline.data`):
+Inputs are the data pipeline's dict (the element contract of `seqpipe.input_pipeline`):
 
     {"x":    float32 [batch, time, features]   right-padded sequences,
      "mask": float32 [batch, time]             1.0 on real steps, 0.0 on padding}

@@ -2,7 +2,7 @@
 
 seqpipe never infers padding from the values of `x` (a genuine all-zero
 timestep is data). The mask arrives beside `x` as an explicit float tensor
-(`seqpipe.input_pipeline.data`'s `{"x", "mask"}` inputs), and these two layers carry it
+(the `{"x", "mask"}` inputs of `seqpipe.input_pipeline`), and these two layers carry it
 through the autoencoder:
 
     x [B, T, F], mask [B, T] ──SequenceMask──▶ x with a Keras mask ──▶ encoder RNNs

@@ -392,7 +392,7 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
 
     from beam_jobs import statistics
     from seqpipe.dataset import records
-    from seqpipe.input_pipeline import buckets
+    from seqpipe.input_pipeline import batching
 
     data_dir.mkdir(parents=True, exist_ok=True)
     shards = [[] for _ in range(num_shards)]
@@ -415,7 +415,7 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
                              "num_timesteps": sum(k * v for k, v in lengths.items())}},
         "length_stats": statistics.length_stats(lengths),
         "feature_stats": None,
-        "bucket_boundaries": buckets.optimal_boundaries(buckets.exact_histogram(lengths), 4),
+        "bucket_boundaries": batching.optimal_boundaries(batching.exact_histogram(lengths), 4),
     }
     (data_dir / records.METADATA_FILE).write_text(json.dumps(metadata))
     return metadata

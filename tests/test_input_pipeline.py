@@ -1,97 +1,36 @@
-"""Tests of seqpipe.input_pipeline.data on tiny literal datasets written as real TFRecord shards."""
+"""Tests of the element contract (seqpipe.input_pipeline) on tiny literal datasets.
+
+`make_dataset` in every batching mode, `inference_batches` and `array_batches`,
+read from real TFRecord shards (`literal_datasets`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import re
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from literal_datasets import (
+    DETERMINISTIC,
+    LABELS,
+    MEAN,
+    SEQS,
+    STD,
+    WINDOW,
+    assert_batch,
+    batches,
+    inference,
+    shapes,
+    truncate,
+    write_dataset,
+)
 
 from seqpipe.config import DataConfig
 from seqpipe.dataset import records
-from seqpipe.input_pipeline import data
-
-# Lengths 1, 2, 3, 5, 8 and F=2; "d" has a genuine all-zero step in its middle.
-SEQS = {
-    "a": np.array([[1.0, -1.0]]),
-    "b": np.array([[2.0, 0.5], [3.0, 1.5]]),
-    "c": np.array([[-1.0, 2.0], [0.0, 4.0], [1.0, 6.0]]),
-    "d": np.array([[4.0, 1.0], [5.0, 2.0], [0.0, 0.0], [6.0, 3.0], [7.0, 4.0]]),
-    "e": np.array([[0.5, 8.0], [1.0, 7.0], [1.5, 6.0], [2.0, 5.0],
-                   [2.5, 4.0], [3.0, 3.0], [3.5, 2.0], [4.0, 1.0]]),
-}
-LABELS = {"a": "x", "b": "y", "c": "x", "d": "y", "e": "x"}
-# Hand-written train stats; std 0 must act as 1.
-MEAN, STD = [1.0, 2.0], [2.0, 0.0]
-
-DETERMINISTIC = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(2, 5),
-                           normalize=False, reverse_target=False, deterministic=True)
-
-
-def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compression="none",
-                  labels=None, split="train") -> Path:
-    """Shards seqs round-robin in insertion order and writes a metadata.json."""
-    labels = labels or {}
-    root.mkdir(parents=True, exist_ok=True)
-    ids = list(seqs)
-    files = []
-    for shard in range(num_shards):
-        name = records.shard_name(split, shard, num_shards)
-        files.append(name)
-        options = "GZIP" if compression == "gzip" else None
-        with tf.io.TFRecordWriter(str(root / name), options=options) as writer:
-            for sid in ids[shard::num_shards]:
-                writer.write(records.encode_sequence(sid, seqs[sid], labels.get(sid, "")))
-    lengths = [len(s) for s in seqs.values()]
-    metadata = {
-        "schema_version": records.SCHEMA_VERSION,
-        "num_features": 2,
-        "feature_names": ["f0", "f1"],
-        "compression": compression,
-        "splits": {split: {"num_records": len(seqs), "num_timesteps": sum(lengths),
-                           "num_shards": num_shards, "files": files}},
-        "length_stats": {"min": min(lengths), "max": max(lengths),
-                         "mean": float(np.mean(lengths))},
-        "feature_stats": {"mean": MEAN, "std": STD},
-        "bucket_boundaries": boundaries or [2, 5, max(lengths)],
-    }
-    (root / records.METADATA_FILE).write_text(json.dumps(metadata))
-    return root
-
-
-def batches(data_dir, cfg, *, training=False, **kwargs):
-    """The dataset as a list of numpy (inputs, targets, weights)."""
-    ds = data.make_dataset(data_dir, "train", cfg, training=training, **kwargs)
-    return list(ds.as_numpy_iterator())
-
-
-def padded(seqs, length):
-    out = np.zeros([len(seqs), length, 2], np.float32)
-    mask = np.zeros([len(seqs), length], np.float32)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
-        mask[i, :len(s)] = 1.0
-    return out, mask
-
-
-def assert_batch(batch, seqs, length, *, normalize=False, reverse=False):
-    inputs, targets, weights = batch
-    norm = [(s - MEAN) / np.where(np.array(STD) > 0, STD, 1.0) if normalize else s
-            for s in seqs]
-    x, mask = padded(norm, length)
-    target, _ = padded([s[::-1] for s in norm] if reverse else norm, length)
-    assert set(inputs) == {"x", "mask"}
-    np.testing.assert_allclose(inputs["x"], x, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(inputs["mask"], mask)
-    np.testing.assert_allclose(targets, target, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(weights, mask)
-    assert inputs["x"].dtype == targets.dtype == weights.dtype == np.float32
+from seqpipe.input_pipeline import batching, data
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +92,12 @@ EXPECTED_STEPS = EXPECTED_STEPS[np.lexsort(EXPECTED_STEPS.T[::-1])]
     DataConfig(batching="buckets", timestep_budget=6, pad_to_bucket_boundary=False,
                normalize=False),
     DataConfig(batching="buckets", batch_size=3, bucket_boundaries=(1, 3), normalize=False),
-    DataConfig(batch_size=2, pad_to_max=True, normalize=False),
+    # One bucket whose boundary is the longest length: every batch padded to the maximum.
+    DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(8,), normalize=False),
     DataConfig(batch_size=2, normalize=False, shuffle_buffer=3),
     DataConfig(batch_size=3, timestep_budget=6, sort_window=2, length_grid=1,
                normalize=False),
-], ids=["shuffled", "budget", "overflow", "pad_to_max", "window", "small_windows"])
+], ids=["shuffled", "budget", "overflow", "one_bucket_at_max", "window", "small_windows"])
 def test_every_real_step_once_per_epoch(tmp_path, cfg):
     root = write_dataset(tmp_path, num_shards=3)
     ds = data.make_dataset(root, "train", cfg, training=True)
@@ -174,10 +114,6 @@ def test_every_real_step_once_per_epoch(tmp_path, cfg):
             assert (np.diff(weights, axis=1) <= 0).all()
 
 
-def shapes(out):
-    return [inputs["x"].shape[:2] for inputs, _, _ in out]
-
-
 def test_padding_modes(tiny):
     # Metadata boundaries [2, 5, 8]: T is exactly a boundary.
     cfg = DataConfig(batching="buckets", batch_size=2, normalize=False, deterministic=True)
@@ -190,8 +126,9 @@ def test_padding_modes(tiny):
     cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(4, 8), normalize=False,
                      pad_to_bucket_boundary=False, deterministic=True)
     assert shapes(batches(tiny, cfg)) == [(2, 2), (2, 8), (1, 3)]
-    # pad_to_max: T = the longest length everywhere, no bucketing.
-    cfg = DataConfig(batch_size=2, pad_to_max=True, normalize=False, deterministic=True)
+    # One bucket at the longest length: T = the longest length everywhere.
+    cfg = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(8,), normalize=False,
+                     deterministic=True)
     assert shapes(batches(tiny, cfg)) == [(2, 8), (2, 8), (1, 8)]
 
 
@@ -201,7 +138,7 @@ def test_timestep_budget_batch_sizes(tmp_path):
             enumerate([1] * 7 + [4] * 5 + [8] * 3)}
     root = write_dataset(tmp_path, seqs, boundaries=[2, 4, 8])
     cfg = DataConfig(batching="buckets", timestep_budget=16, normalize=False, deterministic=True)
-    buckets = data.plan_buckets(cfg, json.loads((root / "metadata.json").read_text()))
+    buckets = batching.plan_buckets(cfg, json.loads((root / "metadata.json").read_text()))
     assert [b.batch_size for b in buckets] == [8, 4, 2, 2]
     out = batches(root, cfg)
     assert sorted(shapes(out)) == sorted([(7, 2), (4, 4), (1, 4), (2, 8), (1, 8)])
@@ -246,92 +183,6 @@ def test_shuffle_differs_between_epochs_deterministic_does_not(tmp_path):
     assert first == sorted(seqs)
 
 
-@pytest.mark.parametrize("num_shards", [1, 2, 4])
-def test_input_context_shards_cover_every_record_once(tmp_path, num_shards, caplog):
-    root = write_dataset(tmp_path, num_shards=num_shards)
-    cfg = DataConfig(batch_size=4, normalize=False, shuffle_buffer=4)
-    seen = []
-    with caplog.at_level(logging.WARNING, logger="seqpipe.input_pipeline.data"):
-        for pipeline in range(2):
-            context = tf.distribute.InputContext(num_input_pipelines=2,
-                                                 input_pipeline_id=pipeline,
-                                                 num_replicas_in_sync=2)
-            out = batches(root, cfg, training=True, with_keys=True, input_context=context)
-            assert max(b for b, _ in shapes(out)) <= 2  # per-replica batch = 4 // 2
-            seen += [sid.decode() for inputs, _, _ in out for sid in inputs["id"]]
-    assert sorted(seen) == sorted(SEQS)
-    assert ("sharding by record" in caplog.text) == (num_shards < 2)
-
-
-def truncate(path: Path, keep: int):
-    path.write_bytes(path.read_bytes()[:keep])
-
-
-@pytest.mark.parametrize("compression", ["none", "gzip"])
-def test_truncated_shard_error_names_file(tmp_path, compression):
-    root = write_dataset(tmp_path, num_shards=2, compression=compression)
-    shard = root / records.shard_name("train", 1, 2)
-    truncate(shard, shard.stat().st_size - 10)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(str(shard))):
-        batches(root, DETERMINISTIC)
-
-
-def test_corrupt_record_error_names_file(tmp_path):
-    root = write_dataset(tmp_path, num_shards=2)
-    shard = root / records.shard_name("train", 0, 2)
-    raw = bytearray(shard.read_bytes())
-    raw[40] ^= 0xFF  # inside the first record's payload: its CRC fails
-    shard.write_bytes(bytes(raw))
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=re.escape(str(shard)) + ".*corrupt or truncated"):
-        batches(root, DETERMINISTIC)
-
-
-def test_skip_corrupt_keeps_readable_records(tmp_path, capfd):
-    root = write_dataset(tmp_path, num_shards=2)
-    # Shard 1 holds b and d; cut into d (its second record).
-    shard = root / records.shard_name("train", 1, 2)
-    truncate(shard, shard.stat().st_size - 10)
-    out = batches(root, DETERMINISTIC, with_keys=True, skip_corrupt=True)
-    ids = sorted(sid.decode() for inputs, _, _ in out for sid in inputs["id"])
-    assert ids == ["a", "b", "c", "e"]
-    assert str(shard) in capfd.readouterr().err
-
-
-def test_gzip_reads_the_same(tmp_path):
-    plain = batches(write_dataset(tmp_path / "plain", num_shards=2), DETERMINISTIC)
-    gzip = batches(write_dataset(tmp_path / "gzip", num_shards=2, compression="gzip"),
-                   DETERMINISTIC)
-    assert len(plain) == len(gzip)
-    for p, g in zip(plain, gzip, strict=True):
-        for a, b in zip(tf.nest.flatten(p), tf.nest.flatten(g), strict=True):
-            np.testing.assert_array_equal(a, b)
-
-
-def test_missing_metadata(tmp_path):
-    root = write_dataset(tmp_path)
-    (root / records.METADATA_FILE).unlink()
-    with pytest.raises(records.DatasetError, match="no metadata.json"):
-        data.make_dataset(root, "train", DETERMINISTIC, training=False)
-
-
-def test_unknown_schema_version(tmp_path):
-    root = write_dataset(tmp_path)
-    metadata = json.loads((root / records.METADATA_FILE).read_text())
-    metadata["schema_version"] = 999
-    (root / records.METADATA_FILE).write_text(json.dumps(metadata))
-    with pytest.raises(records.DatasetError, match="schema_version 999"):
-        data.make_dataset(root, "train", DETERMINISTIC, training=False)
-    with pytest.raises(records.DatasetError, match="schema_version 999"):
-        data.make_dataset(root, "train", DETERMINISTIC, training=False, metadata=metadata)
-
-
-def test_split_without_shards(tmp_path):
-    root = write_dataset(tmp_path)
-    with pytest.raises(records.DatasetError, match=f"{re.escape(str(root))}.*'test'"):
-        data.make_dataset(root, "test", DETERMINISTIC, training=False)
-
-
 def test_padding_efficiency(tiny):
     cfg = DataConfig(batching="buckets", batch_size=2, normalize=False, deterministic=True)
     stats = data.padding_efficiency(data.make_dataset(tiny, "train", cfg, training=False))
@@ -342,10 +193,6 @@ def test_padding_efficiency(tiny):
 
 
 # ---------------------------------------------------------------- sorted windows
-
-WINDOW = DataConfig(batch_size=2, timestep_budget=0, min_batch_efficiency=0.0, normalize=False,
-                    reverse_target=False, deterministic=True)
-
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_sorted_window_exact_batches(tmp_path, reverse):
@@ -405,14 +252,6 @@ def test_sorted_window_budget_gives_full_batches(tiny):
     assert_batch(out[3], [SEQS["e"]], 8)  # longer than the budget: alone, kept
 
 
-def test_sorted_window_auto_budget(tiny):
-    # -1: batch_size x mean length = 4 x 3.8 -> 15 timesteps per batch.
-    plan = data.plan_window(dataclasses.replace(WINDOW, batch_size=4, timestep_budget=-1),
-                            json.loads((tiny / records.METADATA_FILE).read_text()))
-    assert plan.grid == (1, 2, 3, 4, 5, 6, 7, 8)
-    assert plan.batch_sizes == (4, 4, 4, 3, 3, 2, 2, 1)
-
-
 def test_sorted_window_overflow_pads_to_batch_max(tmp_path):
     # Metadata claims max length 4: "d" (5) and "e" (8) are past the grid's
     # end [1..4] and pad to their batch's longest; nothing is dropped.
@@ -433,7 +272,7 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
                      min_batch_efficiency=0.0, normalize=False, reverse_target=False,
                      shuffle_buffer=20, seed=2)
     metadata = records.read_metadata(root)
-    plan = data.plan_window(cfg, metadata)
+    plan = batching.plan_window(cfg, metadata)
     full = dict(zip(plan.grid, plan.batch_sizes, strict=True))
     ds = data.make_dataset(root, "train", cfg, training=True, with_keys=True)
     for _ in range(2):
@@ -450,14 +289,9 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
 # ---------------------------------------------------------------- inference batches
 
 
-def inference(root, cfg=WINDOW, **kwargs):
-    return [tf.nest.map_structure(lambda t: t.numpy(), batch)
-            for batch in data.inference_batches(root, "train", cfg, **kwargs)]
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 def test_inference_batches_exact(tmp_path, reverse):
-    # Shards read one after another (a, c, e, then b, d), sorted by length, cut into pairs.
+    # Shards hold a, c, e and b, d: read interleaved, sorted by length, cut into pairs.
     root = write_dataset(tmp_path, num_shards=2, labels=LABELS)
     out = inference(root, dataclasses.replace(WINDOW, reverse_target=reverse))
     assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
@@ -510,85 +344,65 @@ def test_inference_batches_truncated_shard_names_file(tmp_path, compression):
         inference(root)
 
 
-def test_inference_batches_read_ahead_yields_the_same_batches(tmp_path):
-    root = write_dataset(tmp_path, num_shards=2, labels=LABELS)
-    ahead, inline = inference(root, read_ahead=2), inference(root, read_ahead=0)
-    assert len(ahead) == len(inline) == 3
-    for a, b in zip(ahead, inline, strict=True):
-        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
 
 
-def test_read_ahead_raises_where_the_failing_item_would_come():
-    def items():
-        yield 1
-        yield 2
-        raise ValueError("item 3 is bad")
-
-    got = []
-    with pytest.raises(ValueError, match="item 3 is bad"):
-        for item in data._read_ahead(items(), depth=1):
-            got.append(item)
-    assert got == [1, 2]
-
-
-def test_read_ahead_closed_early_stops_its_producer():
-    produced = []
-
-    def items():
-        for i in range(1000):
-            produced.append(i)
-            yield i
-
-    reader = data._read_ahead(items(), depth=2)
-    assert [next(reader), next(reader)] == [0, 1]
-    reader.close()  # joins the producer
-    count = len(produced)
-    assert count <= 2 + 2 + 1  # consumed, queued, and the one it was offering
-    assert not [t for t in threading.enumerate() if t.name == "seqpipe-read-ahead"]
+@pytest.mark.parametrize("cfg", [
+    WINDOW,
+    DataConfig(batch_size=2, normalize=True, reverse_target=True),
+    DataConfig(batch_size=3, timestep_budget=6, sort_window=2, length_grid=1, normalize=False),
+    DETERMINISTIC,
+], ids=["window", "default", "budget_small_windows", "buckets"])
+def test_inference_batches_are_the_make_dataset_batches(tmp_path, cfg):
+    # Inference always batches in sorted windows (`buckets` configs too).
+    root = write_dataset(tmp_path, num_shards=3, labels=LABELS)
+    expected = batches(root, dataclasses.replace(cfg, batching="sorted_window"), with_keys=True)
+    got = inference(root, cfg)
+    assert len(got) == len(expected) >= 3
+    for batch, want in zip(got, expected, strict=True):
+        tf.nest.assert_same_structure(batch, want)
+        tf.nest.map_structure(np.testing.assert_array_equal, batch, want)
 
 
-def reference_cuts(lengths, grid, sizes, min_efficiency):
-    """`_window_cuts`' documented rule, one batch at a time in plain Python."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    sorted_lengths = [int(lengths[i]) for i in order]
-    n = len(order)
-
-    def on_grid(length):
-        return next((t for t in grid if t >= length), length)
-
-    batches, start = [], 0
-    while start < n:
-        g = next((g for g in range(len(grid))
-                  if sorted_lengths[min(start + sizes[g] - 1, n - 1)] <= grid[g]), len(grid) - 1)
-        size = min(sizes[g], n - start)
-        pad = max(grid[g], sorted_lengths[start + size - 1])
-        for k in range(1, size if min_efficiency else 0):
-            real = sum(sorted_lengths[start:start + k + 1])
-            if real < min_efficiency * (k + 1) * on_grid(sorted_lengths[start + k]):
-                size, pad = k, on_grid(sorted_lengths[start + k - 1])
-                break
-        batches.append((order[start:start + size], pad))
-        start += size
-    return batches
+# ---------------------------------------------------------------- in-memory arrays
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("batch_size,budget", [(8, 0), (8, 60), (5, 37)])
-@pytest.mark.parametrize("length_grid", [0, 1, 4])
-@pytest.mark.parametrize("min_efficiency", [0.0, 0.6, 0.9])
-def test_window_cuts_match_the_one_batch_at_a_time_rule(seed, batch_size, budget, length_grid,
-                                                        min_efficiency):
-    rng = np.random.default_rng(seed)
-    lengths = np.concatenate([rng.integers(1, 12, 50),  # dense, then a sparse tail
-                              np.exp(rng.uniform(2.5, 5.0, 12)).astype(int)])[
-        rng.permutation(62)][:rng.integers(1, 63)]
-    metadata = {"length_stats": {"max": 100, "mean": 10.0}}
-    cfg = DataConfig(batch_size=batch_size, timestep_budget=budget, length_grid=length_grid,
-                     min_batch_efficiency=min_efficiency, sort_window=64)
-    plan = data.plan_window(cfg, metadata)
-    rows, pads = plan.cutter()(tf.constant(lengths, tf.int32))
-    got = [([int(i) for i in row if i >= 0], int(pad))
-           for row, pad in zip(rows.numpy(), pads.numpy(), strict=True)]
-    expected = reference_cuts(lengths, plan.grid, plan.batch_sizes, min_efficiency)
-    assert got == expected
-    assert sorted(i for row, _ in got for i in row) == list(range(len(lengths)))
+def arrays(cfg, **kwargs):
+    return [tf.nest.map_structure(lambda t: t.numpy(), batch)
+            for batch in data.array_batches([SEQS[i] for i in SEQS], list(SEQS), cfg, **kwargs)]
+
+
+@pytest.mark.parametrize("cfg", [
+    WINDOW,
+    DataConfig(batch_size=2, normalize=True, reverse_target=True),
+    DataConfig(batch_size=4, min_batch_efficiency=0.7, normalize=False),
+    DataConfig(batch_size=3, timestep_budget=6, sort_window=2, length_grid=1, normalize=False),
+], ids=["window", "default", "floor", "budget_small_windows"])
+def test_array_batches_are_the_batches_of_the_same_records_read_from_shards(tmp_path, cfg):
+    # One shard: records read in the order the arrays are given.
+    root = write_dataset(tmp_path, labels=LABELS)
+    expected = batches(root, cfg, with_keys=True)
+    got = arrays(cfg, labels=[LABELS[i] for i in SEQS],
+                 feature_stats={"mean": MEAN, "std": STD})
+    assert len(got) == len(expected) >= 2
+    for batch, want in zip(got, expected, strict=True):
+        tf.nest.map_structure(np.testing.assert_array_equal, batch, want)
+
+
+def test_array_batches_exact_and_normalized_with_the_pipeline_rule():
+    out = arrays(WINDOW)
+    assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
+    for batch, ids, length in zip(out, [["a", "b"], ["c", "d"], ["e"]], [2, 5, 8], strict=True):
+        inputs, targets, weights = batch
+        assert inputs["id"].astype(str).tolist() == ids
+        assert inputs["label"].tolist() == [b""] * len(ids)
+        keyless = ({"x": inputs["x"], "mask": inputs["mask"]}, targets, weights)
+        assert_batch(keyless, [SEQS[i] for i in ids], length)
+    # std 0 acts as 1: feature 1 is only centred.
+    stats = {"mean": [1.0, 2.0], "std": [2.0, 0.0]}
+    steps = np.array([[3.0, 5.0], [1.0, 2.0]])
+    inputs, _, _ = next(data.array_batches([steps], ["s"], WINDOW, feature_stats=stats))
+    np.testing.assert_array_equal(inputs["x"][0], steps)  # normalize off in WINDOW
+    assert inputs["x"].dtype == tf.float32
+    normalized = dataclasses.replace(WINDOW, normalize=True)
+    inputs, _, _ = next(data.array_batches([steps], ["s"], normalized, feature_stats=stats))
+    np.testing.assert_array_equal(inputs["x"][0], [[1.0, 3.0], [0.0, 0.0]])
