@@ -29,16 +29,15 @@ MIRRORED_STEP = textwrap.dedent("""
     from seqpipe.input_pipeline import data
     from seqpipe.dataset import records
     from seqpipe.config import load_config
-    from seqpipe.training.trainer import _Trainer
+    from seqpipe.training.trainer import Trainer
 
     data_dir, work = sys.argv[1], sys.argv[2]
     cfg = load_config("tiny", sys.argv[3:])
     metadata = records.read_metadata(data_dir)
     strategies = {"single": tf.distribute.get_strategy(),
                   "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
-    trainers = {name: _Trainer(__import__("pathlib").Path(data_dir),
-                               __import__("pathlib").Path(work) / name, cfg, metadata,
-                               strategy, verbose=False)
+    trainers = {name: Trainer(data_dir, f"{work}/{name}", cfg, metadata=metadata,
+                              strategy=strategy, verbose=False)
                 for name, strategy in strategies.items()}
     trainers["mirrored"].autoencoder.set_weights(trainers["single"].autoencoder.get_weights())
 
@@ -52,7 +51,7 @@ MIRRORED_STEP = textwrap.dedent("""
         strategy = strategies[name]
         distributed = next(iter(strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))))
-        sse, count = trainer._train_step(distributed)
+        sse, count = trainer.train_step(distributed)
         results[name] = {"sse": float(sse), "count": float(count),
                          "weights": [w.tolist() for w in trainer.autoencoder.get_weights()]}
     halves = [float(batch[2].numpy()[:2].sum()), float(batch[2].numpy()[2:].sum())]
