@@ -21,8 +21,7 @@ TINY_OVERRIDES = ("synth.num_sequences=160", "synth.max_length=60", "model.units
 
 MIRRORED_STEP = textwrap.dedent("""
     import json, sys
-    import keras
-import numpy as np
+    import numpy as np
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -30,8 +29,7 @@ import numpy as np
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from seqpipe.input_pipeline import data
-    import seqpipe.model.layers  # noqa: F401 - registers the custom layers for load_model
-from seqpipe.dataset import records
+    from seqpipe.dataset import records
     from seqpipe.config import load_config
     from seqpipe.training.trainer import Trainer
 
