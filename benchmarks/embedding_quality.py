@@ -74,7 +74,8 @@ def run_option(name: str, overrides: tuple[str, ...], data_dir: Path, workdir: P
                base: str, base_overrides: list[str]) -> dict[str, Any]:
     """Trains (unless already trained) and evaluates one option; its table row."""
     from seqpipe.commands import evaluate
-    from seqpipe.training.trainer import SUMMARY_FILE, train
+    from seqpipe.training.model_dir import SUMMARY_FILE
+    from seqpipe.training.trainer import train
 
     cfg = load_config(base, [*base_overrides, *overrides])
     model_dir = workdir / "models" / name

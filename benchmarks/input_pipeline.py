@@ -8,7 +8,7 @@ uniform or long-tailed) as gzip TFRecord shards, then with the default
    shuffled) for a few epochs, one dataset each, then the trainer's epoch
    stream (every epoch from one iterator, as training reads them), and prints
    sequences/s and timesteps/s;
-2. training epoch ratio: seqpipe's trainer itself (`seqpipe.training.trainer._Trainer.
+2. training epoch ratio: seqpipe's trainer itself (`seqpipe.training.trainer.Trainer.
    train_epoch`: the real step, loop, backups and epoch stream, as `run()`
    uses them), alternating blocks of 3 consecutive epochs fed by the
    pipeline with the same 3 epochs fed by their batches cached in memory
@@ -74,19 +74,19 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
     untimed, so no pipeline work runs during cached epochs.
     """
     cfg = load_config("default", [f"model.units={units}", "train.epochs=1000"])
-    trainer = train._Trainer(root, work, cfg, records.read_metadata(root),
-                             tf.distribute.get_strategy(), verbose=False)
+    trainer = train.Trainer(root, work, cfg, metadata=records.read_metadata(root),
+                            strategy=tf.distribute.get_strategy(), verbose=False)
 
     def cached_batches(epoch: int) -> list:
         """The batches the pipeline of `epoch` yields (its order is seeded by the epoch)."""
-        return list(trainer._distributed_dataset("train", epoch, 0, training=True))
+        return list(trainer.inputs.distributed_dataset("train", epoch))
 
     def timed(epoch: int, batches=None) -> float:
-        trainer.step_in_epoch.assign(0)
+        trainer.state.step_in_epoch.assign(0)
         return trainer.train_epoch(epoch, batches=batches).seconds
 
     streamed = stream_throughput(trainer, epochs=range(100, 106))
-    trainer.close_inputs()
+    trainer.close()
     timed(0)  # warm-up: traces the step, builds the optimizer and the epoch stream
     pairs, epoch = [], 1
     for repeat in range(repeats):
@@ -104,21 +104,21 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
             from_memory = sum(timed(e, cached[e]) for e in epochs[1:])
         pairs.append({"pipeline_s": fed, "cached_s": from_memory, "ratio": fed / from_memory,
                       "batches": sum(len(b) for b in cached.values())})
-    trainer.close_inputs()
+    trainer.close()
     return {"pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
-            "traces": trainer._train_step.experimental_get_tracing_count(),
+            "traces": trainer.train_step.experimental_get_tracing_count(),
             "stream": streamed}
 
 
-def stream_throughput(trainer: train._Trainer, epochs: range) -> dict:
+def stream_throughput(trainer: train.Trainer, epochs: range) -> dict:
     """Input only, as the trainer reads it: consecutive epochs from its epoch stream
     (the first one, which builds the stream, not counted)."""
-    for _ in trainer._stream("train", epochs[0], 0, training=True).epoch():
+    for _ in trainer.inputs.stream("train", epochs[0]).epoch():
         pass
     started = time.perf_counter()
     sequences = timesteps = 0
     for epoch in epochs[1:]:
-        for _, _, weights in trainer._stream("train", epoch, 0, training=True).epoch():
+        for _, _, weights in trainer.inputs.stream("train", epoch).epoch():
             sequences += int(weights.shape[0])
             timesteps += int(tf.reduce_sum(weights))
     seconds = time.perf_counter() - started

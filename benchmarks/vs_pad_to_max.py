@@ -15,7 +15,7 @@ drifting load from other processes hits every variant alike):
   bidirectional=False, activation="relu")` (seqpipe's relu is relu6: the same
   op count as relu, and it does not overflow), fed by `seqpipe.input_pipeline.data.make_dataset`
   from the TFRecord shards with the default `DataConfig` (sorted windows), trained
-  by `seqpipe.training.trainer._Trainer.train_epoch`: the real step, loop and backups;
+  by `seqpipe.training.trainer.Trainer.train_epoch`: the real step, loop and backups;
 * `seqpipe_xla`: the same with `train.jit_compile=true`, on a grid of 16
   lengths per doubling without the efficiency floor (bounded batch shapes,
   as the trainer advises for XLA; only with `--xla`).
@@ -69,6 +69,7 @@ from seqpipe.dataset import records  # noqa: E402
 from seqpipe.input_pipeline import data, reading  # noqa: E402
 from seqpipe.model import autoencoder as models  # noqa: E402
 from seqpipe.training import trainer as train  # noqa: E402
+from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, METADATA_COPY  # noqa: E402
 
 BATCH_SIZE = 32
 UNITS, DECODER_UNITS = 100, 8
@@ -172,7 +173,7 @@ class Naive:
 
 
 class Seqpipe:
-    """seqpipe's trainer (`_Trainer.train_epoch`) on its TFRecord pipeline."""
+    """seqpipe's trainer (`Trainer.train_epoch`) on its TFRecord pipeline."""
 
     def __init__(self, ds: Data, work: Path, seed: int, overrides: tuple[str, ...] = ()):
         self.cfg = load_config("default", [
@@ -182,23 +183,23 @@ class Seqpipe:
             f"train.seed={seed}", *overrides])
         self.ds = ds
         self.model_dir = work
-        self.trainer = train._Trainer(ds.root, work, self.cfg, ds.metadata,
-                                      tf.distribute.get_strategy(), verbose=False)
+        self.trainer = train.Trainer(ds.root, work, self.cfg, metadata=ds.metadata,
+                                     strategy=tf.distribute.get_strategy(), verbose=False)
         self.epoch = 0
         self._served = None
 
     def train_epoch(self) -> dict:
         result = self.trainer.train_epoch(self.epoch)
         self.epoch += 1
-        self.trainer.step_in_epoch.assign(0)
+        self.trainer.state.step_in_epoch.assign(0)
         return {"seconds": result.seconds, "loss": result.loss, "steps": result.num_steps,
                 "real_timesteps": result.num_valid_timesteps}
 
     def export(self):
         """Writes what `seqpipe embed` reads and loads the SavedModel encoder."""
-        dump_config(self.cfg, self.model_dir / train.CONFIG_FILE)
-        (self.model_dir / train.METADATA_COPY).write_text(json.dumps(self.ds.metadata))
-        staging = self.model_dir / train.ENCODER_DIR
+        dump_config(self.cfg, self.model_dir / CONFIG_FILE)
+        (self.model_dir / METADATA_COPY).write_text(json.dumps(self.ds.metadata))
+        staging = self.model_dir / ENCODER_DIR
         models.export_encoder(self.trainer.encoder, staging)
         self._served = embed.load_encoder(self.model_dir)
 
@@ -231,7 +232,7 @@ class Seqpipe:
 
     @property
     def traces(self) -> int:
-        return self.trainer._train_step.experimental_get_tracing_count()
+        return self.trainer.train_step.experimental_get_tracing_count()
 
 
 # ----------------------------------------------------------------------------- runs

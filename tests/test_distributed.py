@@ -9,9 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
+import seqpipe.model.layers  # noqa: F401 - registers the custom layers for load_model
 from seqpipe.dataset import records
 
 TINY_OVERRIDES = ("synth.num_sequences=160", "synth.max_length=60", "model.units=16",
@@ -29,16 +31,15 @@ MIRRORED_STEP = textwrap.dedent("""
     from seqpipe.input_pipeline import data
     from seqpipe.dataset import records
     from seqpipe.config import load_config
-    from seqpipe.training.trainer import _Trainer
+    from seqpipe.training.trainer import Trainer
 
     data_dir, work = sys.argv[1], sys.argv[2]
     cfg = load_config("tiny", sys.argv[3:])
     metadata = records.read_metadata(data_dir)
     strategies = {"single": tf.distribute.get_strategy(),
                   "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
-    trainers = {name: _Trainer(__import__("pathlib").Path(data_dir),
-                               __import__("pathlib").Path(work) / name, cfg, metadata,
-                               strategy, verbose=False)
+    trainers = {name: Trainer(data_dir, f"{work}/{name}", cfg, metadata=metadata,
+                              strategy=strategy, verbose=False)
                 for name, strategy in strategies.items()}
     trainers["mirrored"].autoencoder.set_weights(trainers["single"].autoencoder.get_weights())
 
@@ -52,7 +53,7 @@ MIRRORED_STEP = textwrap.dedent("""
         strategy = strategies[name]
         distributed = next(iter(strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))))
-        sse, count = trainer._train_step(distributed)
+        sse, count = trainer.train_step(distributed)
         results[name] = {"sse": float(sse), "count": float(count),
                          "weights": [w.tolist() for w in trainer.autoencoder.get_weights()]}
     halves = [float(batch[2].numpy()[:2].sum()), float(batch[2].numpy()[2:].sum())]
@@ -93,34 +94,70 @@ def _train_command(data_dir, model_dir, *extra) -> list[str]:
             *[f"--set={o}" for o in (*TINY_OVERRIDES, *extra)]]
 
 
-@pytest.mark.slow
-def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
-    """2 worker processes on localhost ports vs 1 process: same data, same global batch."""
+def _run_two_workers(data_dir, model_dir, *extra) -> list[dict]:
+    """`seqpipe train` as 2 worker processes on localhost ports; their summaries."""
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(_train_command(tiny_dataset, tmp_path / "multi"),
+        workers.append(subprocess.Popen(_train_command(data_dir, model_dir, *extra),
                                         env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-3000:]
-    summaries = [json.loads(out) for out, _ in outputs]
+    return [json.loads(out) for out, _ in outputs]
+
+
+def _run_single(data_dir, model_dir, *extra) -> None:
+    single = subprocess.run(_train_command(data_dir, model_dir, *extra),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+
+def _history(model_dir) -> list[dict]:
+    return json.loads((model_dir / "history.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
+    """2 worker processes on localhost ports vs 1 process: same data, same global batch."""
+    summaries = _run_two_workers(tiny_dataset, tmp_path / "multi")
     assert summaries[0]["num_replicas"] == summaries[1]["num_replicas"] == 2
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
 
-    single = subprocess.run(_train_command(tiny_dataset, tmp_path / "single"),
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    multi_history = json.loads((tmp_path / "multi" / "history.json").read_text())
-    single_history = json.loads((tmp_path / "single" / "history.json").read_text())
+    _run_single(tiny_dataset, tmp_path / "single")
     train_timesteps = records.read_metadata(tiny_dataset)["splits"]["train"]["num_timesteps"]
-    for multi, one in zip(multi_history, single_history, strict=True):
+    for multi, one in zip(_history(tmp_path / "multi"), _history(tmp_path / "single"),
+                          strict=True):
         # Every real timestep is seen exactly once per epoch, however it was sharded.
         assert multi["valid_timesteps"] == one["valid_timesteps"] == train_timesteps
         assert multi["loss"] == pytest.approx(one["loss"], rel=0.1)
         assert multi["val_loss"] == pytest.approx(one["val_loss"], rel=0.1)
     assert not list(tmp_path.glob("multi/checkpoints/backup/*worker*"))
+
+
+@pytest.mark.slow
+def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset):
+    """Each step's global batch is the whole train split (one shard per worker, padded to
+    different lengths, with different valid counts): the 2-worker run takes the steps of
+    one process to float rounding, so its losses and weights match tightly."""
+    whole_split = ("data.batch_size=512", "data.min_batch_efficiency=0", "train.epochs=6",
+                   "train.early_stopping_patience=0")
+    summaries = _run_two_workers(tiny_dataset, tmp_path / "multi", *whole_split)
+    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
+    _run_single(tiny_dataset, tmp_path / "single", *whole_split)
+    multi_history, single_history = _history(tmp_path / "multi"), _history(tmp_path / "single")
+    assert [h["steps"] for h in multi_history] == [h["steps"] for h in single_history]
+    assert all(h["steps"] == 1 for h in single_history)
+    for multi, one in zip(multi_history, single_history, strict=True):
+        assert multi["loss"] == pytest.approx(one["loss"], rel=1e-5)
+        assert multi["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    multi_weights = keras.models.load_model(tmp_path / "multi" / "autoencoder.keras",
+                                            safe_mode=True).get_weights()
+    single_weights = keras.models.load_model(tmp_path / "single" / "autoencoder.keras",
+                                             safe_mode=True).get_weights()
+    for a, b in zip(single_weights, multi_weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)

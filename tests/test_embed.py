@@ -12,7 +12,7 @@ import pytest
 
 from seqpipe.commands import embed
 from seqpipe.dataset import sources
-from seqpipe.training.trainer import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
+from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, METADATA_COPY
 
 
 @pytest.fixture(scope="module")

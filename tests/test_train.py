@@ -19,6 +19,17 @@ from seqpipe.config import TrainConfig
 from seqpipe.dataset import records
 from seqpipe.input_pipeline import data
 from seqpipe.training import trainer as train
+from seqpipe.training.model_dir import (
+    AUTOENCODER_FILE,
+    CONFIG_FILE,
+    ENCODER_DIR,
+    HISTORY_FILE,
+    LOCK_FILE,
+    METADATA_COPY,
+    SUMMARY_FILE,
+)
+from seqpipe.training.resume import model_dir_lock
+from seqpipe.training.step import make_strategy
 
 
 def replace_section(cfg, section, **changes):
@@ -38,12 +49,12 @@ def trained(tmp_path_factory, tiny_dataset, tiny_config):
 
 def test_exports_everything(trained):
     model_dir, cfg, summary = trained
-    for name in (train.AUTOENCODER_FILE, train.CONFIG_FILE, train.METADATA_COPY,
-                 train.HISTORY_FILE, train.SUMMARY_FILE):
+    for name in (AUTOENCODER_FILE, CONFIG_FILE, METADATA_COPY,
+                 HISTORY_FILE, SUMMARY_FILE):
         assert (model_dir / name).is_file(), name
-    assert (model_dir / train.ENCODER_DIR / "saved_model.pb").is_file()
+    assert (model_dir / ENCODER_DIR / "saved_model.pb").is_file()
     assert list((model_dir / "logs").glob("events.out.tfevents.*"))
-    assert not (model_dir / train.LOCK_FILE).exists()
+    assert not (model_dir / LOCK_FILE).exists()
     assert summary["epochs"] == 1 and summary["stopped_by"] == "epochs"
     assert 0 < summary["padding_efficiency"] <= 1
 
@@ -51,7 +62,7 @@ def test_exports_everything(trained):
 def test_epoch_losses_are_the_exact_masked_mean(trained, tiny_dataset):
     """history's val_loss == sum of squared errors / valid values over the whole split."""
     model_dir, cfg, _ = trained
-    autoencoder = keras.models.load_model(model_dir / train.AUTOENCODER_FILE, safe_mode=True)
+    autoencoder = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
     sse, count = 0.0, 0.0
     for inputs, targets, weights in data.make_dataset(tiny_dataset, "val", cfg.data,
                                                       training=False).as_numpy_iterator():
@@ -59,7 +70,7 @@ def test_epoch_losses_are_the_exact_masked_mean(trained, tiny_dataset):
         valid = weights.astype(bool)
         sse += np.square(predictions - targets)[valid].sum()
         count += valid.sum() * targets.shape[-1]
-    history = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    history = json.loads((model_dir / HISTORY_FILE).read_text())
     assert history[0]["val_loss"] == pytest.approx(sse / count, rel=1e-5)
 
 
@@ -69,8 +80,8 @@ def test_a_finished_run_continues_to_more_epochs(trained, tmp_path, tiny_dataset
     shutil.copytree(model_dir, copy)
     summary = train.train(tiny_dataset, copy, replace_section(cfg, "train", epochs=2),
                           verbose=False)
-    history = json.loads((copy / train.HISTORY_FILE).read_text())
-    original = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    history = json.loads((copy / HISTORY_FILE).read_text())
+    original = json.loads((model_dir / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert history[0] == original[0]
     assert summary["epochs"] == 2
@@ -79,7 +90,7 @@ def test_a_finished_run_continues_to_more_epochs(trained, tmp_path, tiny_dataset
 def _epoch_batches(trainer, epoch, skip=0):
     """The x arrays of the train batches `trainer` feeds epoch `epoch` from step `skip`."""
     return [inputs["x"].numpy()
-            for inputs, _, _ in trainer._distributed_dataset("train", epoch, skip, True)]
+            for inputs, _, _ in trainer.inputs.distributed_dataset("train", epoch, skip)]
 
 
 def test_an_epoch_is_a_function_of_its_seed_and_resume_skips_exactly(
@@ -87,9 +98,8 @@ def test_an_epoch_is_a_function_of_its_seed_and_resume_skips_exactly(
     """Small windows and buffer over 2 shards, so the parallel read order matters."""
     cfg = replace_section(tiny_config, "data", batch_size=8, sort_window=24,
                           shuffle_buffer=16)
-    trainer = train._Trainer(tiny_dataset, tmp_path / "model", cfg,
-                             records.read_metadata(tiny_dataset),
-                             train.make_strategy("default"), verbose=False)
+    trainer = train.Trainer(tiny_dataset, tmp_path / "model", cfg,
+                            strategy=make_strategy("default"), verbose=False)
     try:
         first = _epoch_batches(trainer, 3)
         assert len(first) > 6
@@ -104,46 +114,77 @@ def test_an_epoch_is_a_function_of_its_seed_and_resume_skips_exactly(
 
         # One replica reads every epoch from one stream: the same batches.
         def streamed(epoch, skip=0):
-            stream = trainer._stream("train", epoch, skip, True)
+            stream = trainer.inputs.stream("train", epoch, skip)
             return [inputs["x"].numpy() for inputs, _, _ in stream.epoch()]
 
         for expected, got in ((first[5:], streamed(3, skip=5)), (other_epoch, streamed(4))):
             assert len(got) == len(expected)
             assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
-        stream = trainer._stream("train", 5, 0, True)
-        assert stream is trainer._streams["train"] and stream.is_at(5, 0)
+        stream = trainer.inputs.stream("train", 5, 0)
+        assert trainer.inputs.stream("train", 5, 0) is stream and stream.is_at(5, 0)
         next(stream.epoch())  # stopped after one batch: lost, restarted when asked again
-        assert not stream.is_at(5, 1) and trainer._stream("train", 5, 0, True) is not stream
+        assert not stream.is_at(5, 1) and trainer.inputs.stream("train", 5, 0) is not stream
     finally:
-        trainer.close_inputs()
+        trainer.close()
 
 
 def test_model_dir_in_use_is_refused(tmp_path, tiny_dataset, tiny_config):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / train.LOCK_FILE).write_text(str(os.getpid()))
+    (model_dir / LOCK_FILE).write_text(str(os.getpid()))
     with pytest.raises(train.TrainingError, match=f"in use by another training run \\(pid "
                                                   f"{os.getpid()}\\)"):
         train.train(tiny_dataset, model_dir, tiny_config, verbose=False)
     assert not (model_dir / "checkpoints").exists()
 
 
-def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path, tiny_dataset, tiny_config):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+def _dead_pid() -> str:
+    """The pid of a process that has exited."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_stale_lock_is_replaced_by_this_process_and_removed_after(tmp_path):
+    """The lock `train()` holds: a dead run's pid gives way to ours, then nothing is left."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / train.LOCK_FILE).write_text(dead)
+    dead = _dead_pid()
+    (model_dir / LOCK_FILE).write_text(dead)
+    with model_dir_lock(model_dir):
+        assert (model_dir / LOCK_FILE).read_text() == str(os.getpid()) != dead
+        in_use = f"in use by another training run \\(pid {os.getpid()}\\)"
+        with pytest.raises(train.TrainingError, match=in_use), model_dir_lock(model_dir):
+            pass
+        assert (model_dir / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (model_dir / LOCK_FILE).exists()
+
+
+def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path, tiny_dataset, tiny_config,
+                                                monkeypatch):
+    """`train()` runs while the lock holds its pid instead of the dead one; none is left."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / LOCK_FILE).write_text(_dead_pid())
+    locks_seen_by_the_run = []
+    run = train.Trainer.run
+
+    def run_and_read_the_lock(trainer):
+        locks_seen_by_the_run.append((model_dir / LOCK_FILE).read_text())
+        return run(trainer)
+
+    monkeypatch.setattr(train.Trainer, "run", run_and_read_the_lock)
     train.train(tiny_dataset, model_dir, replace_section(tiny_config, "train", epochs=1),
                 verbose=False)
-    assert (model_dir / train.SUMMARY_FILE).is_file()
+    assert locks_seen_by_the_run == [str(os.getpid())]
+    assert (model_dir / SUMMARY_FILE).is_file()
+    assert not (model_dir / LOCK_FILE).exists()
 
 
 def test_schema_mismatch_is_refused_before_any_step(tmp_path, tiny_dataset, tiny_config):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     metadata = records.read_metadata(tiny_dataset)
-    (model_dir / train.METADATA_COPY).write_text(json.dumps({**metadata, "num_features": 3}))
+    (model_dir / METADATA_COPY).write_text(json.dumps({**metadata, "num_features": 3}))
     with pytest.raises(records.DatasetError, match="num_features=8 but the model .* "
                                                    "num_features=3"):
         train.train(tiny_dataset, model_dir, tiny_config, verbose=False)
@@ -173,14 +214,14 @@ def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
     assert process.poll() is None, process.stdout.read().decode()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (model_dir / train.SUMMARY_FILE).exists()
+    assert not (model_dir / SUMMARY_FILE).exists()
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
-    history = json.loads((model_dir / train.HISTORY_FILE).read_text())
+    history = json.loads((model_dir / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     assert any(h.get("resumed_at_step", 0) >= 1 for h in history)
-    summary = json.loads((model_dir / train.SUMMARY_FILE).read_text())
+    summary = json.loads((model_dir / SUMMARY_FILE).read_text())
     assert summary["epochs"] == 2 and summary["resumed"] is True
 
 
@@ -236,7 +277,7 @@ def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
     synthetic.write_jsonl(cfg.synth, raw)
     preprocess([str(raw)], str(tmp_path / "data"), cfg.preprocess)
     summary = train.train(tmp_path / "data", tmp_path / "model", cfg, verbose=False)
-    history = json.loads((tmp_path / "model" / train.HISTORY_FILE).read_text())
+    history = json.loads((tmp_path / "model" / HISTORY_FILE).read_text())
     assert sum(h["steps"] for h in history) >= 300
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert summary["final_loss"] < history[0]["loss"]

@@ -122,19 +122,20 @@ def test_kill_between_backup_and_history_keeps_history_honest(small_dataset,
                                                                monkeypatch):
     from seqpipe.config import load_config
     from seqpipe.training import trainer as train_lib
+    from seqpipe.training.outputs import RunOutputs
 
     cfg = load_config("tiny", [*small_overrides, "train.epochs=2"])
-    original = train_lib._Trainer._write_epoch_logs
+    original = RunOutputs.write_epoch
 
     def dies_at_epoch_1(self, record, history):
         if record["epoch"] == 0:
             raise KeyboardInterrupt("simulated SIGKILL after the backup")
         return original(self, record, history)
 
-    monkeypatch.setattr(train_lib._Trainer, "_write_epoch_logs", dies_at_epoch_1)
+    monkeypatch.setattr(RunOutputs, "write_epoch", dies_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
-    monkeypatch.setattr(train_lib._Trainer, "_write_epoch_logs", original)
+    monkeypatch.setattr(RunOutputs, "write_epoch", original)
     summary = train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
@@ -149,15 +150,15 @@ def test_kill_after_last_step_backup_keeps_loss_honest(small_dataset, small_over
 
     cfg = load_config("tiny", [*small_overrides, "train.epochs=2",
                                "train.checkpoint_every_steps=1"])
-    original = train_lib._Trainer._end_epoch
+    original = train_lib.Trainer.end_epoch
 
     def dies_before_epoch_end(self, record, history):
         raise KeyboardInterrupt("simulated SIGKILL after the last step's backup")
 
-    monkeypatch.setattr(train_lib._Trainer, "_end_epoch", dies_before_epoch_end)
+    monkeypatch.setattr(train_lib.Trainer, "end_epoch", dies_before_epoch_end)
     with pytest.raises(KeyboardInterrupt):
         train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
-    monkeypatch.setattr(train_lib._Trainer, "_end_epoch", original)
+    monkeypatch.setattr(train_lib.Trainer, "end_epoch", original)
     train_lib.train(small_dataset, tmp_path / "m", cfg, verbose=False)
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]

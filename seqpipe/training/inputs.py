@@ -1,0 +1,231 @@
+"""Feeding the trainer: each epoch's batches of each split, read ahead of the step.
+
+An epoch's data order derives from `data.seed + epoch` alone, so a resumed
+epoch sees exactly the batches it had not yet seen (its first `skip` global
+steps are skipped). The pipeline itself is `seqpipe.input_pipeline.data`;
+this module decides how the trainer iterates it:
+
+* with one replica, each split is read by one iterator for the whole run
+  (`EpochStream`: every epoch's batches, then an end marker): a new iterator
+  per epoch re-instantiates the pipeline's functions, which costs more CPU
+  than reading a small split, and the stream's prefetch reads the next
+  epoch's first window (sorted windows must read a whole window before their
+  first batch) while the current split finishes;
+* with several replicas, `tf.distribute` evens out each epoch's last step for
+  an iterator that ends with the epoch, so those get one per epoch, built
+  from one traced function per split and opened ahead in a background thread
+  (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
+
+Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from seqpipe.config import Config
+from seqpipe.input_pipeline import data
+from seqpipe.training.step import single_replica
+
+
+class TrainingInputs:
+    """The batches `Trainer.run()` iterates: `(split, epoch)` from global step `skip`.
+
+    The train split is read in training order (shuffled, seeded by the
+    epoch), every other split in evaluation order.
+    """
+
+    def __init__(self, data_dir: Path, cfg: Config, metadata: dict[str, Any],
+                 strategy: tf.distribute.Strategy):
+        self.data_dir = data_dir
+        self.cfg = cfg
+        self.metadata = metadata
+        self.strategy = strategy
+        self.has_val = metadata["splits"].get("val", {}).get("num_records", 0) > 0
+        self._dataset_builders: dict[tuple, Callable] = {}
+        # One replica: each split's batches of every epoch from one iterator.
+        self._streams: dict[str, EpochStream] = {}
+        # Opened inputs by (split, epoch, skip): `_open` futures.
+        self._opened: dict[tuple[str, int, int], concurrent.futures.Future] = {}
+        # Per-epoch inputs (several replicas) are opened ahead in a thread, except
+        # under MultiWorkerMirroredStrategy, whose iterators run collectives.
+        self._thread = (
+            None if single_replica(strategy)
+            or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seqpipe-input"))
+
+    def batches(self, split: str, epoch: int, skip: int = 0) -> Iterator[Any]:
+        """The batches of `(split, epoch)` from `skip`, as `Trainer.run()` reads them.
+
+        One replica: from the split's `EpochStream`. Several: from an input
+        opened ahead if any, and the input of the split `run()` iterates next
+        is opened ahead now.
+        """
+        if single_replica(self.strategy):
+            return self.stream(split, epoch, skip).epoch()
+        future = self._open(split, epoch, skip)
+        self._opened = {}  # inputs opened for another split or epoch will not be used
+        following = self._next_split(split, epoch)
+        if following is not None:
+            self._open(*following)
+        return _chain_first(future)
+
+    def distributed_dataset(self, split: str, epoch: int,
+                            skip: int = 0) -> tf.distribute.DistributedDataset:
+        """A fresh pass over the distributed batches of `(split, epoch)` from global step `skip`."""
+        seed = tf.constant(self.cfg.data.seed + epoch, tf.int64)
+        skip = tf.constant(skip, tf.int64)
+
+        def dataset_fn(input_context):
+            return self._dataset_builder(split, input_context)(seed, skip)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def stream(self, split: str, epoch: int, skip: int = 0) -> EpochStream:
+        """The split's stream, positioned at `(epoch, skip)` (restarted there if it is not).
+
+        Asked again at the position it is at, the same stream comes back.
+        """
+        stream = self._streams.get(split)
+        if stream is None or not stream.is_at(epoch, skip):
+            def epoch_dataset(epoch_index, skip_batches):
+                return self._epoch_dataset(split, None, self.cfg.data.seed + epoch_index,
+                                           skip_batches)
+
+            stream = EpochStream(epoch_dataset, self.metadata["num_features"], epoch, skip)
+            self._streams[split] = stream
+        return stream
+
+    def padding_efficiency(self) -> float:
+        """The train split's padding efficiency in evaluation order."""
+        return data.padding_efficiency(data.make_dataset(
+            self.data_dir, "train", self.cfg.data, training=False,
+            metadata=self.metadata))["efficiency"]
+
+    def close(self) -> None:
+        """Drops inputs opened ahead and stops their thread (`Trainer.run()` does it at the end)."""
+        self._opened = {}
+        self._streams = {}
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
+            self._thread = None
+
+    def _next_split(self, split: str, epoch: int) -> tuple[str, int, int] | None:
+        """What `run()` iterates after `(split, epoch)`: val, else the next epoch."""
+        if split == "train" and self.has_val:
+            return "val", epoch, 0
+        if epoch + 1 < self.cfg.train.epochs:
+            return "train", epoch + 1, 0
+        return None
+
+    def _open(self, split: str, epoch: int, skip: int) -> concurrent.futures.Future:
+        """Starts building the input of `(split, epoch)` from `skip` and fetching its first batch.
+
+        In the background thread when there is one, else right here.
+        """
+        key = (split, epoch, skip)
+        if key not in self._opened:
+            def first_batch():
+                iterator = iter(self.distributed_dataset(split, epoch, skip))
+                return iterator, next(iterator, None)
+
+            if self._thread is None:
+                future: concurrent.futures.Future = concurrent.futures.Future()
+                try:
+                    future.set_result(first_batch())
+                except Exception as error:  # noqa: BLE001 - re-raised by result()
+                    future.set_exception(error)
+            else:
+                future = self._thread.submit(first_batch)
+            self._opened[key] = future
+        return self._opened[key]
+
+    def _dataset_builder(self, split: str,
+                         input_context: tf.distribute.InputContext) -> Callable:
+        """`(seed, skip) -> dataset` of one split and input pipeline, traced once.
+
+        Building the pipeline in Python (tracing its functions) costs about as
+        much as reading a small split and holds the GIL while the model trains;
+        a `tf.function` returning the dataset does that once per split, and
+        every epoch is one call with its seed.
+        """
+        key = (split, input_context.num_input_pipelines,
+               input_context.input_pipeline_id, input_context.num_replicas_in_sync)
+        if key not in self._dataset_builders:
+            # One global step takes one batch per local replica from this pipeline.
+            local_replicas = (input_context.num_replicas_in_sync
+                              // input_context.num_input_pipelines)
+
+            @tf.function(input_signature=[tf.TensorSpec([], tf.int64)] * 2, autograph=False)
+            def build(seed, skip):
+                return self._epoch_dataset(split, input_context, seed, skip * local_replicas)
+
+            self._dataset_builders[key] = build
+        return self._dataset_builders[key]
+
+    def _epoch_dataset(self, split: str, input_context: tf.distribute.InputContext | None,
+                       seed: tf.Tensor, skip_batches: tf.Tensor) -> tf.data.Dataset:
+        """One epoch of a split from batch `skip_batches`; traced, with tensor arguments."""
+        # The order then depends on `data.seed` alone, and tf.data's seed helper
+        # cannot take a tensor seed under a graph seed of 0
+        # (`keras.utils.set_random_seed(0)`): it compares the pair to (0, 0).
+        tf.compat.v1.get_default_graph().seed = None
+        return data.make_dataset(self.data_dir, split, self.cfg.data,
+                                 training=split == "train", metadata=self.metadata,
+                                 input_context=input_context, seed=seed).skip(skip_batches)
+
+
+class EpochStream:
+    """The batches of every epoch of one split from a single iterator.
+
+    `Dataset.counter(first_epoch)` -> each epoch's dataset (seeded by its
+    index, the first skipping `skip` batches) followed by one empty batch that
+    marks its end. Creating an iterator per epoch costs more CPU than reading
+    a small split (every function of the pipeline is instantiated again); one
+    iterator instantiates them once, and its prefetch reads the next epoch's
+    first window while this one finishes, with no thread of ours.
+    """
+
+    def __init__(self, epoch_dataset: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset],
+                 num_features: int, first_epoch: int, skip: int):
+        marker = tf.data.Dataset.from_tensors(
+            ({"x": tf.zeros([0, 0, num_features]), "mask": tf.zeros([0, 0])},
+             tf.zeros([0, 0, num_features]), tf.zeros([0, 0])))
+        first = tf.constant(first_epoch, tf.int64)
+
+        def with_end_marker(epoch):
+            skip_steps = tf.where(tf.equal(epoch, first), tf.constant(skip, tf.int64), 0)
+            return epoch_dataset(epoch, skip_steps).concatenate(marker)
+
+        stream = tf.data.Dataset.counter(first_epoch).flat_map(with_end_marker)
+        self._iterator = iter(stream.prefetch(1))
+        self._position: tuple[int, int] | None = (first_epoch, skip)
+
+    def is_at(self, epoch: int, skip: int) -> bool:
+        """Whether `epoch()` would yield the batches of `epoch` from step `skip`."""
+        return self._position == (epoch, skip)
+
+    def epoch(self) -> Iterator[Any]:
+        """The batches of the next epoch. Stopped early, the stream is lost
+        (`is_at` is then always false)."""
+        epoch, _ = self._position
+        self._position = None
+        for batch in self._iterator:
+            if batch[2].shape[0] == 0:  # the end marker
+                self._position = (epoch + 1, 0)
+                return
+            yield batch
+
+
+def _chain_first(future: concurrent.futures.Future) -> Iterator[Any]:
+    """The batches of an opened input: its first batch, then the rest."""
+    iterator, first = future.result()
+    if first is None:
+        return
+    yield first
+    yield from iterator

@@ -1,0 +1,208 @@
+"""The distributed step: one global batch on every replica, the same result for any number.
+
+Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so the trainer runs its own step under
+`strategy.run`, the same code on one CPU, several local GPUs and many workers:
+
+* each replica computes the *sum* of squared errors over its valid entries,
+  its gradient, and the count of valid entries; counts and gradients are
+  all-reduced and the gradient divided by the global count: exactly the
+  gradient of the global masked mean (fairseq-style normalization), whatever
+  the number of replicas and however padding is spread among them. Replicas
+  whose input ran out first join the remaining steps with empty batches;
+* gradients are clipped by their *global* norm (`train.clipnorm`) here, after
+  the all-reduce, not by the optimizer: Keras clips each replica's partial
+  gradient before its own all-reduce, which would change the result with the
+  number of replicas.
+
+A step returns the global sum of squared errors and the global count of valid
+values, so an epoch's loss is the exact masked mean over the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from seqpipe.config import Config
+from seqpipe.model import autoencoder as models
+
+logger = logging.getLogger(__name__)
+
+Step = Callable[[tuple], tuple[tf.Tensor, tf.Tensor]]
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for `train.strategy`.
+
+    `auto` picks `multi_worker` when `TF_CONFIG` describes more than one task,
+    `mirrored` when there are several local GPUs, else the default strategy.
+    """
+    if name == "auto":
+        name = _auto_strategy_name()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _auto_strategy_name() -> str:
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    if sum(len(tasks) for tasks in cluster.values()) > 1:
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared outputs (always, unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def single_replica(strategy: tf.distribute.Strategy) -> bool:
+    """One replica in one process: batches are plain tensors.
+
+    Then splits are read as epoch streams and the step is traced ahead for
+    every shape. With several replicas an epoch's last global batch is split
+    unevenly (and across workers, epochs end at different steps):
+    `tf.distribute` handles that for an iterator that ends with the epoch.
+    """
+    return strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def use_jit_compile(cfg: Config, strategy: tf.distribute.Strategy) -> bool:
+    """`train.jit_compile`, unless several replicas; warns when it will not pay."""
+    if not cfg.train.jit_compile:
+        return False
+    if strategy.num_replicas_in_sync > 1:
+        logger.warning("train.jit_compile is for one replica; %d replicas run without XLA",
+                       strategy.num_replicas_in_sync)
+        return False
+    data_cfg = cfg.data
+    if data_cfg.batching == "sorted_window" and (
+            not data_cfg.length_grid or data_cfg.min_batch_efficiency):
+        logger.warning(
+            "train.jit_compile compiles every batch shape; batches padded to their "
+            "longest record or cut by data.min_batch_efficiency have many: set "
+            "data.length_grid (8 or 16) and data.min_batch_efficiency: 0")
+    return True
+
+
+def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
+                    optimizer: keras.optimizers.Optimizer, clipnorm: float,
+                    jit_compile: bool = False) -> Step:
+    """A `tf.function`: one global batch forward, backward and applied on every replica.
+
+    Args:
+        strategy: the strategy `model` and `optimizer` were built under.
+        model: maps inputs `{"x", "mask"}` to predictions.
+        optimizer: applies the gradient of the global masked mean.
+        clipnorm: the largest global norm of that gradient; 0: no clipping.
+        jit_compile: compile the step with XLA.
+
+    Returns:
+        `step(batch) -> (sse, count)`, the global sum and count.
+    """
+    def replica_step(inputs, targets, weights):
+        """Sum of squared errors and its gradients here; normalized by the global count.
+
+        d(sse / global_count) = d(sse) / global_count, so each replica takes the
+        gradient of its own sum and the division happens after the all-reduce.
+        """
+        context = tf.distribute.get_replica_context()
+        variables = model.trainable_variables
+
+        def forward_backward():
+            with tf.GradientTape() as tape:
+                predictions = model(inputs, training=True)
+                sse, count = models.masked_squared_error(targets, predictions, weights)
+            return sse, count, tape.gradient(sse, variables)
+
+        def nothing():
+            return (tf.constant(0.0), tf.constant(0.0),
+                    [tf.zeros_like(variable) for variable in variables])
+
+        sse, count, gradients = tf.cond(_has_data(weights), forward_backward, nothing)
+        global_count = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
+        gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients = [gradient / global_count for gradient in gradients]
+        if clipnorm:
+            gradients, _ = tf.clip_by_global_norm(gradients, clipnorm)
+        # The optimizer all-reduces (sums) replica gradients again: hand it 1/N each.
+        scale = 1.0 / strategy.num_replicas_in_sync
+        optimizer.apply_gradients(
+            zip([gradient * scale for gradient in gradients], variables, strict=True))
+        return sse, count
+
+    return _global_step(strategy, replica_step, jit_compile)
+
+
+def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model,
+                   jit_compile: bool = False) -> Step:
+    """A `tf.function`: the global sum of squared errors and count of one global batch."""
+    def replica_step(inputs, targets, weights):
+        def evaluate():
+            predictions = model(inputs, training=False)
+            return models.masked_squared_error(targets, predictions, weights)
+
+        return tf.cond(_has_data(weights), evaluate,
+                       lambda: (tf.constant(0.0), tf.constant(0.0)))
+
+    return _global_step(strategy, replica_step, jit_compile)
+
+
+def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
+                 jit_compile: bool) -> Step:
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
+    def step(batch):
+        inputs, targets, weights = batch
+        sse, count = strategy.run(replica_step, args=(inputs, targets, weights))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, sse, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None))
+
+    return step
+
+
+def trace_for_any_shape(step: Step, strategy: tf.distribute.Strategy, batch_size: int,
+                        num_features: int) -> None:
+    """Traces `step` for full batches `[batch_size, T]`, then for any `[B, T]`.
+
+    A call dispatches to the most specific trace, so full batches run the
+    graph with a static batch size, which is faster per timestep (the
+    recurrent loop's shape arithmetic folds away), and other batches (a
+    window's last one, timestep-budget sizes) run the general one. Lazily,
+    `reduce_retracing` would trace the first shape, then `[32, None]`, then
+    `[None, None]` when the first partial batch comes, possibly epochs later.
+    Distributed batches (several replicas) keep the lazy tracing; a step
+    traced already is left alone.
+    """
+    if not single_replica(strategy) or step.experimental_get_tracing_count():
+        return
+    for size in (batch_size, None):  # the specific trace first
+        steps = tf.TensorSpec([size, None, num_features], tf.float32)
+        mask = tf.TensorSpec([size, None], tf.float32)
+        step.get_concrete_function(({"x": steps, "mask": mask}, steps, mask))
+
+
+def _has_data(weights: tf.Tensor) -> tf.Tensor:
+    """False for the empty batch a replica gets when its input ran out first.
+
+    Workers' pipelines may hold different numbers of batches; `tf.distribute`
+    then hands exhausted replicas empty batches (zero rows or zero steps) so
+    that every replica still joins the step's all-reduces.
+    """
+    return tf.size(weights) > 0
