@@ -67,7 +67,7 @@ from seqpipe.commands import embed  # noqa: E402
 from seqpipe.config import dump_config, load_config  # noqa: E402
 from seqpipe.dataset import records  # noqa: E402
 from seqpipe.input_pipeline import data, reading  # noqa: E402
-from seqpipe.model import autoencoder as models  # noqa: E402
+from seqpipe.model import autoencoder  # noqa: E402
 from seqpipe.training import trainer as train  # noqa: E402
 from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, METADATA_COPY  # noqa: E402
 
@@ -200,7 +200,7 @@ class Seqpipe:
         dump_config(self.cfg, self.model_dir / CONFIG_FILE)
         (self.model_dir / METADATA_COPY).write_text(json.dumps(self.ds.metadata))
         staging = self.model_dir / ENCODER_DIR
-        models.export_encoder(self.trainer.encoder, staging)
+        autoencoder.export_encoder(self.trainer.encoder, staging)
         self._served = embed.load_encoder(self.model_dir)
 
     def embed_all(self) -> float:
@@ -224,7 +224,7 @@ class Seqpipe:
         for i, s in enumerate(sequences):
             mask[i, :len(s)] = 1.0
         return self._served(x=tf.constant(x), mask=tf.constant(mask))[
-            models.EMBEDDING_KEY].numpy()
+            autoencoder.EMBEDDING_KEY].numpy()
 
     def padding_stats(self) -> dict:
         return data.padding_efficiency(data.make_dataset(

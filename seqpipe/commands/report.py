@@ -145,7 +145,7 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: dict[str, An
     are padded) over their reconstructions, padding shaded."""
     import keras
 
-    from seqpipe.model import autoencoder as models  # noqa: F401  (registers the custom layers)
+    from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
     cfg = load_config(model_dir / CONFIG_FILE)
     trained_on = _read_json(model_dir / METADATA_COPY) or metadata

@@ -91,7 +91,7 @@ def make_dataset(
         seed: the shuffle seed, `cfg.seed` if None. May be a scalar int64
             tensor: called inside a `tf.function` with the seed as its
             argument, this builds every epoch's dataset from one trace
-            (`seqpipe.training.trainer` does that).
+            (`seqpipe.training.inputs` does that).
 
     Returns:
         A dataset following the element contract (`seqpipe.input_pipeline`).

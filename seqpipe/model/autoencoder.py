@@ -28,8 +28,7 @@ Options that change the graph (measured in `benchmarks/embedding_quality.py`):
   concatenates them (`encoder_states`) before the projection, instead of using
   the last layer's state only.
 
-The loss lives in `seqpipe.model.losses` (`masked_squared_error` is also
-importable from here until its importers move there). `export_encoder` saves
+The loss lives in `seqpipe.model.losses`. `export_encoder` saves
 the encoder as a TensorFlow SavedModel that serves without seqpipe.
 """
 
@@ -42,9 +41,8 @@ import tensorflow as tf
 
 from seqpipe.config import ModelConfig
 from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
-from seqpipe.model.losses import masked_squared_error
 
-__all__ = ["build_autoencoder", "export_encoder", "masked_squared_error"]
+__all__ = ["build_autoencoder", "export_encoder"]
 
 EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"

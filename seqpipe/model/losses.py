@@ -14,7 +14,7 @@ Keras' default reduction with a temporal `sample_weight` divides by
 `batch * time` instead, which changes the loss scale with every bucket's padded
 length; a per-replica mean averaged over replicas changes it with how padding
 is spread among them. `masked_squared_error` returns the two numbers of the
-fraction for one replica's batch; `seqpipe.training.trainer` sums both across
+fraction for one replica's batch; `seqpipe.training.step` sums both across
 replicas and divides (the gradient too), so the loss is exact under any strategy.
 """
 

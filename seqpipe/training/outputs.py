@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config, dump_config, to_dict
-from seqpipe.model import autoencoder as models
+from seqpipe.model.autoencoder import export_encoder
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
     CONFIG_FILE,
@@ -91,7 +91,7 @@ class RunOutputs:
         encoder_dir = self.model_dir / ENCODER_DIR
         staging = self.model_dir / f".{ENCODER_DIR}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        models.export_encoder(encoder, staging)
+        export_encoder(encoder, staging)
         shutil.rmtree(encoder_dir, ignore_errors=True)
         staging.rename(encoder_dir)
         write_json_atomic(self.model_dir / SUMMARY_FILE, {**summary, "config": to_dict(self.cfg)})

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config
-from seqpipe.model import autoencoder as models
+from seqpipe.model.losses import masked_squared_error
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
         def forward_backward():
             with tf.GradientTape() as tape:
                 predictions = model(inputs, training=True)
-                sse, count = models.masked_squared_error(targets, predictions, weights)
+                sse, count = masked_squared_error(targets, predictions, weights)
             return sse, count, tape.gradient(sse, variables)
 
         def nothing():
@@ -157,7 +157,7 @@ def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model,
     def replica_step(inputs, targets, weights):
         def evaluate():
             predictions = model(inputs, training=False)
-            return models.masked_squared_error(targets, predictions, weights)
+            return masked_squared_error(targets, predictions, weights)
 
         return tf.cond(_has_data(weights), evaluate,
                        lambda: (tf.constant(0.0), tf.constant(0.0)))

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import records
-from seqpipe.model import autoencoder as models
+from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.training.inputs import TrainingInputs
 from seqpipe.training.model_dir import BACKUP_DIR, BEST_DIR, TrainingError
 from seqpipe.training.outputs import RunOutputs, run_summary, weights_digest
@@ -126,7 +126,7 @@ class Trainer:
             raise TrainingError(f"{data_dir}: the train split is empty")
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
-            self.autoencoder, self.encoder = models.build_autoencoder(
+            self.autoencoder, self.encoder = build_autoencoder(
                 cfg.model, self.metadata["num_features"])
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
             self.optimizer.build(self.autoencoder.trainable_variables)
