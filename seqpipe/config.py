@@ -246,6 +246,9 @@ class ModelConfig:
         embedding_from: `last` (the last encoder layer's final state) or
             `all_layers` (the final states of every encoder layer,
             concatenated, before the optional projection).
+        pooling: `[]` (default) or any of `mean`, `max`: also pool the last
+            encoder layer's per-step outputs over the real steps only and
+            concatenate them to the final state(s) before the projection.
     """
 
     cell: str = "lstm"
@@ -259,10 +262,15 @@ class ModelConfig:
     activation: str = "tanh"
     input_noise: float = 0.0
     embedding_from: str = "last"
+    pooling: tuple[str, ...] = ()
 
     def __post_init__(self):
         _require_choice(self.cell, ("lstm", "gru"), "model.cell")
         _require_choice(self.embedding_from, ("last", "all_layers"), "model.embedding_from")
+        for mode in self.pooling:
+            _require_choice(mode, ("mean", "max"), "model.pooling")
+        _require(len(set(self.pooling)) == len(self.pooling), "model.pooling",
+                 "must not repeat a mode")
         _require(self.input_noise >= 0.0, "model.input_noise", "must be >= 0")
         _require_choice(self.activation, ("tanh", "relu"), "model.activation")
         _require(self.units >= 1, "model.units", "must be >= 1")
@@ -278,7 +286,14 @@ class TrainConfig:
     """The training loop (`seqpipe.training.trainer`).
 
     Attributes:
-        epochs: passes over the train split.
+        epochs: passes over the train split, at least; raised for small data
+            by `min_steps`.
+        min_steps: the fewest optimizer steps a run takes: with fewer than
+            `min_steps / epochs` batches per epoch (a small train split),
+            the run takes `ceil(min_steps / batches per epoch)` epochs
+            instead (batches per epoch estimated as `ceil(train records /
+            data.batch_size)`); early stopping still applies. 0: `epochs`
+            alone.
         learning_rate: Adam learning rate.
         clipnorm: gradient clipping by global norm; 0 disables it.
         early_stopping_patience: epochs without a better validation loss
@@ -303,6 +318,7 @@ class TrainConfig:
     """
 
     epochs: int = 30
+    min_steps: int = 0
     learning_rate: float = 1e-3
     clipnorm: float = 1.0
     early_stopping_patience: int = 5
@@ -318,6 +334,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.min_steps >= 0, "train.min_steps", "must be >= 0")
         _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _require(self.clipnorm >= 0, "train.clipnorm", "must be >= 0")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",

@@ -79,6 +79,9 @@ def test_int_is_accepted_for_float():
     ("preprocess.train_fraction=0.95", "preprocess.train_fraction"),
     ("synth.seed=-1", "synth.seed: must be >= 0"),
     ("synth.noise=-0.1", "synth.noise: must be >= 0"),
+    ("model.pooling=[median]", "model.pooling"),
+    ("model.pooling=[max,max]", "model.pooling: must not repeat a mode"),
+    ("train.min_steps=-1", "train.min_steps: must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as error:

@@ -147,6 +147,30 @@ class TestArchitecture:
         np.testing.assert_allclose(embedding[:, -last.output.shape[-1]:],
                                    np.asarray(last(_inputs(x, mask))), atol=1e-6)
 
+    @pytest.mark.parametrize("cfg, width", [
+        (ModelConfig(units=6, embedding_dim=0, bidirectional=False, pooling=("mean", "max")),
+         18),
+        (ModelConfig(cell="gru", units=5, layers=2, embedding_dim=0, bidirectional=True,
+                     embedding_from="all_layers", pooling=("max",)), 30),
+    ], ids=["lstm_mean_max", "bigru2_all_layers_max"])
+    def test_pooling_appends_masked_statistics_of_the_last_layer(self, cfg, width):
+        _, encoder = _build(cfg)
+        assert encoder.output.shape == (None, width)
+        rng = np.random.default_rng(9)
+        x, mask = _random_batch(rng, [5, 2], 5)
+        x[1, 2:] = 1e3  # large padding: must reach neither the mean nor the max
+        embedding = np.asarray(encoder(_inputs(x, mask)))
+        last_layer = encoder.get_layer(f"encoder_{cfg.cell}_{cfg.layers}"
+                                       + ("_bidirectional" if cfg.bidirectional else ""))
+        steps = np.asarray(keras.Model(encoder.input, last_layer.output[0])(_inputs(x, mask)))
+        expected = []
+        for row, length in enumerate([5, 2]):
+            real = steps[row, :length]
+            expected.append(np.concatenate([real.mean(0) if mode == "mean" else real.max(0)
+                                            for mode in cfg.pooling]))
+        pooled_width = steps.shape[-1] * len(cfg.pooling)
+        np.testing.assert_allclose(embedding[:, -pooled_width:], np.stack(expected), atol=1e-5)
+
     def test_input_noise_only_in_training(self):
         autoencoder, encoder = _build(ModelConfig(units=8, embedding_dim=4, input_noise=0.5,
                                                   bidirectional=False))
@@ -202,7 +226,8 @@ class TestPaddingInvariance:
         ModelConfig(cell="gru", units=8, layers=2, embedding_dim=4, bidirectional=True),
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
                     embedding_from="all_layers", input_noise=0.3),
-    ], ids=["lstm", "bigru2", "bilstm2_all_layers_noise"])
+        ModelConfig(units=8, embedding_dim=4, pooling=("mean", "max")),
+    ], ids=["lstm", "bigru2", "bilstm2_all_layers_noise", "bilstm_pooling"])
     def test_embedding_ignores_padding_length_and_content(self, cfg):
         autoencoder, encoder = _build(cfg)
         garbage = 100.0 * np.random.default_rng(2).normal(size=(50, F))
@@ -257,7 +282,8 @@ class TestSaving:
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True),
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
                     embedding_from="all_layers", input_noise=0.2),
-    ], ids=["bilstm2", "all_layers_noise"])
+        ModelConfig(units=8, layers=2, embedding_dim=4, pooling=("max", "mean")),
+    ], ids=["bilstm2", "all_layers_noise", "pooling"])
     def test_keras_file_round_trip_in_safe_mode(self, tmp_path, cfg):
         autoencoder, _ = _build(cfg)
         inputs = _inputs(*_random_batch(np.random.default_rng(4), [4, 2], 5))

@@ -32,6 +32,22 @@ from seqpipe.training.resume import model_dir_lock
 from seqpipe.training.step import make_strategy
 
 
+@pytest.mark.parametrize("records_, batch_size, epochs, min_steps, planned", [
+    (270, 32, 30, 2000, 223),    # 9 batches per epoch
+    (270, 32, 30, 0, 30),        # no step budget
+    (100_000, 32, 30, 2000, 30),  # large data: the epochs already exceed the budget
+    (5, 32, 3, 10, 10),          # one (partial) batch per epoch
+    (64, 32, 30, 61, 31),        # ceil(61 / 2)
+])
+def test_min_steps_raises_the_epochs_of_small_data(tiny_config, records_, batch_size, epochs,
+                                                   min_steps, planned):
+    cfg = replace_section(replace_section(tiny_config, "data", batch_size=batch_size),
+                          "train", epochs=epochs, min_steps=min_steps)
+    resolved = train.with_planned_epochs(cfg, records_)
+    assert resolved.train.epochs == planned
+    assert resolved.train.min_steps == min_steps and resolved.model == cfg.model
+
+
 def replace_section(cfg, section, **changes):
     """`cfg` with some keys of one section changed."""
     return dataclasses.replace(cfg, **{section: dataclasses.replace(

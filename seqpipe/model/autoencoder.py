@@ -27,6 +27,11 @@ Options that change the graph (measured in `benchmarks/embedding_quality.py`):
   update it; for a bidirectional layer both directions' final states) and
   concatenates them (`encoder_states`) before the projection, instead of using
   the last layer's state only.
+* `pooling: [mean, max]` also pools the last encoder layer's per-step outputs
+  over the real steps only (`encoder_pooling`, `MaskedPooling`) and
+  concatenates the pooled features with the final state(s) before the
+  projection: the embedding then summarizes every step, not only what the
+  final state kept of them.
 
 The loss lives in `seqpipe.model.losses`. `export_encoder` saves
 the encoder as a TensorFlow SavedModel that serves without seqpipe.
@@ -40,7 +45,12 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import ModelConfig
-from seqpipe.model.layers import MaskedGaussianNoise, RepeatToLength, SequenceMask
+from seqpipe.model.layers import (
+    MaskedGaussianNoise,
+    MaskedPooling,
+    RepeatToLength,
+    SequenceMask,
+)
 
 __all__ = ["build_autoencoder", "export_encoder"]
 
@@ -105,23 +115,32 @@ def _encode(cfg: ModelConfig, sequence):
     """The stacked encoder: the summary vector `[B, S]` of a masked sequence.
 
     With `embedding_from="last"` the last layer's final state; with
-    `"all_layers"` the final states of every layer, concatenated in layer order.
+    `"all_layers"` the final states of every layer, concatenated in layer
+    order; with `pooling`, the masked pooling of the last layer's per-step
+    outputs is appended.
     """
     all_layers = cfg.embedding_from == "all_layers"
+    pooling = bool(cfg.pooling)
     hidden, states = sequence, []
     for index in range(cfg.layers):
         is_last = index == cfg.layers - 1
-        layer = _recurrent_layer(cfg, cfg.units, return_sequences=not is_last,
+        returns_state = (all_layers and not is_last) or (pooling and is_last)
+        layer = _recurrent_layer(cfg, cfg.units, return_sequences=not is_last or pooling,
                                  bidirectional=cfg.bidirectional,
                                  name=f"encoder_{cfg.cell}_{index + 1}",
-                                 return_state=all_layers and not is_last)
+                                 return_state=returns_state)
         hidden = layer(hidden)
-        if all_layers and not is_last:
+        if returns_state:
             hidden, layer_states = hidden[0], hidden[1:]
-            states.extend(_hidden_states(cfg, layer_states))
-    if not states:
-        return hidden
-    return keras.layers.Concatenate(name="encoder_states")([*states, hidden])
+            if all_layers or is_last:
+                states.extend(_hidden_states(cfg, layer_states))
+    if pooling:
+        states.append(MaskedPooling(cfg.pooling, name="encoder_pooling")(hidden))
+    else:
+        states.append(hidden)
+    if len(states) == 1:
+        return states[0]
+    return keras.layers.Concatenate(name="encoder_states")(states)
 
 
 def _hidden_states(cfg: ModelConfig, states: list) -> list:
