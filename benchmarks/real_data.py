@@ -1,0 +1,276 @@
+"""Real-data benchmark: embedding vs baselines on public sets, per candidate config.
+
+For every set (the aeon wheel's classification sets, converted offline by
+`benchmarks/aeon_sets.py`, plus the synthetic default of `seqpipe synth`) and every
+candidate configuration (a name -> `--set key=value` overrides, `CANDIDATES`;
+"default" is the default config untouched), runs the command line a user runs:
+
+    python -m seqpipe preprocess --input RAW.jsonl --output DATA      # WORKDIR/data/SET
+    python -m seqpipe train      --data DATA --model-dir MODEL --set ... # WORKDIR/models/SET/CONFIG
+    python -m seqpipe evaluate   --data DATA --model-dir MODEL --set ...
+
+(under `nice`, logs in WORKDIR/logs/), then prints one table, a row per set and
+config, read from the files those commands write (`metadata.json`,
+`summary.json`, `history.json`, `evaluation.json`): train/test sizes, lengths,
+features, SVM test accuracy of the embedding, of the hybrid (embedding + pooled
+statistics) and of the pooled-statistics baseline, 1-NN DTW, the embedding's
+cross-validation accuracy on the train split, training seconds, epochs and
+optimizer steps. All rows also go to a JSON file.
+
+Choosing a config: the `*` marks, per set, the candidate whose embedding has the
+best cross-validation accuracy on the train split (labels of train only; the
+test split is scored once per candidate and never used to choose).
+
+    pip download 'aeon==1.6.*' --no-deps -d /tmp/aeon-wheel
+    python benchmarks/real_data.py --aeon /tmp/aeon-wheel/aeon-1.6.0-py3-none-any.whl \\
+        --workdir /tmp/real-data [--sets GunPoint,BasicMotions] [--configs default,batch8] \\
+        [--no-synthetic] [--json rows.json] [--set train.epochs=50 ...]
+
+A run reuses what WORKDIR already holds (converted sets, datasets, and models that
+have an `evaluation.json`): delete a model folder to train it again. Times are
+wall seconds on whatever the machine has, so compare them within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aeon_sets  # noqa: E402
+
+DEFAULT_SETS = ("ItalyPowerDemand", "BasicMotions", "GunPoint", "ArrowHead",
+                "PickupGestureWiimoteZ", "OSULeaf", "ACSF1")
+SYNTHETIC = "synthetic"
+
+# candidate -> overrides on top of the default config (existing config keys only).
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "epochs100": ("train.epochs=100",),
+    "batch8": ("data.batch_size=8",),
+    "batch8+epochs100": ("data.batch_size=8", "train.epochs=100"),
+    "stacked2+all_layers": ("model.layers=2", "model.embedding_from=all_layers"),
+    "noise0.1": ("model.input_noise=0.1",),
+    "units128": ("model.units=128",),
+    "batch8+cosine": ("data.batch_size=8", "train.lr_schedule=cosine"),
+}
+
+METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")
+
+
+def run_seqpipe(args: list[str], log: Path, niceness: int) -> None:
+    """Runs `python -m seqpipe ARGS` from this checkout, output to `log`.
+
+    Raises:
+        RuntimeError: the command failed (with the last lines of its log).
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                      os.environ.get("PYTHONPATH")]))}
+    command = ["nice", "-n", str(niceness), sys.executable, "-m", "seqpipe", *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO, check=False).returncode
+    if status:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(command)} failed ({status}); {log}:\n{tail}")
+
+
+def raw_file(name: str, workdir: Path, aeon: str | None, niceness: int) -> Path:
+    """The raw JSON lines of a set, converted (or generated) once per workdir."""
+    raw_dir = workdir / "raw"
+    if name == SYNTHETIC:
+        path = raw_dir / SYNTHETIC / "synthetic.jsonl"
+        if not path.is_file():
+            run_seqpipe(["synth", "--output", str(path.parent)],
+                        workdir / "logs" / "synthetic-synth.log", niceness)
+        return path
+    path = raw_dir / f"{name}.jsonl"
+    if not path.is_file():
+        print(json.dumps(aeon_sets.convert_set(aeon_sets.AeonData(aeon), name, raw_dir)))
+    return path
+
+
+def dataset(name: str, workdir: Path, aeon: str | None, niceness: int) -> Path:
+    """The preprocessed dataset of a set (made once per workdir)."""
+    data_dir = workdir / "data" / name
+    if not (data_dir / "metadata.json").is_file():
+        raw = raw_file(name, workdir, aeon, niceness)
+        run_seqpipe(["preprocess", "--input", str(raw), "--output", str(data_dir)],
+                    workdir / "logs" / f"{name}-preprocess.log", niceness)
+    return data_dir
+
+
+def train_and_evaluate(name: str, config: str, overrides: list[str], data_dir: Path,
+                       workdir: Path, niceness: int) -> Path:
+    """Trains and evaluates one candidate on one set, unless already evaluated."""
+    model_dir = workdir / "models" / name / config
+    if (model_dir / "evaluation.json").is_file():
+        return model_dir
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    logs = workdir / "logs"
+    if not (model_dir / "summary.json").is_file():
+        run_seqpipe(["train", "--data", str(data_dir), "--model-dir", str(model_dir),
+                     "--quiet", *sets], logs / f"{name}-{config}-train.log", niceness)
+    run_seqpipe(["evaluate", "--data", str(data_dir), "--model-dir", str(model_dir), *sets],
+                logs / f"{name}-{config}-evaluate.log", niceness)
+    return model_dir
+
+
+def result_row(name: str, config: str, overrides: list[str], data_dir: Path,
+               model_dir: Path) -> dict[str, Any]:
+    """One table row from the files `preprocess`, `train` and `evaluate` wrote."""
+    metadata = _read_json(data_dir / "metadata.json")
+    summary = _read_json(model_dir / "summary.json")
+    history = _read_json(model_dir / "history.json")
+    evaluation = _read_json(model_dir / "evaluation.json")
+    splits = metadata["splits"]
+    row: dict[str, Any] = {
+        "set": name, "config": config, "overrides": overrides,
+        "num_train": splits["train"]["num_records"], "num_val": splits["val"]["num_records"],
+        "num_test": splits["test"]["num_records"],
+        "min_length": metadata["length_stats"]["min"],
+        "max_length": metadata["length_stats"]["max"],
+        "num_features": metadata["num_features"], "classes": len(metadata.get("labels", [])),
+        "chance": evaluation["chance_accuracy"],
+        "train_seconds": summary["wall_seconds"], "epochs": summary["epochs"],
+        "stopped_by": summary["stopped_by"], "final_loss": summary["final_loss"],
+        "optimizer_steps": sum(epoch["steps"] for epoch in history),
+    }
+    for method in METHODS:
+        scores = evaluation.get(method, {})
+        row[method] = scores.get("test_accuracy")
+        row[f"{method}_cv"] = scores.get("cv_accuracy")
+    return row
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def mark_cv_choice(rows: list[dict[str, Any]]) -> None:
+    """Sets `cv_choice` on each row: True for the set's best embedding CV accuracy
+    on train (the first candidate wins ties)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        current = best.get(row["set"])
+        if current is None or row["embedding_cv"] > current["embedding_cv"]:
+            best[row["set"]] = row
+    for row in rows:
+        row["cv_choice"] = best[row["set"]] is row
+
+
+COLUMNS = (  # (title, key, format)
+    ("set", "set", "{:<21}"), ("config", "config", "{:<20}"),
+    ("train/test", None, "{:>10}"), ("len", None, "{:>10}"), ("F", "num_features", "{:>2}"),
+    ("emb", "embedding", "{:>5.3f}"), ("hybrid", "hybrid", "{:>6.3f}"),
+    ("pooled", "pooled_statistics", "{:>6.3f}"), ("dtw", "dtw_1nn", "{:>5.3f}"),
+    ("emb_cv", "embedding_cv", "{:>6.3f}"), ("pool_cv", "pooled_statistics_cv", "{:>7.3f}"),
+    ("secs", "train_seconds", "{:>5.0f}"), ("ep", "epochs", "{:>3}"),
+    ("steps", "optimizer_steps", "{:>5}"),
+)
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The human table; `*` after a config marks the train-CV choice for its set."""
+    lines = ["  ".join(_pad(fmt, title) for title, _, fmt in COLUMNS)]
+    for row in rows:
+        lines.append("  ".join(_cell(row, title, key, fmt) for title, key, fmt in COLUMNS))
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], title: str, key: str | None, fmt: str) -> str:
+    """One formatted cell: numbers by `fmt`, text padded to its width, None as `-`."""
+    if title == "train/test":
+        value = f"{row['num_train']}/{row['num_test']}"
+    elif title == "len":
+        value = f"{row['min_length']}..{row['max_length']}"
+    elif title == "config":
+        value = row["config"] + ("*" if row.get("cv_choice") else "")
+    else:
+        value = row[key]
+    if value is None:
+        return _pad(fmt, "-")
+    return _pad(fmt, value) if isinstance(value, str) else fmt.format(value)
+
+
+def _pad(fmt: str, text: str) -> str:
+    """`text` left- or right-aligned to the width in `fmt` ("{:<21}", "{:>5.3f}")."""
+    width = int("".join(ch for ch in fmt.split(".")[0] if ch.isdigit()))
+    return text.ljust(width) if "<" in fmt else text.rjust(width)
+
+
+def format_config_summary(rows: list[dict[str, Any]]) -> str:
+    """Per config over the real sets: mean embedding test and CV accuracy, and on
+    how many sets the embedding reaches the pooled-statistics baseline."""
+    lines = ["config                mean_emb  mean_emb_cv  emb>=pooled  sets"]
+    for config in dict.fromkeys(row["config"] for row in rows):
+        real = [row for row in rows if row["config"] == config and row["set"] != SYNTHETIC]
+        if not real:
+            continue
+        wins = sum(row["embedding"] >= row["pooled_statistics"] for row in real)
+        lines.append(f"{config:<20}  {_mean(real, 'embedding'):>8.3f}  "
+                     f"{_mean(real, 'embedding_cv'):>11.3f}  {wins:>11}  {len(real):>4}")
+    return "\n".join(lines)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(row[key] for row in rows) / len(rows)
+
+
+def run(names: list[str], configs: list[str], base_overrides: list[str], workdir: Path,
+        aeon: str | None, niceness: int) -> list[dict[str, Any]]:
+    """Every set x config: preprocess, train, evaluate; the rows, in that order."""
+    rows = []
+    for name in names:
+        if aeon_sets.is_held_out(name):
+            raise aeon_sets.HeldOutError(f"{name} is held out for judging: not benchmarked")
+        data_dir = dataset(name, workdir, aeon, niceness)
+        for config in configs:
+            overrides = [*base_overrides, *CANDIDATES[config]]
+            model_dir = train_and_evaluate(name, config, overrides, data_dir, workdir,
+                                           niceness)
+            rows.append(result_row(name, config, overrides, data_dir, model_dir))
+            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--aeon", help="the aeon wheel (.whl) or its aeon/datasets/data "
+                                       "directory (default: the installed aeon)")
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--sets", default=",".join(DEFAULT_SETS),
+                        help="comma-separated aeon set names")
+    parser.add_argument("--no-synthetic", action="store_true",
+                        help="leave out the synthetic default")
+    parser.add_argument("--configs", default="default",
+                        help=f"comma-separated candidates of {sorted(CANDIDATES)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every candidate (before the candidate's own)")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the seqpipe runs")
+    parser.add_argument("--json", type=Path, help="rows file (default WORKDIR/real_data.json)")
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CANDIDATES))
+    if unknown:
+        parser.error(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+    names = [n for n in args.sets.split(",") if n] + ([] if args.no_synthetic else [SYNTHETIC])
+    rows = run(names, configs, args.set, args.workdir, args.aeon, args.nice)
+    mark_cv_choice(rows)
+    print("\n" + format_rows(rows) + "\n\n" + format_config_summary(rows))
+    output = args.json or args.workdir / "real_data.json"
+    output.write_text(json.dumps(rows, indent=2))
+    print(f"rows: {output}")
+
+
+if __name__ == "__main__":
+    main()
