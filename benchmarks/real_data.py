@@ -60,6 +60,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "noise0.1": ("model.input_noise=0.1",),
     "units128": ("model.units=128",),
     "batch8+cosine": ("data.batch_size=8", "train.lr_schedule=cosine"),
+    "pool": ("model.pooling=[mean,max]",),
+    "steps2000": ("train.min_steps=2000",),
+    "pool+steps2000": ("model.pooling=[mean,max]", "train.min_steps=2000"),
+    "pool+steps2000+wide": ("model.pooling=[mean,max]", "train.min_steps=2000",
+                            "model.embedding_dim=0"),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")

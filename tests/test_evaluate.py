@@ -263,9 +263,27 @@ def test_evaluate_model_refuses_unlabeled_data_before_embedding(monkeypatch, tmp
 
 def test_format_evaluation_shows_per_class_and_confusion():
     result = evaluate_svm(TRAIN_X, TRAIN_Y, TEST_X, TEST_Y, CFG)
-    text = evaluate.format_evaluation({"embedding": result, "table": [
-        {"method": "autoencoder embedding", **result}]})
+    text = evaluate.format_evaluation({
+        "embedding": result, "table": [{"method": "autoencoder embedding", **result}],
+        "verdict": evaluate.quality_verdict({"embedding": result, "pooled_statistics": result})})
     assert "a          1.000   1.000   1.000        2" in text
+    assert "verdict: the embedding does NOT beat the pooled-statistics baseline" in text
     assert text.splitlines()[-3:] == ["a          2      0      0",
                                       "b          0      1      0",
                                       "c          0      0      1"]
+
+
+@pytest.mark.parametrize("embedding, pooled, beats, start", [
+    (0.95, 0.90, True, "the embedding beats the pooled-statistics baseline on test "
+                       "(0.950 vs 0.900)"),
+    (0.90, 0.90, False, "the embedding does NOT beat the pooled-statistics baseline on test "
+                        "(0.900 vs 0.900): "),
+    (0.875, 1.0, False, "the embedding does NOT beat the pooled-statistics baseline on test "
+                        "(0.875 vs 1.000): "),
+])
+def test_quality_verdict_says_plainly_whether_the_embedding_wins(embedding, pooled, beats,
+                                                                  start):
+    verdict = evaluate.quality_verdict({"embedding": {"test_accuracy": embedding},
+                                        "pooled_statistics": {"test_accuracy": pooled}})
+    assert verdict["embedding_beats_pooled"] is beats
+    assert verdict["message"].startswith(start)

@@ -46,6 +46,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert summary["embedding_svm_test_accuracy"] > 0.7
     assert (summary["embedding_svm_test_accuracy"]
             > summary["pooled_statistics_svm_test_accuracy"] + 0.3)
+    assert summary["verdict"].startswith("the embedding beats the pooled-statistics baseline")
 
 
 def test_quickstart_refuses_an_earlier_run(tmp_path):

@@ -404,7 +404,8 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
     Returns:
         `embedding`, `pooled_statistics` and, if enabled, `hybrid` (each an
         `evaluate_svm` result), `dtw_1nn` (an `evaluate_1nn_dtw` result or
-        `{"skipped": ...}`), `chance_accuracy` on the test split, `table`
+        `{"skipped": ...}`), `chance_accuracy` on the test split, `verdict`
+        (`quality_verdict`), `table`
         (rows for `format_table`), `data_dir`, `model_dir`.
 
     Raises:
@@ -439,10 +440,31 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
     results["dtw_1nn"] = evaluate_1nn_dtw(normalized["train"], labels["train"],
                                           normalized["test"], labels["test"], cfg)
     chance = chance_accuracy(labels["test"])
-    return {**results, "chance_accuracy": chance,
+    return {**results, "chance_accuracy": chance, "verdict": quality_verdict(results),
             "table": [{"method": title, **results[key], "chance_accuracy": chance}
                       for key, title in METHOD_TITLES.items() if key in results],
             "data_dir": str(data_dir), "model_dir": str(model_dir)}
+
+
+def quality_verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Whether the embedding beats the pooled-statistics baseline on test, said plainly.
+
+    Returns:
+        `{"embedding_beats_pooled": bool, "message": str}`; a tie counts as
+        not beating it.
+    """
+    embedding = results["embedding"]["test_accuracy"]
+    pooled = results["pooled_statistics"]["test_accuracy"]
+    beats = embedding > pooled
+    if beats:
+        message = (f"the embedding beats the pooled-statistics baseline on test "
+                   f"({embedding:.3f} vs {pooled:.3f})")
+    else:
+        message = (f"the embedding does NOT beat the pooled-statistics baseline on test "
+                   f"({embedding:.3f} vs {pooled:.3f}): per-feature statistics separate "
+                   "these classes at least as well; use the hybrid (embedding + pooled "
+                   "statistics) or train longer (`train.min_steps`)")
+    return {"embedding_beats_pooled": beats, "message": message}
 
 
 METHOD_TITLES = {
@@ -479,8 +501,8 @@ def format_evaluation(result: dict[str, Any]) -> str:
     embedding = result["embedding"]
     labels = embedding["labels"]
     width = max(len("label"), *(len(label) for label in labels))
-    lines = [format_table(result["table"]), "",
-             "autoencoder embedding, test split, per class:",
+    lines = [format_table(result["table"]), "", f"verdict: {result['verdict']['message']}",
+             "", "autoencoder embedding, test split, per class:",
              f"{'label':<{width}}  precision  recall      f1  support"]
     for label in labels:
         scores = embedding["per_class"][label]

@@ -123,6 +123,7 @@ def _summary(synth: dict[str, Any], metadata: dict[str, Any], training: dict[str
             evaluation["pooled_statistics"]["test_accuracy"],
         "dtw_1nn_test_accuracy": evaluation["dtw_1nn"].get("test_accuracy"),
         "chance_accuracy": evaluation["chance_accuracy"],
+        "verdict": evaluation["verdict"]["message"],
         "wall_seconds": seconds,
     }
 
@@ -154,6 +155,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = ["", "seqpipe quickstart summary", "-" * (width + 12)]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    lines += ["", "artefacts:"]
+    lines += ["", f"verdict: {summary['verdict']}", "", "artefacts:"]
     lines += [f"  {name:<11} {path}" for name, path in summary["artefacts"].items()]
     return "\n".join(lines)
