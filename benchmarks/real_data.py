@@ -214,16 +214,21 @@ def _pad(fmt: str, text: str) -> str:
 
 
 def format_config_summary(rows: list[dict[str, Any]]) -> str:
-    """Per config over the real sets: mean embedding test and CV accuracy, and on
-    how many sets the embedding reaches the pooled-statistics baseline."""
-    lines = ["config                mean_emb  mean_emb_cv  emb>=pooled  sets"]
-    for config in dict.fromkeys(row["config"] for row in rows):
-        real = [row for row in rows if row["config"] == config and row["set"] != SYNTHETIC]
+    """Per config, over the real sets every config was run on: mean embedding test
+    and train-CV accuracy, and on how many sets the embedding reaches the
+    pooled-statistics baseline."""
+    configs = list(dict.fromkeys(row["config"] for row in rows))
+    covered = [{row["set"] for row in rows if row["config"] == config} for config in configs]
+    common = set.intersection(*covered) - {SYNTHETIC} if covered else set()
+    lines = [f"over {len(common)} sets: {', '.join(sorted(common))}",
+             "config                mean_emb  mean_emb_cv  emb>=pooled"]
+    for config in configs:
+        real = [row for row in rows if row["config"] == config and row["set"] in common]
         if not real:
             continue
         wins = sum(row["embedding"] >= row["pooled_statistics"] for row in real)
         lines.append(f"{config:<20}  {_mean(real, 'embedding'):>8.3f}  "
-                     f"{_mean(real, 'embedding_cv'):>11.3f}  {wins:>11}  {len(real):>4}")
+                     f"{_mean(real, 'embedding_cv'):>11.3f}  {wins:>11}")
     return "\n".join(lines)
 
 
@@ -232,17 +237,25 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def run(names: list[str], configs: list[str], base_overrides: list[str], workdir: Path,
-        aeon: str | None, niceness: int) -> list[dict[str, Any]]:
-    """Every set x config: preprocess, train, evaluate; the rows, in that order."""
+        aeon: str | None, niceness: int, table_only: bool = False) -> list[dict[str, Any]]:
+    """Every set x config: preprocess, train, evaluate; the rows, in that order.
+
+    With `table_only`, nothing runs: the rows are those WORKDIR already holds.
+    """
     rows = []
     for name in names:
         if aeon_sets.is_held_out(name):
             raise aeon_sets.HeldOutError(f"{name} is held out for judging: not benchmarked")
-        data_dir = dataset(name, workdir, aeon, niceness)
+        data_dir = workdir / "data" / name
+        if not table_only:
+            dataset(name, workdir, aeon, niceness)
         for config in configs:
             overrides = [*base_overrides, *CANDIDATES[config]]
-            model_dir = train_and_evaluate(name, config, overrides, data_dir, workdir,
-                                           niceness)
+            model_dir = workdir / "models" / name / config
+            if table_only and not (model_dir / "evaluation.json").is_file():
+                continue
+            if not table_only:
+                train_and_evaluate(name, config, overrides, data_dir, workdir, niceness)
             rows.append(result_row(name, config, overrides, data_dir, model_dir))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     return rows
@@ -262,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every candidate (before the candidate's own)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the seqpipe runs")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: tabulate the evaluated models WORKDIR holds")
     parser.add_argument("--json", type=Path, help="rows file (default WORKDIR/real_data.json)")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
     names = [n for n in args.sets.split(",") if n] + ([] if args.no_synthetic else [SYNTHETIC])
-    rows = run(names, configs, args.set, args.workdir, args.aeon, args.nice)
+    rows = run(names, configs, args.set, args.workdir, args.aeon, args.nice, args.table_only)
     mark_cv_choice(rows)
     print("\n" + format_rows(rows) + "\n\n" + format_config_summary(rows))
     output = args.json or args.workdir / "real_data.json"
