@@ -414,6 +414,7 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
     """
     from seqpipe.commands import embed
     from seqpipe.dataset import records
+    from seqpipe.input_pipeline import reading
 
     metadata = records.read_metadata(data_dir)
     splits = [s for s in ("train", "val", "test")
@@ -434,8 +435,10 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
         features["hybrid"] = {split: np.hstack([vectors[split], pooled[split]])
                               for split in splits}
     results = evaluate_features(features, labels, cfg)
-    stats = metadata.get("feature_stats")
-    normalized = {split: [embed.normalize(steps, stats) for steps in sequences[split][1]]
+    normalization = reading.normalization_arrays(metadata.get("feature_stats"),
+                                                 metadata["num_features"])
+    normalized = {split: [reading.normalize(np.asarray(steps, np.float32), normalization)
+                          for steps in sequences[split][1]]
                   for split in ("train", "test")}
     results["dtw_1nn"] = evaluate_1nn_dtw(normalized["train"], labels["train"],
                                           normalized["test"], labels["test"], cfg)
