@@ -1,7 +1,7 @@
 """The dataset's metadata: `metadata.json` (one function) and the TFDS metadata.
 
-`build_metadata` assembles every key of `metadata.json` (read back by
-`seqpipe.dataset.records.read_metadata`) from what the pipeline computed
+`build_metadata` assembles the `seqpipe.dataset.metadata.DatasetMetadata` the
+driver writes as `metadata.json` (`seqpipe.dataset.metadata.write`) from what the pipeline computed
 (`beam_jobs.statistics`, the `_work/summary.json` side file) and the shards
 the driver named (`beam_jobs.commit.finalize_shards`). `write_tfds_metadata`
 writes `dataset_info.json` and `features.json`, so that
@@ -20,6 +20,7 @@ from typing import Any
 from beam_jobs import statistics
 from seqpipe import config as config_lib
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata
 
 TFDS_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
@@ -27,8 +28,8 @@ TFDS_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str, Any]],
                    cfg: config_lib.PreprocessConfig, inputs: Sequence[str],
                    files: Sequence[str], names: Sequence[str],
-                   num_buckets: int = 0) -> dict[str, Any]:
-    """The content of `metadata.json` (see `seqpipe.dataset.records.read_metadata`).
+                   num_buckets: int = 0) -> DatasetMetadata:
+    """The content of `metadata.json` (fields: `seqpipe.dataset.metadata`).
 
     Args:
         summary: the pipeline's side file (`counts`, `split_sizes`,
@@ -42,11 +43,12 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
 
     Raises:
         RuntimeError: the counts disagree with what was written (a bug).
+        seqpipe.dataset.records.DatasetError: a field of the wrong shape (a bug).
     """
     counts = statistics.assemble_counts(summary["counts"], files)
     length_counts = {length: n for length, n in summary["length_counts"]}
     tfds_readable = cfg.compression == "none" and counts["written"] > 0
-    metadata = {
+    tree = {
         "schema_version": records.SCHEMA_VERSION,
         "num_features": summary["num_features"],
         "feature_names": list(names),
@@ -65,10 +67,11 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
             timespec="seconds"),
     }
     if not tfds_readable:
-        metadata["tfds_note"] = ("no TFDS metadata: TFDS reads only uncompressed TFRecords"
-                                 if cfg.compression != "none" else
-                                 "no TFDS metadata: no record was written")
-    return metadata
+        tree["tfds_note"] = ("no TFDS metadata: TFDS reads only uncompressed TFRecords"
+                             if cfg.compression != "none" else
+                             "no TFDS metadata: no record was written")
+    # Typed through the JSON form, so what the job returns is what a reader reads back.
+    return DatasetMetadata.from_json(tree)
 
 
 def _splits(split_sizes: Sequence[Sequence[Any]],

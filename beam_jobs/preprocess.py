@@ -15,7 +15,7 @@ needs. The output directory:
     rejects/rejects-*.jsonl                   {reason, message, source, line, offset,
                                                record, record_truncated}
     dataset_info.json, features.json          TFDS metadata (uncompressed shards only)
-    metadata.json                             written last (`records.read_metadata`)
+    metadata.json                             written last (`seqpipe.dataset.metadata`)
 
 The job, one module per concern:
 
@@ -65,7 +65,6 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -73,11 +72,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import commit, flags, metadata, read, statistics, validate, write
 from seqpipe import config as config_lib
 from seqpipe import paths
-from seqpipe.dataset import records
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 
 
 def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.PreprocessConfig,
-               pipeline_args: Sequence[str] = (), num_buckets: int = 0) -> dict[str, Any]:
+               pipeline_args: Sequence[str] = (), num_buckets: int = 0) -> DatasetMetadata:
     """Runs the job and returns the metadata it wrote to `output_dir/metadata.json`.
 
     Args:
@@ -110,9 +110,9 @@ def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.Preproces
         names = read.feature_names(files_by_format, cfg, summary["num_features"])
         result = metadata.build_metadata(summary, shards, cfg, inputs, files, names,
                                          num_buckets)
-        if result["tfds_readable"]:
-            metadata.write_tfds_metadata(staging, result["num_features"], shards)
-        (staging / records.METADATA_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        if result.tfds_readable:
+            metadata.write_tfds_metadata(staging, result.num_features, shards)
+        metadata_lib.write(result, staging)
         commit.commit(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -153,35 +153,35 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
         os.path.join(work, commit.SUMMARY_FILE), list_names=("shard_parts",))
 
 
-def format_summary(result: Mapping[str, Any], output_dir: str, seconds: float) -> str:
+def format_summary(result: DatasetMetadata, output_dir: str, seconds: float) -> str:
     """The end-of-job summary for humans, from the job's metadata."""
-    counts = result["counts"]
+    counts = result.counts
     lines = [f"seqpipe preprocess -> {output_dir} ({seconds:.1f} s)",
-             f"  read {counts['read']} = written {counts['written']} + rejected "
-             f"{counts['rejected']}" + (f"  (truncated {counts['truncated']})"
-                                        if counts["truncated"] else "")]
-    for reason, n in counts["rejected_by_reason"].items():
+             f"  read {counts.read} = written {counts.written} + rejected "
+             f"{counts.rejected}" + (f"  (truncated {counts.truncated})"
+                                     if counts.truncated else "")]
+    for reason, n in counts.rejected_by_reason.items():
         if n:
             lines.append(f"    rejected {reason:<20} {n}")
-    for split, info in result["splits"].items():
-        lines.append(f"  {split:<5} {info['num_records']:>9} records "
-                     f"{info['num_timesteps']:>11} timesteps {info['num_shards']:>4} shards")
-    lines.append(f"  features {result['num_features']}, lengths "
-                 f"{result['length_stats']['min']}..{result['length_stats']['max']}, "
-                 f"buckets {result['bucket_boundaries']}")
-    for source, per_file in counts["by_input"].items():
+    for split, info in result.splits.items():
+        lines.append(f"  {split:<5} {info.num_records:>9} records "
+                     f"{info.num_timesteps:>11} timesteps {info.num_shards:>4} shards")
+    lines.append(f"  features {result.num_features}, lengths "
+                 f"{result.length_stats.min}..{result.length_stats.max}, "
+                 f"buckets {list(result.bucket_boundaries)}")
+    for source, per_file in counts.by_input.items():
         lines.append(f"  {source}: read {per_file['read']} written {per_file['written']} "
                      f"rejected {per_file['rejected']}")
-    if counts["rejected"]:
+    if counts.rejected:
         lines.append(f"  rejects: {os.path.join(output_dir, commit.REJECTS_DIR)}/")
-    if not counts["written"]:
+    if not counts.written:
         lines.append("  WARNING: no record was written (every record was rejected, or "
                      "the inputs are empty); the dataset has no records")
     return "\n".join(lines)
 
 
 def run_parsed(args: argparse.Namespace, cfg: config_lib.Config,
-               pipeline_args: Sequence[str], print_summary: bool = True) -> dict[str, Any]:
+               pipeline_args: Sequence[str], print_summary: bool = True) -> DatasetMetadata:
     """Runs the job for parsed flags (`beam_jobs.flags`); prints the summary.
 
     Shared by `run` and `seqpipe preprocess`, which parse the same flags.
@@ -199,7 +199,7 @@ def run_parsed(args: argparse.Namespace, cfg: config_lib.Config,
     return result
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run(argv: Sequence[str] | None = None) -> DatasetMetadata:
     """Command-line entry point: parses the flags, runs the job, prints the summary."""
     args, pipeline_args = flags.parse_args(argv)
     return run_parsed(args, config_lib.load_config(args.config, args.set), pipeline_args)

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 from padding_efficiency import sample_lengths, write_dataset  # noqa: E402
 
 from seqpipe.config import DataConfig, load_config  # noqa: E402
-from seqpipe.dataset import records  # noqa: E402
+from seqpipe.dataset import metadata as metadata_lib  # noqa: E402
 from seqpipe.input_pipeline import data  # noqa: E402
 from seqpipe.training import trainer as train  # noqa: E402
 
@@ -74,7 +74,7 @@ def epoch_ratios(root: Path, repeats: int, units: int, work: Path,
     untimed, so no pipeline work runs during cached epochs.
     """
     cfg = load_config("default", [f"model.units={units}", "train.epochs=1000"])
-    trainer = train.Trainer(root, work, cfg, metadata=records.read_metadata(root),
+    trainer = train.Trainer(root, work, cfg, metadata=metadata_lib.read(root),
                             strategy=tf.distribute.get_strategy(), verbose=False)
 
     def cached_batches(epoch: int) -> list:

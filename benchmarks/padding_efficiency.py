@@ -19,6 +19,7 @@ the batching, reproducible up to the shuffle order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,7 +34,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from seqpipe.config import DataConfig  # noqa: E402
+from seqpipe.dataset import metadata as metadata_lib  # noqa: E402
 from seqpipe.dataset import records  # noqa: E402
+from seqpipe.dataset.metadata import (  # noqa: E402
+    DatasetMetadata,
+    FeatureStats,
+    LengthStats,
+    SplitInfo,
+)
 from seqpipe.input_pipeline import batching, data  # noqa: E402
 
 NUM_SEQUENCES = 1326
@@ -93,37 +101,36 @@ def write_dataset(root: Path, lengths: np.ndarray, rng: np.random.Generator,
     for writer in writers:
         writer.close()
     steps = np.concatenate(seqs)
-    metadata = {
-        "schema_version": records.SCHEMA_VERSION,
-        "num_features": NUM_FEATURES,
-        "feature_names": [f"f{i}" for i in range(NUM_FEATURES)],
-        "compression": compression,
-        "splits": {"train": {
-            "num_records": len(seqs), "num_timesteps": int(lengths.sum()),
-            "num_shards": NUM_SHARDS,
-            "files": [records.shard_name("train", i, NUM_SHARDS) for i in range(NUM_SHARDS)]}},
-        "length_stats": {"min": int(lengths.min()), "max": int(lengths.max()),
-                         "mean": float(lengths.mean()),
-                         "quantiles": {str(q): float(np.quantile(lengths, q))
-                                       for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)},
-                         "histogram": batching.exact_histogram(
-                             dict(zip(*np.unique(lengths, return_counts=True), strict=True)))},
-        "feature_stats": {"mean": steps.mean(0).tolist(), "std": steps.std(0).tolist(),
-                          "min": steps.min(0).tolist(), "max": steps.max(0).tolist(),
-                          "num_timesteps": int(len(steps))},
-        "bucket_boundaries": quantile_boundaries(lengths, NUM_BUCKETS),
-    }
-    (root / records.METADATA_FILE).write_text(json.dumps(metadata))
+    metadata = DatasetMetadata(
+        num_features=NUM_FEATURES,
+        feature_names=tuple(f"f{i}" for i in range(NUM_FEATURES)),
+        compression=compression,
+        splits={"train": SplitInfo(
+            num_records=len(seqs), num_timesteps=int(lengths.sum()), num_shards=NUM_SHARDS,
+            files=tuple(records.shard_name("train", i, NUM_SHARDS) for i in range(NUM_SHARDS)))},
+        length_stats=LengthStats(
+            min=int(lengths.min()), max=int(lengths.max()), mean=float(lengths.mean()),
+            quantiles={str(q): float(np.quantile(lengths, q))
+                       for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)},
+            histogram=batching.exact_histogram(
+                dict(zip(*np.unique(lengths, return_counts=True), strict=True)))),
+        feature_stats=FeatureStats(
+            num_timesteps=int(len(steps)), mean=tuple(steps.mean(0).tolist()),
+            std=tuple(steps.std(0).tolist()), min=tuple(steps.min(0).tolist()),
+            max=tuple(steps.max(0).tolist())),
+        bucket_boundaries=tuple(quantile_boundaries(lengths, NUM_BUCKETS)),
+    )
+    metadata_lib.write(metadata, root)
 
 
-def pad_to_max_dataset(root: Path, metadata: dict) -> tf.data.Dataset:
+def pad_to_max_dataset(root: Path, metadata: DatasetMetadata) -> tf.data.Dataset:
     """The recipe: batches of BATCH_SIZE records padded to the dataset's longest length.
 
     Yields `({"x", "mask"}, x, mask)` like `make_dataset`, so
     `padding_efficiency` measures it the same way.
     """
     spec = records.tf_feature_spec(NUM_FEATURES)
-    max_length = int(metadata["length_stats"]["max"])
+    max_length = metadata.length_stats.max
 
     def parse(serialized):
         record = tf.io.parse_single_example(serialized, spec)
@@ -144,12 +151,12 @@ def run(seed: int = 0) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="seqpipe-bench-") as tmp:
             root = Path(tmp)
             write_dataset(root, lengths, rng)
-            metadata = records.read_metadata(root)
+            metadata = metadata_lib.read(root)
             for mode, cfg in MODES.items():
                 meta = metadata
                 if mode == "no_buckets_batch_max":
                     cfg = DataConfig(**BUCKETS, pad_to_bucket_boundary=False)
-                    meta = {**metadata, "bucket_boundaries": []}
+                    meta = dataclasses.replace(metadata, bucket_boundaries=())
                 if mode == "pad_to_max":
                     ds = pad_to_max_dataset(root, metadata)
                 else:
@@ -157,7 +164,7 @@ def run(seed: int = 0) -> list[dict]:
                 stats = data.padding_efficiency(ds)
                 assert stats["num_records"] == NUM_SEQUENCES
                 rows.append({"lengths": kind, "mode": mode,
-                             "boundaries": metadata["bucket_boundaries"], **stats})
+                             "boundaries": list(metadata.bucket_boundaries), **stats})
     return rows
 
 

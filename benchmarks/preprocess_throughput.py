@@ -106,7 +106,7 @@ def run_job(inputs: list[str], output_dir: str, pipeline_args: list[str]) -> int
     from seqpipe.config import PreprocessConfig
 
     metadata = preprocess(inputs, output_dir, PreprocessConfig(), pipeline_args)
-    return metadata["counts"]["written"]
+    return metadata.counts.written
 
 
 def child(variant: str, inputs: list[str], output_dir: str) -> None:

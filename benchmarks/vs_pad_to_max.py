@@ -65,7 +65,8 @@ from padding_efficiency import MAX_LENGTH, NUM_FEATURES, sample_lengths, write_d
 
 from seqpipe.commands import embed  # noqa: E402
 from seqpipe.config import dump_config, load_config  # noqa: E402
-from seqpipe.dataset import records  # noqa: E402
+from seqpipe.dataset import metadata as metadata_lib  # noqa: E402
+from seqpipe.dataset.metadata import DatasetMetadata  # noqa: E402
 from seqpipe.input_pipeline import data, reading  # noqa: E402
 from seqpipe.model import autoencoder  # noqa: E402
 from seqpipe.training import trainer as train  # noqa: E402
@@ -83,7 +84,7 @@ class Data:
     kind: str
     root: Path
     sequences: list[np.ndarray]  # normalized as seqpipe normalizes them
-    metadata: dict
+    metadata: DatasetMetadata
 
     @property
     def real_timesteps(self) -> int:
@@ -98,8 +99,8 @@ def make_data(kind: str, root: Path, seed: int, num_copies: int = 1) -> Data:
     root.mkdir(parents=True, exist_ok=True)
     write_dataset(root, lengths, rng)
     raw = [twin.normal(size=(n, NUM_FEATURES)).astype(np.float32) for n in lengths]
-    metadata = records.read_metadata(root)
-    mean, std = reading.normalization_arrays(metadata["feature_stats"], NUM_FEATURES)
+    metadata = metadata_lib.read(root)
+    mean, std = reading.normalization_arrays(metadata.feature_stats, NUM_FEATURES)
     return Data(kind, root, [(s - mean) / std for s in raw], metadata)
 
 
@@ -198,7 +199,7 @@ class Seqpipe:
     def export(self):
         """Writes what `seqpipe embed` reads and loads the SavedModel encoder."""
         dump_config(self.cfg, self.model_dir / CONFIG_FILE)
-        (self.model_dir / METADATA_COPY).write_text(json.dumps(self.ds.metadata))
+        metadata_lib.write_file(self.ds.metadata, self.model_dir / METADATA_COPY)
         staging = self.model_dir / ENCODER_DIR
         autoencoder.export_encoder(self.trainer.encoder, staging)
         self._served = embed.load_encoder(self.model_dir)
@@ -356,7 +357,7 @@ def _peak_rss_mb() -> float:
 
 def _memory_child(data_dir: str, shuffle_buffer: int) -> None:
     """Trains one epoch on `data_dir` in this fresh process; prints peak RSS as JSON."""
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     cfg = load_config("default", [
         f"model.units={UNITS}", "model.embedding_dim=0",
         f"model.decoder_units={DECODER_UNITS}", "model.bidirectional=false",
@@ -366,8 +367,8 @@ def _memory_child(data_dir: str, shuffle_buffer: int) -> None:
         train.train(data_dir, Path(tmp) / "model", cfg, verbose=False)
     peak = _peak_rss_mb()
     print(json.dumps({"peak_rss_mb": peak, "before_train_mb": before,
-                      "num_sequences": metadata["splits"]["train"]["num_records"],
-                      "timesteps": metadata["splits"]["train"]["num_timesteps"]}))
+                      "num_sequences": metadata.num_records("train"),
+                      "timesteps": metadata.split("train").num_timesteps}))
 
 
 def memory(kind: str, seed: int, work: Path) -> list[dict]:

@@ -8,6 +8,7 @@ import numpy as np
 
 from beam_jobs import write
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.dataset.sources import Sequence
 
 
@@ -31,13 +32,12 @@ def written_part(directory, split, sequences):
     return writer.close()
 
 
-def read_split(directory: Path, metadata: dict, split: str) -> dict[str, dict]:
+def read_split(directory: Path, metadata: DatasetMetadata, split: str) -> dict[str, dict]:
     import tensorflow as tf
 
-    compression = "GZIP" if metadata["compression"] == "gzip" else ""
-    paths = [str(directory / name) for name in metadata["splits"][split]["files"]]
+    paths = [str(directory / name) for name in metadata.split(split).files]
     out = {}
-    for raw in tf.data.TFRecordDataset(paths, compression_type=compression):
-        record = records.decode_sequence(raw.numpy(), metadata["num_features"])
+    for raw in tf.data.TFRecordDataset(paths, compression_type=metadata.tf_compression_type):
+        record = records.decode_sequence(raw.numpy(), metadata.num_features)
         out[record["id"]] = record
     return out

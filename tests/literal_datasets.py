@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from seqpipe.config import DataConfig
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.input_pipeline import data
 
 # Lengths 1, 2, 3, 5, 8 and F=2; "d" has a genuine all-zero step in its middle.
@@ -44,7 +45,7 @@ def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compr
             for sid in ids[shard::num_shards]:
                 writer.write(records.encode_sequence(sid, seqs[sid], labels.get(sid, "")))
     lengths = [len(s) for s in seqs.values()]
-    metadata = {
+    metadata = DatasetMetadata.from_json({
         "schema_version": records.SCHEMA_VERSION,
         "num_features": 2,
         "feature_names": ["f0", "f1"],
@@ -55,8 +56,8 @@ def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compr
                          "mean": float(np.mean(lengths))},
         "feature_stats": {"mean": MEAN, "std": STD},
         "bucket_boundaries": boundaries or [2, 5, max(lengths)],
-    }
-    (root / records.METADATA_FILE).write_text(json.dumps(metadata))
+    })
+    metadata_lib.write(metadata, root)
     return root
 
 

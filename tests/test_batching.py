@@ -13,10 +13,18 @@ import tensorflow as tf
 from literal_datasets import WINDOW
 
 from seqpipe.config import DataConfig
+from seqpipe.dataset.metadata import DatasetMetadata, Histogram, LengthStats
 from seqpipe.input_pipeline import batching
 
 # Bins [1, 3) [3, 5) [5, 9) [9, 11): last lengths 2, 4, 8, 10; [3, 5) is empty.
-HISTOGRAM = {"edges": [1, 3, 5, 9, 11], "counts": [2, 0, 5, 1]}
+HISTOGRAM = Histogram(edges=(1, 3, 5, 9, 11), counts=(2, 0, 5, 1))
+
+
+
+def lengths_metadata(max_length: int, mean: float) -> DatasetMetadata:
+    """Metadata that says only the longest and the mean length (all the plans read)."""
+    return DatasetMetadata(num_features=2, splits={},
+                           length_stats=LengthStats(max=max_length, mean=mean))
 
 
 @pytest.mark.parametrize(("num_buckets", "expected", "padded"), [
@@ -35,9 +43,9 @@ def test_optimal_boundaries_match_brute_force():
     rng = np.random.default_rng(1)
     for _ in range(50):
         n = int(rng.integers(1, 7))
-        histogram = {"edges": (np.cumsum(rng.integers(1, 4, n + 1))).tolist(),
-                     "counts": rng.integers(0, 4, n).tolist()}
-        uppers = [e - 1 for e, c in zip(histogram["edges"][1:], histogram["counts"],
+        histogram = Histogram(edges=tuple(np.cumsum(rng.integers(1, 4, n + 1)).tolist()),
+                              counts=tuple(rng.integers(0, 4, n).tolist()))
+        uppers = [e - 1 for e, c in zip(histogram.edges[1:], histogram.counts,
                                         strict=True) if c]
         for k in range(1, 4):
             got = batching.optimal_boundaries(histogram, k)
@@ -52,17 +60,17 @@ def test_optimal_boundaries_match_brute_force():
 
 def test_exact_histogram_gives_exact_boundaries():
     histogram = batching.exact_histogram({3: 4, 5: 1, 6: 3})
-    assert histogram == {"edges": [3, 4, 5, 6, 7], "counts": [4, 0, 1, 3]}
+    assert histogram == Histogram(edges=(3, 4, 5, 6, 7), counts=(4, 0, 1, 3))
     assert batching.optimal_boundaries(histogram, 2) == [3, 6]
-    assert batching.exact_histogram({}) == {"edges": [], "counts": []}
-    assert batching.optimal_boundaries({"edges": [], "counts": []}, 3) == []
+    assert batching.exact_histogram({}) == Histogram(edges=(), counts=())
+    assert batching.optimal_boundaries(Histogram(edges=(), counts=()), 3) == []
 
 
 @pytest.mark.parametrize("histogram", [
-    {"edges": [1, 3], "counts": [1, 2]},   # one edge short
-    {"edges": [3, 3, 5], "counts": [1, 1]},  # not increasing
-    {"edges": [0, 2], "counts": [1]},       # length 0
-    {"edges": [1, 2], "counts": [-1]},
+    Histogram(edges=(1, 3), counts=(1, 2)),     # one edge short
+    Histogram(edges=(3, 3, 5), counts=(1, 1)),  # not increasing
+    Histogram(edges=(0, 2), counts=(1,)),       # length 0
+    Histogram(edges=(1, 2), counts=(-1,)),
 ])
 def test_malformed_histogram(histogram):
     with pytest.raises(ValueError, match="histogram"):
@@ -86,7 +94,7 @@ def test_sorted_window_auto_budget():
     # -1: batch_size x mean length = 4 x 3.8 -> 15 timesteps per batch.
     # SEQS' lengths 1, 2, 3, 5, 8: max 8, mean 3.8.
     plan = batching.plan_window(dataclasses.replace(WINDOW, batch_size=4, timestep_budget=-1),
-                                {"length_stats": {"max": 8, "mean": 3.8}})
+                                lengths_metadata(max_length=8, mean=3.8))
     assert plan.grid == (1, 2, 3, 4, 5, 6, 7, 8)
     assert plan.batch_sizes == (4, 4, 4, 3, 3, 2, 2, 1)
 
@@ -126,7 +134,7 @@ def test_window_cuts_match_the_one_batch_at_a_time_rule(seed, batch_size, budget
     lengths = np.concatenate([rng.integers(1, 12, 50),  # dense, then a sparse tail
                               np.exp(rng.uniform(2.5, 5.0, 12)).astype(int)])[
         rng.permutation(62)][:rng.integers(1, 63)]
-    metadata = {"length_stats": {"max": 100, "mean": 10.0}}
+    metadata = lengths_metadata(max_length=100, mean=10.0)
     cfg = DataConfig(batch_size=batch_size, timestep_budget=budget, length_grid=length_grid,
                      min_batch_efficiency=min_efficiency, sort_window=64)
     plan = batching.plan_window(cfg, metadata)

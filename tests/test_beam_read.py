@@ -66,13 +66,13 @@ def test_readers_survive_bom_long_fields_and_truncated_gzip(tmp_path):
     (raw / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
     metadata = job.preprocess([str(raw / "*")], str(tmp_path / "out"),
                               PreprocessConfig(train_fraction=1.0, val_fraction=0.0))
-    counts = metadata["counts"]
-    by_input = {os.path.basename(k): v for k, v in counts["by_input"].items()}
+    counts = metadata.counts
+    by_input = {os.path.basename(k): v for k, v in counts.by_input.items()}
     assert by_input["bom.jsonl"] == {"read": 1, "written": 1, "rejected": 0}
     assert by_input["bom.csv"] == {"read": 2, "written": 1, "rejected": 1}  # big: non_finite
     cut = by_input["cut.jsonl.gz"]
     assert cut["rejected"] == 1 and 0 < cut["written"] < 2000  # the readable lines, then one
-    assert counts["read"] == counts["written"] + counts["rejected"]
+    assert counts.read == counts.written + counts.rejected
 
 
 def test_csv_long_format_end_to_end(tmp_path):
@@ -86,13 +86,13 @@ def test_csv_long_format_end_to_end(tmp_path):
     cfg = PreprocessConfig(min_length=2, train_fraction=1.0, val_fraction=0.0)
     metadata = job.preprocess([str(tmp_path / "p*"), str(tmp_path / "j.jsonl")],
                               str(tmp_path / "out"), cfg)
-    counts = metadata["counts"]
+    counts = metadata.counts
     # records: s1 (3 rows over 2 files), s2, s3, s4, s5 and the id-less row
-    assert (counts["read"], counts["written"], counts["rejected"]) == (6, 3, 3)
-    assert {k: v for k, v in counts["rejected_by_reason"].items() if v} == {
+    assert (counts.read, counts.written, counts.rejected) == (6, 3, 3)
+    assert {k: v for k, v in counts.rejected_by_reason.items() if v} == {
         "missing_id": 1, "non_numeric": 1, "duplicate_time": 1}
-    assert metadata["feature_names"] == ["speed", "temp"]
-    assert metadata["labels"] == ["down", "up"]
+    assert metadata.feature_names == ("speed", "temp")
+    assert metadata.labels == ("down", "up")
     decoded = read_split(tmp_path / "out", metadata, "train")
     np.testing.assert_array_equal(decoded["s1"]["steps"],
                                   np.array([[1, 2], [3, 4], [5, 6]], np.float32))
@@ -127,16 +127,16 @@ def test_parquet_long_format_end_to_end_with_row_numbers(tmp_path):
     (tmp_path / "q3.parquet").write_bytes(b"not parquet at all")
     cfg = PreprocessConfig(min_length=2, train_fraction=1.0, val_fraction=0.0)
     metadata = job.preprocess([str(tmp_path / "q*.parquet")], str(tmp_path / "out"), cfg)
-    counts = metadata["counts"]
+    counts = metadata.counts
     # records: s1 (3 rows over 2 files), s2, s3, s4, s6, the id-less row, the broken file
-    assert (counts["read"], counts["written"], counts["rejected"]) == (7, 2, 5)
+    assert (counts.read, counts.written, counts.rejected) == (7, 2, 5)
     rejects = sorted((os.path.basename(r["source"]), r["line"], r["reason"])
                      for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
                      for r in map(json.loads, path.read_text().splitlines()))
     assert rejects == [("q1.parquet", 3, "missing_id"), ("q1.parquet", 4, "non_numeric"),
                        ("q1.parquet", 6, "duplicate_time"), ("q1.parquet", 8, "non_finite"),
                        ("q3.parquet", 0, "unparseable")]
-    assert metadata["feature_names"] == ["speed", "temp"]
+    assert metadata.feature_names == ("speed", "temp")
     decoded = read_split(tmp_path / "out", metadata, "train")
     np.testing.assert_array_equal(decoded["s1"]["steps"],
                                   np.array([[1, 2], [3, 4], [5.5, 6]], np.float32))

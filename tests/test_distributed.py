@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import seqpipe.model.layers  # noqa: F401 - registers the custom layers for load_model
-from seqpipe.dataset import records
+from seqpipe.dataset import metadata as metadata_lib
 
 TINY_OVERRIDES = ("synth.num_sequences=160", "synth.max_length=60", "model.units=16",
                   "model.embedding_dim=8", "train.epochs=2")
@@ -29,13 +29,13 @@ MIRRORED_STEP = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from seqpipe.input_pipeline import data
-    from seqpipe.dataset import records
+    from seqpipe.dataset import metadata as metadata_lib
     from seqpipe.config import load_config
     from seqpipe.training.trainer import Trainer
 
     data_dir, work = sys.argv[1], sys.argv[2]
     cfg = load_config("tiny", sys.argv[3:])
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     strategies = {"single": tf.distribute.get_strategy(),
                   "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
     trainers = {name: Trainer(data_dir, f"{work}/{name}", cfg, metadata=metadata,
@@ -129,7 +129,7 @@ def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
 
     _run_single(tiny_dataset, tmp_path / "single")
-    train_timesteps = records.read_metadata(tiny_dataset)["splits"]["train"]["num_timesteps"]
+    train_timesteps = metadata_lib.read(tiny_dataset).split("train").num_timesteps
     for multi, one in zip(_history(tmp_path / "multi"), _history(tmp_path / "single"),
                           strict=True):
         # Every real timestep is seen exactly once per epoch, however it was sharded.

@@ -249,10 +249,13 @@ def test_shuffled_test_labels_change_nothing_before_scoring():
 
 
 def test_evaluate_model_refuses_unlabeled_data_before_embedding(monkeypatch, tmp_path):
+    from seqpipe.dataset import metadata as metadata_lib
     from seqpipe.dataset import records
+    from seqpipe.dataset.metadata import DatasetMetadata, SplitInfo
 
-    metadata = {"splits": {"train": {"num_records": 2}, "test": {"num_records": 1}}}
-    monkeypatch.setattr(records, "read_metadata", lambda data_dir: metadata)
+    metadata = DatasetMetadata(num_features=2, splits={"train": SplitInfo(num_records=2),
+                                                       "test": SplitInfo(num_records=1)})
+    monkeypatch.setattr(metadata_lib, "read", lambda data_dir: metadata)
     monkeypatch.setattr(records, "read_split", lambda data_dir, split, meta: iter(
         [{"id": "x", "label": "", "steps": np.zeros((3, 2))}]))
     # The model directory does not exist: reaching the encoder would fail differently.

@@ -7,7 +7,6 @@ read from real TFRecord shards (`literal_datasets`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 
 import numpy as np
@@ -29,7 +28,9 @@ from literal_datasets import (
 )
 
 from seqpipe.config import DataConfig
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import FeatureStats
 from seqpipe.input_pipeline import batching, data
 
 
@@ -138,7 +139,7 @@ def test_timestep_budget_batch_sizes(tmp_path):
             enumerate([1] * 7 + [4] * 5 + [8] * 3)}
     root = write_dataset(tmp_path, seqs, boundaries=[2, 4, 8])
     cfg = DataConfig(batching="buckets", timestep_budget=16, normalize=False, deterministic=True)
-    buckets = batching.plan_buckets(cfg, json.loads((root / "metadata.json").read_text()))
+    buckets = batching.plan_buckets(cfg, metadata_lib.read(root))
     assert [b.batch_size for b in buckets] == [8, 4, 2, 2]
     out = batches(root, cfg)
     assert sorted(shapes(out)) == sorted([(7, 2), (4, 4), (1, 4), (2, 8), (1, 8)])
@@ -256,8 +257,9 @@ def test_sorted_window_overflow_pads_to_batch_max(tmp_path):
     # Metadata claims max length 4: "d" (5) and "e" (8) are past the grid's
     # end [1..4] and pad to their batch's longest; nothing is dropped.
     root = write_dataset(tmp_path)
-    metadata = json.loads((root / records.METADATA_FILE).read_text())
-    metadata["length_stats"]["max"] = 4
+    metadata = metadata_lib.read(root)
+    metadata = dataclasses.replace(
+        metadata, length_stats=dataclasses.replace(metadata.length_stats, max=4))
     out = batches(root, WINDOW, metadata=metadata)
     assert shapes(out) == [(2, 2), (2, 5), (1, 8)]
     assert_batch(out[2], [SEQS["e"]], 8)
@@ -271,7 +273,7 @@ def test_sorted_window_shapes_bounded_and_batches_full(tmp_path):
     cfg = DataConfig(batch_size=6, timestep_budget=60, sort_window=25, length_grid=4,
                      min_batch_efficiency=0.0, normalize=False, reverse_target=False,
                      shuffle_buffer=20, seed=2)
-    metadata = records.read_metadata(root)
+    metadata = metadata_lib.read(root)
     plan = batching.plan_window(cfg, metadata)
     full = dict(zip(plan.grid, plan.batch_sizes, strict=True))
     ds = data.make_dataset(root, "train", cfg, training=True, with_keys=True)
@@ -382,7 +384,7 @@ def test_array_batches_are_the_batches_of_the_same_records_read_from_shards(tmp_
     root = write_dataset(tmp_path, labels=LABELS)
     expected = batches(root, cfg, with_keys=True)
     got = arrays(cfg, labels=[LABELS[i] for i in SEQS],
-                 feature_stats={"mean": MEAN, "std": STD})
+                 feature_stats=FeatureStats(mean=tuple(MEAN), std=tuple(STD)))
     assert len(got) == len(expected) >= 2
     for batch, want in zip(got, expected, strict=True):
         tf.nest.map_structure(np.testing.assert_array_equal, batch, want)
@@ -398,7 +400,7 @@ def test_array_batches_exact_and_normalized_with_the_pipeline_rule():
         keyless = ({"x": inputs["x"], "mask": inputs["mask"]}, targets, weights)
         assert_batch(keyless, [SEQS[i] for i in ids], length)
     # std 0 acts as 1: feature 1 is only centred.
-    stats = {"mean": [1.0, 2.0], "std": [2.0, 0.0]}
+    stats = FeatureStats(mean=(1.0, 2.0), std=(2.0, 0.0))
     steps = np.array([[3.0, 5.0], [1.0, 2.0]])
     inputs, _, _ = next(data.array_batches([steps], ["s"], WINDOW, feature_stats=stats))
     np.testing.assert_array_equal(inputs["x"][0], steps)  # normalize off in WINDOW

@@ -114,3 +114,19 @@ def test_check_compatible_names_the_differing_field():
     with pytest.raises(DatasetError, match="d has num_features=3 but the model in m was "
                                            "trained on data with num_features=2"):
         metadata_lib.check_compatible(trained_on, other, "m", "d")
+
+
+def test_read_metadata_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset directory"):
+        metadata_lib.read(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="no metadata.json"):
+        metadata_lib.read(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(DatasetError, match="schema_version 99"):
+        metadata_lib.read(tmp_path)
+
+
+def test_check_compatible_names_the_mismatch():
+    with pytest.raises(DatasetError, match="num_features=3 .* num_features=8"):
+        metadata_lib.check_compatible(DatasetMetadata(num_features=8, splits={}),
+                                      DatasetMetadata(num_features=3, splits={}), "m", "d")

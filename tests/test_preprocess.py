@@ -13,11 +13,13 @@ import pytest
 from beam_helpers import read_split
 
 from beam_jobs import commit, flags, read, statistics
-from beam_jobs import metadata as metadata_lib
+from beam_jobs import metadata as job_metadata
 from beam_jobs import preprocess as job
 from seqpipe.commands import cli
 from seqpipe.config import PreprocessConfig
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records, sources
+from seqpipe.dataset.metadata import DatasetMetadata, SplitInfo
 
 CFG = PreprocessConfig(min_length=2, max_length=6, train_fraction=0.6, val_fraction=0.2)
 NUM_BUCKETS = 3  # bucket boundaries suggested in the metadata (`data.num_buckets`)
@@ -96,15 +98,15 @@ def dataset(tmp_path_factory):
 
 
 def test_counts_nothing_lost(dataset):
-    counts = dataset["metadata"]["counts"]
+    counts = dataset["metadata"].counts
     num_bad = len(BAD_A) + len(BAD_B)
-    assert (counts["read"], counts["written"], counts["rejected"]) == (24 + num_bad, 24, num_bad)
+    assert (counts.read, counts.written, counts.rejected) == (24 + num_bad, 24, num_bad)
     expected_by_reason = dict.fromkeys(sources.REASONS, 0)
     for _, reason in BAD_A + BAD_B:
         expected_by_reason[reason] += 1
-    assert counts["rejected_by_reason"] == expected_by_reason
+    assert counts.rejected_by_reason == expected_by_reason
     a, b = dataset["files"]
-    assert counts["by_input"] == {
+    assert counts.by_input == {
         a: {"read": 16 + len(BAD_A), "written": 16, "rejected": len(BAD_A)},
         b: {"read": 8 + len(BAD_B), "written": 8, "rejected": len(BAD_B)}}
 
@@ -124,13 +126,13 @@ def test_shards_hold_exactly_the_valid_records(dataset):
     metadata, out = dataset["metadata"], dataset["out"]
     seen = {}
     for split in records.SPLITS:
-        info = metadata["splits"][split]
-        assert sorted(p.name for p in out.glob(f"{records.shard_prefix(split)}-*")) == (
-            info["files"])
-        assert info["num_shards"] == len(info["files"])
+        info = metadata.splits[split]
+        assert tuple(sorted(p.name for p in out.glob(f"{records.shard_prefix(split)}-*"))) == (
+            info.files)
+        assert info.num_shards == len(info.files)
         decoded = read_split(out, metadata, split)
-        assert info["num_records"] == len(decoded)
-        assert info["num_timesteps"] == sum(len(r["steps"]) for r in decoded.values())
+        assert info.num_records == len(decoded)
+        assert info.num_timesteps == sum(len(r["steps"]) for r in decoded.values())
         seen.update({i: (split, r) for i, r in decoded.items()})
     good = {r["id"]: r for r in dataset["good"]}
     assert set(seen) == set(good)
@@ -144,36 +146,37 @@ def test_shards_hold_exactly_the_valid_records(dataset):
 
 def test_metadata_statistics_exact(dataset):
     metadata = dataset["metadata"]
-    assert metadata == records.read_metadata(dataset["out"])
+    assert metadata == metadata_lib.read(dataset["out"])
     good = dataset["good"]
-    assert (metadata["schema_version"], metadata["num_features"]) == (records.SCHEMA_VERSION, 3)
-    assert metadata["feature_names"] == ["f0", "f1", "f2"]
-    assert metadata["labels"] == ["c1", "c2"]
+    assert (metadata.schema_version, metadata.num_features) == (records.SCHEMA_VERSION, 3)
+    assert metadata.feature_names == ("f0", "f1", "f2")
+    assert metadata.labels == ("c1", "c2")
     train = [np.array(r["steps"], np.float32) for r in good if _expected_split(r) == "train"]
     values = np.concatenate(train).astype(np.float64)
-    stats = metadata["feature_stats"]
-    assert stats["num_timesteps"] == len(values)
-    np.testing.assert_allclose(stats["mean"], values.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(stats["std"], values.std(0), rtol=1e-12)
-    assert stats["min"] == values.min(0).tolist() and stats["max"] == values.max(0).tolist()
+    stats = metadata.feature_stats
+    assert stats.num_timesteps == len(values)
+    np.testing.assert_allclose(stats.mean, values.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.std, values.std(0), rtol=1e-12)
+    assert stats.min == tuple(values.min(0).tolist())
+    assert stats.max == tuple(values.max(0).tolist())
     lengths = np.array([len(r["steps"]) for r in good])
-    length_stats = metadata["length_stats"]
-    assert (length_stats["min"], length_stats["max"]) == (2, 6)
-    assert length_stats["mean"] == pytest.approx(lengths.mean())
-    assert length_stats["quantiles"] == {str(q): pytest.approx(np.quantile(lengths, q))
-                                         for q in statistics.LENGTH_QUANTILES}
-    assert sum(length_stats["histogram"]["counts"]) == 24
+    length_stats = metadata.length_stats
+    assert (length_stats.min, length_stats.max) == (2, 6)
+    assert length_stats.mean == pytest.approx(lengths.mean())
+    assert length_stats.quantiles == {str(q): pytest.approx(np.quantile(lengths, q))
+                                      for q in statistics.LENGTH_QUANTILES}
+    assert sum(length_stats.histogram.counts) == 24
     # The suggested boundaries (3 buckets) pad the least of all choices ending at the max.
     def padded(boundaries):
         return sum(min(b for b in boundaries if b >= n) for n in lengths)
 
     choices = [[*c, 6] for k in range(3) for c in itertools.combinations(range(2, 6), k)]
-    assert padded(metadata["bucket_boundaries"]) == min(padded(c) for c in choices)
-    assert len(metadata["bucket_boundaries"]) <= 3
-    assert metadata["bucket_boundaries"][-1] == 6
-    assert metadata["config"]["max_length"] == 6
-    assert metadata["inputs"][1].endswith("*.gz")
-    assert metadata["tfds_readable"] is True
+    assert padded(metadata.bucket_boundaries) == min(padded(c) for c in choices)
+    assert len(metadata.bucket_boundaries) <= 3
+    assert metadata.bucket_boundaries[-1] == 6
+    assert metadata.config["max_length"] == 6
+    assert metadata.inputs[1].endswith("*.gz")
+    assert metadata.tfds_readable is True
     assert not list(dataset["dir"].glob(".out.tmp-*"))  # staging directory gone
 
 
@@ -184,7 +187,7 @@ def test_tfds_builder_loads_the_splits(dataset):
     good = {r["id"]: r for r in dataset["good"]}
     for split in records.SPLITS:
         examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
-        assert len(examples) == dataset["metadata"]["splits"][split]["num_records"]
+        assert len(examples) == dataset["metadata"].num_records(split)
         for example in examples:
             expected = good[example["id"].decode()]
             assert example["length"] == len(expected["steps"])
@@ -205,9 +208,9 @@ def test_grown_data_keeps_old_splits_via_cli(dataset, tmp_path, capsys):
                         f"--config={config}", "--set", "compression=gzip",
                         "--set", "preprocess.too_long=truncate"])
     assert "read 48 = written 37 + rejected 11" in capsys.readouterr().out
-    assert metadata["counts"]["truncated"] == 1
-    assert len(metadata["bucket_boundaries"]) <= NUM_BUCKETS  # lengths 2..6: 5 without it
-    assert metadata["tfds_readable"] is False and "tfds_note" in metadata
+    assert metadata.counts.truncated == 1
+    assert len(metadata.bucket_boundaries) <= NUM_BUCKETS  # lengths 2..6: 5 without it
+    assert metadata.tfds_readable is False and metadata.tfds_note is not None
     assert not (output / "dataset_info.json").exists()
     before = {i: split for split in records.SPLITS
               for i in read_split(dataset["out"], dataset["metadata"], split)}
@@ -234,7 +237,7 @@ def test_failed_run_leaves_no_dataset(dataset, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(metadata_lib, "write_tfds_metadata", fail)
+    monkeypatch.setattr(job_metadata, "write_tfds_metadata", fail)
     output = tmp_path / "out"
     output.mkdir()  # an existing empty directory is accepted, and left as it was
     with pytest.raises(RuntimeError, match="disk full"):
@@ -242,7 +245,7 @@ def test_failed_run_leaves_no_dataset(dataset, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [output] and not any(output.iterdir())
 
 
-def _all_records(directory: Path, metadata: dict) -> dict[str, list]:
+def _all_records(directory: Path, metadata: DatasetMetadata) -> dict[str, list]:
     """{split: [(id, label, steps as a list)] sorted by id}."""
     return {split: sorted((i, r["label"], r["steps"].tolist())
                           for i, r in read_split(directory, metadata, split).items())
@@ -256,13 +259,13 @@ def test_multi_process_direct_runner_writes_the_same_dataset(dataset, tmp_path):
         dataset["files"], str(output), CFG,
         ["--direct_num_workers=2", "--direct_running_mode=multi_processing"], NUM_BUCKETS)
     reference = dataset["metadata"]
-    assert metadata["counts"] == reference["counts"]
+    assert metadata.counts == reference.counts
     for key in ("length_stats", "bucket_boundaries", "label_counts", "num_features"):
-        assert metadata[key] == reference[key]
-    for key, values in metadata["feature_stats"].items():
-        np.testing.assert_allclose(values, reference["feature_stats"][key], rtol=1e-12)
-    assert [metadata["splits"][s]["num_records"] for s in records.SPLITS] == [
-        reference["splits"][s]["num_records"] for s in records.SPLITS]
+        assert getattr(metadata, key) == getattr(reference, key)
+    for key, values in dataclasses.asdict(metadata.feature_stats).items():
+        np.testing.assert_allclose(values, getattr(reference.feature_stats, key), rtol=1e-12)
+    assert [metadata.num_records(s) for s in records.SPLITS] == [
+        reference.num_records(s) for s in records.SPLITS]
     assert _all_records(output, metadata) == _all_records(dataset["out"], reference)
 
 
@@ -272,10 +275,10 @@ def test_num_shards_gives_byte_identical_shards_on_any_runner(dataset, tmp_path)
     single = job.preprocess(dataset["files"], str(tmp_path / "one"), cfg)
     multi = job.preprocess(dataset["files"], str(tmp_path / "mp"), cfg,
                            ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
-    assert single["splits"] == multi["splits"]
-    assert single["splits"]["train"]["num_shards"] == 3
+    assert single.splits == multi.splits
+    assert single.splits["train"].num_shards == 3
     for split in records.SPLITS:
-        for name in single["splits"][split]["files"]:
+        for name in single.splits[split].files:
             assert (tmp_path / "one" / name).read_bytes() == (
                 tmp_path / "mp" / name).read_bytes()
     assert _all_records(tmp_path / "one", single) == _all_records(dataset["out"],
@@ -287,7 +290,7 @@ def test_big_file_read_in_byte_ranges_gives_the_same_dataset(dataset, tmp_path, 
     metadata = job.preprocess(dataset["files"], str(tmp_path / "out"), CFG,
                               ["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     reference = dataset["metadata"]
-    assert metadata["counts"] == reference["counts"]
+    assert metadata.counts == reference.counts
     assert _all_records(tmp_path / "out", metadata) == _all_records(dataset["out"], reference)
     a_text = Path(dataset["files"][0]).read_bytes()
     rejects = [json.loads(line) for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
@@ -319,12 +322,12 @@ def test_failure_inside_the_pipeline_leaves_no_dataset(dataset, tmp_path, monkey
 def test_all_rejected_gives_empty_splits_and_no_tfds(tmp_path):
     (tmp_path / "bad.jsonl").write_text('nope\n{"id": "x", "steps": []}\n')
     metadata = job.preprocess([str(tmp_path / "bad.jsonl")], str(tmp_path / "out"), CFG)
-    assert (metadata["counts"]["read"], metadata["counts"]["rejected"]) == (2, 2)
-    assert metadata["splits"] == {split: {"num_records": 0, "num_timesteps": 0,
-                                          "num_shards": 0, "files": []}
-                                  for split in records.SPLITS}
-    assert metadata["feature_stats"]["num_timesteps"] == 0
-    assert metadata["bucket_boundaries"] == [] and metadata["tfds_readable"] is False
+    assert (metadata.counts.read, metadata.counts.rejected) == (2, 2)
+    assert metadata.splits == {split: SplitInfo(num_records=0, num_timesteps=0,
+                                                num_shards=0, files=())
+                               for split in records.SPLITS}
+    assert metadata.feature_stats.num_timesteps == 0
+    assert metadata.bucket_boundaries == () and metadata.tfds_readable is False
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metadata.json", "rejects"]
     assert "WARNING: no record was written" in job.format_summary(metadata, "out", 1.0)
 
@@ -404,11 +407,11 @@ def test_run_and_seqpipe_preprocess_write_the_same_dataset(tmp_path, capsys):
     assert "read 11 = written 8 + rejected 3" in printed  # 2 too_short, 1 unparseable
     assert cli.main(["preprocess", *argv, "--output", str(tmp_path / "cli")]) == 0
     assert "read 11 = written 8 + rejected 3" in capsys.readouterr().out
-    by_cli = records.read_metadata(tmp_path / "cli")
+    by_cli = metadata_lib.read(tmp_path / "cli")
     for key in ("counts", "splits", "length_stats", "bucket_boundaries", "config"):
-        assert by_cli[key] == by_run[key], key
-    assert by_run["bucket_boundaries"] == [2, 4]  # pads one step; [3, 4] would pad four
-    assert by_run["counts"]["rejected_by_reason"]["too_short"] == 2
+        assert getattr(by_cli, key) == getattr(by_run, key), key
+    assert by_run.bucket_boundaries == (2, 4)  # pads one step; [3, 4] would pad four
+    assert by_run.counts.rejected_by_reason["too_short"] == 2
     for split in records.SPLITS:
-        for name in by_run["splits"][split]["files"]:
+        for name in by_run.splits[split].files:
             assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()

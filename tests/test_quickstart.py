@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from seqpipe.commands import embed
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 
 
@@ -24,11 +25,11 @@ def test_quickstart_end_to_end(tmp_path):
     assert "seqpipe quickstart summary" in result.stdout
 
     summary = json.loads((workdir / "quickstart.json").read_text())
-    metadata = records.read_metadata(workdir / "data")
+    metadata = metadata_lib.read(workdir / "data")
     # The summary's numbers are the ones the stages computed, not constants.
-    assert summary["records_read"] == metadata["counts"]["read"] == 800
+    assert summary["records_read"] == metadata.counts.read == 800
     assert summary["records_written"] + summary["records_rejected"] == 800
-    assert summary["records_per_split"] == {s: metadata["splits"][s]["num_records"]
+    assert summary["records_per_split"] == {s: metadata.num_records(s)
                                             for s in records.SPLITS}
     history = json.loads((workdir / "model" / "history.json").read_text())
     assert summary["final_train_loss"] == history[-1]["loss"]
@@ -37,7 +38,7 @@ def test_quickstart_end_to_end(tmp_path):
     for figure in ("lengths.png", "loss.png", "embeddings_pca.png", "summary.md"):
         assert (workdir / "model" / "report" / figure).is_file(), figure
     test_embeddings = embed.read_parquet(workdir / "embeddings" / "test.parquet")
-    assert len(test_embeddings) == metadata["splits"]["test"]["num_records"]
+    assert len(test_embeddings) == metadata.num_records("test")
     assert len(set(test_embeddings.ids)) == len(test_embeddings)
 
     # Classes differ only in temporal order: pooled statistics stay near chance,

@@ -16,6 +16,7 @@ from literal_datasets import DETERMINISTIC, SEQS, batches, shapes, truncate, wri
 
 from seqpipe.config import DataConfig
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats
 from seqpipe.input_pipeline import data, reading
 
 
@@ -92,7 +93,8 @@ def test_unknown_schema_version(tmp_path):
     with pytest.raises(records.DatasetError, match="schema_version 999"):
         data.make_dataset(root, "train", DETERMINISTIC, training=False)
     with pytest.raises(records.DatasetError, match="schema_version 999"):
-        data.make_dataset(root, "train", DETERMINISTIC, training=False, metadata=metadata)
+        data.make_dataset(root, "train", DETERMINISTIC, training=False,
+                          metadata=DatasetMetadata.from_json(metadata))
 
 
 def test_split_without_shards(tmp_path):
@@ -102,11 +104,12 @@ def test_split_without_shards(tmp_path):
 
 
 def test_normalization_arrays_std_zero_acts_as_one_and_checks_lengths():
-    mean, std = reading.normalization_arrays({"mean": [1.0, 2.0], "std": [2.0, 0.0]}, 2)
+    stats = FeatureStats(mean=(1.0, 2.0), std=(2.0, 0.0))
+    mean, std = reading.normalization_arrays(stats, 2)
     assert mean.dtype == std.dtype == np.float32
     np.testing.assert_array_equal(std, [2.0, 1.0])
     steps = np.array([[3.0, 5.0], [1.0, 2.0]], np.float32)
     np.testing.assert_array_equal(reading.normalize(steps, (mean, std)), [[1.0, 3.0], [0.0, 0.0]])
     assert reading.normalize(steps, None) is steps
     with pytest.raises(records.DatasetError, match="feature_stats.mean and .std of length 3"):
-        reading.normalization_arrays({"mean": [1.0, 2.0], "std": [2.0, 0.0]}, 3)
+        reading.normalization_arrays(stats, 3)

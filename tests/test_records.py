@@ -1,6 +1,5 @@
-"""The record contract: exact round trips, TF parsing, TFDS decoding, metadata checks."""
+"""The record contract: exact round trips, TF parsing, TFDS decoding, shard names."""
 
-import json
 
 import numpy as np
 import pytest
@@ -80,18 +79,3 @@ def test_decode_rejects_wrong_feature_count():
 def test_shard_names_follow_the_tfds_template():
     assert records.shard_name("train", 3, 16) == "seqpipe-train.tfrecord-00003-of-00016"
 
-
-def test_read_metadata_errors(tmp_path):
-    with pytest.raises(records.DatasetError, match="no such dataset directory"):
-        records.read_metadata(tmp_path / "missing")
-    with pytest.raises(records.DatasetError, match="no metadata.json"):
-        records.read_metadata(tmp_path)
-    (tmp_path / "metadata.json").write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(records.DatasetError, match="schema_version 99"):
-        records.read_metadata(tmp_path)
-
-
-def test_check_compatible_names_the_mismatch():
-    with pytest.raises(records.DatasetError, match="num_features=3 .* num_features=8"):
-        records.check_compatible({"schema_version": 1, "num_features": 8},
-                                 {"schema_version": 1, "num_features": 3}, "m", "d")

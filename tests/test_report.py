@@ -10,6 +10,8 @@ import pytest
 
 from seqpipe.commands import embed, evaluate, report
 from seqpipe.config import EvalConfig
+from seqpipe.dataset.metadata import DatasetMetadata
+from seqpipe.dataset.records import SCHEMA_VERSION
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -67,8 +69,9 @@ def test_tsne_projection_and_a_summary_without_evaluation(tmp_path):
     path = tmp_path / "tsne.png"
     report.plot_projection(embeddings, "tsne").savefig(path)
     assert _png_size(path)[0] >= 500
-    metadata = {"counts": {"written": 40, "rejected": 0}, "num_features": 2,
-                "splits": {"train": {"num_records": 40}},
-                "length_stats": {"min": 5, "max": 5}}
+    metadata = DatasetMetadata.from_json({
+        "schema_version": SCHEMA_VERSION, "counts": {"written": 40, "rejected": 0},
+        "num_features": 2, "splits": {"train": {"num_records": 40}},
+        "length_stats": {"min": 5, "max": 5}})
     summary = report.format_summary(metadata, [], None, {"embeddings_tsne": path})
     assert "## Evaluation" not in summary and "![embeddings_tsne](tsne.png)" in summary

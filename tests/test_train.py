@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from seqpipe.config import TrainConfig
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 from seqpipe.input_pipeline import data
 from seqpipe.training import trainer as train
@@ -199,8 +200,9 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path, tiny_dataset, tiny_con
 def test_schema_mismatch_is_refused_before_any_step(tmp_path, tiny_dataset, tiny_config):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    metadata = records.read_metadata(tiny_dataset)
-    (model_dir / METADATA_COPY).write_text(json.dumps({**metadata, "num_features": 3}))
+    metadata = metadata_lib.read(tiny_dataset)
+    metadata_lib.write_file(dataclasses.replace(metadata, num_features=3),
+                            model_dir / METADATA_COPY)
     with pytest.raises(records.DatasetError, match="num_features=8 but the model .* "
                                                    "num_features=3"):
         train.train(tiny_dataset, model_dir, tiny_config, verbose=False)
@@ -259,10 +261,10 @@ def test_learning_rate_schedules():
 def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_dataset, tiny_config):
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_dataset, data_dir)
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     # A std of 1e-30 normalizes real values to ~1e30: the squared error overflows float32.
-    metadata["feature_stats"]["std"] = [1e-30] * metadata["num_features"]
-    (data_dir / records.METADATA_FILE).write_text(json.dumps(metadata))
+    tiny_std = dataclasses.replace(metadata.feature_stats, std=(1e-30,) * metadata.num_features)
+    metadata_lib.write(dataclasses.replace(metadata, feature_stats=tiny_std), data_dir)
     with pytest.raises(train.TrainingError,
                        match=r"train loss is not finite at epoch 1, step 1; lower"):
         train.train(data_dir, tmp_path / "model", tiny_config, verbose=False)

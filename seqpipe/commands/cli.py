@@ -33,6 +33,8 @@ from typing import Any
 
 from beam_jobs import flags as preprocess_flags
 from seqpipe.config import Config, load_config
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.errors import SeqpipeError
 from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
 from seqpipe.training.model_dir import (
@@ -105,8 +107,6 @@ def preflight(args: argparse.Namespace) -> None:
     Raises:
         records.DatasetError, PathError: see the messages.
     """
-    from seqpipe.dataset import records
-
     command = args.command
     if getattr(args, "input", None):
         _check_inputs_can_match(args.input)
@@ -115,14 +115,14 @@ def preflight(args: argparse.Namespace) -> None:
         return
     data_metadata = None
     if getattr(args, "data", None):
-        data_metadata = records.read_metadata(args.data)
+        data_metadata = metadata_lib.read(args.data)
     model_dir = getattr(args, "model_dir", None)
     if command == "train":
         _check_train_model_dir(Path(model_dir), data_metadata, args.data)
     elif model_dir is not None:
         trained_on = training_metadata(Path(model_dir))
         if data_metadata is not None:
-            records.check_compatible(trained_on, data_metadata, model_dir, args.data)
+            metadata_lib.check_compatible(trained_on, data_metadata, model_dir, args.data)
     output = getattr(args, "output", None)
     if command in ("embed", "evaluate") and output:
         _check_output_file(Path(output), args, command)
@@ -182,11 +182,9 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
                                     f"input {path!r}; choose another --output")
 
 
-def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
+def _check_train_model_dir(model_dir: Path, metadata: DatasetMetadata | None,
                            data_dir: str) -> None:
     """A new, empty or earlier seqpipe model dir whose data fits; nothing else."""
-    from seqpipe.dataset import records
-
     if model_dir.exists() and not model_dir.is_dir():
         raise PathError(f"--model-dir {str(model_dir)!r} is not a directory")
     if not model_dir.is_dir():
@@ -196,7 +194,8 @@ def _check_train_model_dir(model_dir: Path, metadata: dict[str, Any] | None,
         raise PathError(f"--model-dir {str(model_dir)!r} is not empty and holds no seqpipe "
                         "model; choose a new or empty directory")
     if metadata is not None and (model_dir / METADATA_COPY).is_file():
-        records.check_compatible(training_metadata(model_dir), metadata, model_dir, data_dir)
+        metadata_lib.check_compatible(training_metadata(model_dir), metadata, model_dir,
+                                      data_dir)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,7 +245,7 @@ def _preprocess(args: argparse.Namespace, cfg: Config,
                 extra: Sequence[str]) -> dict[str, Any]:
     from beam_jobs.preprocess import run_parsed
 
-    return run_parsed(args, cfg, extra, print_summary=not args.json)
+    return run_parsed(args, cfg, extra, print_summary=not args.json).to_json()
 
 
 def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ import numpy as np
 
 from seqpipe import input_pipeline
 from seqpipe.config import DataConfig, load_config
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records, sources
 from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
 
@@ -111,13 +112,13 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
             schema version) or is missing.
     """
     model_dir = Path(model_dir)
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     trained_on = training_metadata(model_dir)
-    records.check_compatible(trained_on, metadata, model_dir, data_dir)
+    metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
     encoder = encoder or load_encoder(model_dir)
     batches = input_pipeline.inference_batches(
         data_dir, split, _data_config(model_dir, batch_size), metadata=metadata,
-        normalization=trained_on["feature_stats"])
+        normalization=trained_on.feature_stats)
     embeddings = _embed_batches(encoder, batches, split)
     if not len(embeddings):
         raise records.DatasetError(f"{data_dir}: split {split!r} has no records")
@@ -159,14 +160,14 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
     trained_on = training_metadata(model_dir)
     cfg = load_config(model_dir / CONFIG_FILE)
     kept, rejections = _validated_sequences(expand_inputs(inputs), cfg.preprocess,
-                                            int(trained_on["num_features"]))
+                                            trained_on.num_features)
     encoder = encoder or load_encoder(model_dir)
     if not kept:
         width = encoder.structured_outputs[_EMBEDDING_OUTPUT].shape[-1]
         return Embeddings.empty(split, width), rejections
     batches = input_pipeline.array_batches(
         [s.steps for s in kept], [s.id for s in kept], _data_config(model_dir, batch_size),
-        labels=[s.label for s in kept], feature_stats=trained_on.get("feature_stats"))
+        labels=[s.label for s in kept], feature_stats=trained_on.feature_stats)
     embeddings = _embed_batches(encoder, batches, split)
     # Batches come sorted by length; the ids (unique after duplicates) give back input order.
     row_of = {record_id: row for row, record_id in enumerate(embeddings.ids.tolist())}

@@ -56,6 +56,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from seqpipe.config import EvalConfig
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.errors import SeqpipeError
 
 POOLED_STATISTICS = ("mean", "std", "min", "max", "last")
@@ -413,12 +414,12 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
         records.DatasetError: missing data or a model that does not fit it.
     """
     from seqpipe.commands import embed
+    from seqpipe.dataset import metadata as metadata_lib
     from seqpipe.dataset import records
     from seqpipe.input_pipeline import reading
 
-    metadata = records.read_metadata(data_dir)
-    splits = [s for s in ("train", "val", "test")
-              if metadata["splits"].get(s, {}).get("num_records", 0) > 0]
+    metadata = metadata_lib.read(data_dir)
+    splits = metadata_lib.splits_with_records(metadata)
     for needed in ("train", "test"):
         if needed not in splits:
             raise records.DatasetError(f"{data_dir}: evaluation needs a non-empty "
@@ -435,10 +436,8 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
         features["hybrid"] = {split: np.hstack([vectors[split], pooled[split]])
                               for split in splits}
     results = evaluate_features(features, labels, cfg)
-    normalization = reading.normalization_arrays(metadata.get("feature_stats"),
-                                                 metadata["num_features"])
-    normalized = {split: [reading.normalize(np.asarray(steps, np.float32), normalization)
-                          for steps in sequences[split][1]]
+    mean_std = reading.normalization_arrays(metadata.feature_stats, metadata.num_features)
+    normalized = {split: [reading.normalize(steps, mean_std) for steps in sequences[split][1]]
                   for split in ("train", "test")}
     results["dtw_1nn"] = evaluate_1nn_dtw(normalized["train"], labels["train"],
                                           normalized["test"], labels["test"], cfg)
@@ -518,7 +517,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read_labeled_split(data_dir: str | Path, split: str, metadata: dict[str, Any]
+def _read_labeled_split(data_dir: str | Path, split: str, metadata: DatasetMetadata
                         ) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """`(ids, steps, labels)` of a split, raw (unnormalized), in shard order.
 

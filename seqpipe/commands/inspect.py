@@ -20,7 +20,8 @@ from typing import Any
 
 from seqpipe import config as config_lib
 from seqpipe.config import DataConfig
-from seqpipe.dataset import records
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 
 PADDING_SPLIT = "train"
 # The DataConfig keys shown beside the padding efficiency (those present are shown).
@@ -49,35 +50,36 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
     Raises:
         records.DatasetError: not a finished, readable dataset directory.
     """
-    metadata = records.read_metadata(data_dir)
-    counts = metadata["counts"]
-    length_stats = metadata["length_stats"]
+    metadata = metadata_lib.read(data_dir)
+    counts, lengths = metadata.counts, metadata.length_stats
     return {
         "data_dir": str(data_dir),
-        "schema_version": metadata["schema_version"],
-        "num_features": metadata["num_features"],
-        "feature_names": metadata["feature_names"],
-        "compression": metadata["compression"],
-        "tfds_readable": metadata["tfds_readable"],
+        "schema_version": metadata.schema_version,
+        "num_features": metadata.num_features,
+        "feature_names": list(metadata.feature_names),
+        "compression": metadata.compression,
+        "tfds_readable": metadata.tfds_readable,
         "counts": {
-            **{key: counts[key] for key in ("read", "written", "rejected", "truncated")},
+            "read": counts.read, "written": counts.written, "rejected": counts.rejected,
+            "truncated": counts.truncated,
             "rejected_by_reason": {reason: n for reason, n in
-                                   counts["rejected_by_reason"].items() if n},
+                                   counts.rejected_by_reason.items() if n},
         },
-        "splits": {split: {"records": info["num_records"], "timesteps": info["num_timesteps"],
-                           "shards": info["num_shards"]}
-                   for split, info in metadata["splits"].items()},
-        "length_stats": {key: length_stats[key] for key in ("min", "max", "mean", "quantiles")},
-        "bucket_boundaries": metadata["bucket_boundaries"],
+        "splits": {split: {"records": info.num_records, "timesteps": info.num_timesteps,
+                           "shards": info.num_shards}
+                   for split, info in metadata.splits.items()},
+        "length_stats": {"min": lengths.min, "max": lengths.max, "mean": lengths.mean,
+                         "quantiles": dict(lengths.quantiles)},
+        "bucket_boundaries": list(metadata.bucket_boundaries),
         "data_config": config_lib.to_dict(data_cfg),
         "padding": _padding(data_dir, data_cfg, metadata),
     }
 
 
 def _padding(data_dir: str | Path, data_cfg: DataConfig,
-             metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+             metadata: DatasetMetadata) -> dict[str, Any] | None:
     """`padding_efficiency` of the train split under `data_cfg` (None if it is empty)."""
-    if not metadata["splits"][PADDING_SPLIT]["num_records"]:
+    if not metadata.num_records(PADDING_SPLIT):
         return None
     from seqpipe import input_pipeline
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seqpipe.config import Config
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.training.model_dir import EVALUATION_FILE, REPORT_DIR
 
 T = TypeVar("T")
@@ -104,16 +105,15 @@ def _stage(index: int, total: int, title: str, action: Callable[[], T]) -> T:
     return result
 
 
-def _summary(synth: dict[str, Any], metadata: dict[str, Any], training: dict[str, Any],
+def _summary(synth: dict[str, Any], metadata: DatasetMetadata, training: dict[str, Any],
              evaluation: dict[str, Any], seconds: float) -> dict[str, Any]:
-    counts = metadata["counts"]
     return {
         "sequences_generated": synth["num_sequences"],
-        "records_read": counts["read"],
-        "records_written": counts["written"],
-        "records_rejected": counts["rejected"],
-        "records_per_split": {split: info["num_records"]
-                              for split, info in metadata["splits"].items()},
+        "records_read": metadata.counts.read,
+        "records_written": metadata.counts.written,
+        "records_rejected": metadata.counts.rejected,
+        "records_per_split": {split: info.num_records
+                              for split, info in metadata.splits.items()},
         "padding_efficiency": training["padding_efficiency"],
         "epochs": training["epochs"],
         "final_train_loss": training["final_loss"],

@@ -35,7 +35,9 @@ from matplotlib.figure import Figure
 from seqpipe import input_pipeline
 from seqpipe.commands import embed
 from seqpipe.config import load_config
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
     CONFIG_FILE,
@@ -72,7 +74,7 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
     """
     data_dir, model_dir, output_dir = Path(data_dir), Path(model_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     history = _read_json(model_dir / HISTORY_FILE) or []
     evaluation = _read_json(model_dir / EVALUATION_FILE)
     embeddings = _all_embeddings(data_dir, model_dir, metadata)
@@ -94,11 +96,11 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
     return {**paths, "summary": summary}
 
 
-def plot_lengths(metadata: dict[str, Any], boundaries: list[int]) -> Figure:
+def plot_lengths(metadata: DatasetMetadata, boundaries: list[int]) -> Figure:
     """The length histogram (all splits) with the bucket boundaries as lines."""
-    stats = metadata["length_stats"]
-    edges = np.asarray(stats["histogram"]["edges"], dtype=float)
-    counts = np.asarray(stats["histogram"]["counts"], dtype=float)
+    stats = metadata.length_stats
+    edges = np.asarray(stats.histogram.edges, dtype=float)
+    counts = np.asarray(stats.histogram.counts, dtype=float)
     figure = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
     axes.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue",
@@ -106,8 +108,8 @@ def plot_lengths(metadata: dict[str, Any], boundaries: list[int]) -> Figure:
     for index, boundary in enumerate(boundaries):
         axes.axvline(boundary, color="tab:red", linestyle="--", linewidth=1.2,
                      label="bucket boundary" if index == 0 else None)
-    axes.set(title=f"Sequence lengths (n={int(counts.sum())}; min {stats['min']}, "
-                   f"mean {stats['mean']:.0f}, max {stats['max']})",
+    axes.set(title=f"Sequence lengths (n={int(counts.sum())}; min {stats.min}, "
+                   f"mean {stats.mean:.0f}, max {stats.max})",
              xlabel="length (timesteps)", ylabel="number of sequences")
     axes.legend(loc="upper right")
     return figure
@@ -139,7 +141,7 @@ def plot_loss(history: list[dict[str, Any]]) -> Figure:
     return figure
 
 
-def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: dict[str, Any],
+def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: DatasetMetadata,
                          split: str) -> Figure:
     """A few sequences of `split` (short to long, one batch, so the shorter ones
     are padded) over their reconstructions, padding shaded."""
@@ -148,20 +150,21 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: dict[str, An
     from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
     cfg = load_config(model_dir / CONFIG_FILE)
-    trained_on = _read_json(model_dir / METADATA_COPY) or metadata
+    copy = model_dir / METADATA_COPY
+    trained_on = metadata_lib.read_file(copy) if copy.is_file() else metadata
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
     # All of them in one batch, in their (short to long) order, padded to the longest.
     one_batch = dataclasses.replace(cfg.data, batch_size=len(chosen), sort_window=len(chosen),
                                     timestep_budget=0, length_grid=0, min_batch_efficiency=0.0)
     inputs, _, _ = next(input_pipeline.array_batches(
         [record["steps"] for record in chosen], [record["id"] for record in chosen], one_batch,
-        feature_stats=trained_on.get("feature_stats")))
+        feature_stats=trained_on.feature_stats))
     x, mask = inputs["x"].numpy(), inputs["mask"].numpy()
     autoencoder = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
     predicted = np.asarray(autoencoder({"x": x, "mask": mask}, training=False))
 
     features = min(MAX_PLOTTED_FEATURES, x.shape[-1])
-    names = metadata.get("feature_names") or [f"f{i}" for i in range(x.shape[-1])]
+    names = list(metadata.feature_names) or [f"f{i}" for i in range(x.shape[-1])]
     figure = Figure(figsize=(10, 2.4 * len(chosen) + 0.8), dpi=DPI, layout="constrained")
     axes_list = figure.subplots(len(chosen), 1, sharex=True, squeeze=False)[:, 0]
     for axes, record, original, output in zip(axes_list, chosen, x, predicted, strict=True):
@@ -223,19 +226,18 @@ def plot_confusion(evaluation: dict[str, Any]) -> Figure:
     return figure
 
 
-def format_summary(metadata: dict[str, Any], history: list[dict[str, Any]],
+def format_summary(metadata: DatasetMetadata, history: list[dict[str, Any]],
                    evaluation: dict[str, Any] | None, paths: dict[str, Path]) -> str:
     """`summary.md`: data, training and evaluation numbers, then the figures."""
     from seqpipe.commands.evaluate import format_table
 
-    counts = metadata.get("counts", {})
-    per_split = ", ".join(f"{split} {info.get('num_records', 0)}"
-                          for split, info in metadata.get("splits", {}).items())
+    per_split = ", ".join(f"{split} {info.num_records}"
+                          for split, info in metadata.splits.items())
+    lengths = metadata.length_stats
     lines = ["# seqpipe report", "",
-             f"- records: {counts.get('written', '?')} written, "
-             f"{counts.get('rejected', '?')} rejected ({per_split})",
-             f"- features: {metadata.get('num_features')}; lengths "
-             f"{metadata['length_stats']['min']}..{metadata['length_stats']['max']}"]
+             f"- records: {metadata.counts.written} written, "
+             f"{metadata.counts.rejected} rejected ({per_split})",
+             f"- features: {metadata.num_features}; lengths {lengths.min}..{lengths.max}"]
     if history:
         validation = [h["val_loss"] for h in history if h.get("val_loss") is not None]
         lines.append(f"- training: {len(history)} epochs, final loss {history[-1]['loss']:.4f}"
@@ -285,25 +287,24 @@ def _project(vectors: np.ndarray, method: str) -> tuple[np.ndarray, str]:
 
 
 def _all_embeddings(data_dir: Path, model_dir: Path,
-                    metadata: dict[str, Any]) -> embed.Embeddings:
+                    metadata: DatasetMetadata) -> embed.Embeddings:
     encoder = embed.load_encoder(model_dir)
     parts = [embed.compute_embeddings(data_dir, model_dir, split, encoder=encoder)
-             for split in records.SPLITS
-             if metadata["splits"].get(split, {}).get("num_records", 0) > 0]
+             for split in metadata_lib.splits_with_records(metadata)]
     return embed.Embeddings(ids=np.concatenate([p.ids for p in parts]),
                             labels=np.concatenate([p.labels for p in parts]),
                             lengths=np.concatenate([p.lengths for p in parts]),
                             vectors=np.concatenate([p.vectors for p in parts]), split="all")
 
 
-def _bucket_boundaries(model_dir: Path, metadata: dict[str, Any]) -> list[int]:
+def _bucket_boundaries(model_dir: Path, metadata: DatasetMetadata) -> list[int]:
     """The boundaries training used: the config's, else the dataset's suggestion."""
     configured = load_config(model_dir / CONFIG_FILE).data.bucket_boundaries
-    return list(configured or metadata.get("bucket_boundaries", []))
+    return list(configured or metadata.bucket_boundaries)
 
 
-def _split_with_records(metadata: dict[str, Any], split: str) -> str:
-    if metadata["splits"].get(split, {}).get("num_records", 0) > 0:
+def _split_with_records(metadata: DatasetMetadata, split: str) -> str:
+    if metadata.num_records(split) > 0:
         return split
     return "train"
 

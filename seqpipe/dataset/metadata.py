@@ -2,8 +2,9 @@
 
 The Beam job builds one `DatasetMetadata` and writes it last (`write`); every
 reader (the input pipeline, training, embedding, evaluation, inspection, the
-report) gets it from `read` (or `from_json` for the copy a model directory
-keeps) and uses its attributes, never string keys. `to_json(from_json(x)) ==
+report) gets it from `read` (or `read_file` for the copy a model directory
+keeps, `dataset_metadata.json`, written with `write_file`) and uses its
+attributes, never string keys. `to_json(from_json(x)) ==
 x` for every file this module writes, so the JSON stays the interchange
 format other tools read.
 

@@ -15,25 +15,26 @@ dataset: `tfds.builder_from_directory(out_dir)` reads them. A flat float list
 is also the cheapest encoding to write and parse (one contiguous copy); a
 `tf.train.SequenceExample` stores one `Feature` per timestep.
 
-A dataset directory holds the shards of each split, named by the TFDS template
-`{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}` (for example
-`seqpipe-train.tfrecord-00000-of-00004`), and `metadata.json` (see
-`read_metadata`). `metadata.json` is written last, so a directory without it
-is not a finished dataset.
+Shards are named by the TFDS template `{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`
+(for example `seqpipe-train.tfrecord-00000-of-00004`); the directory around
+them is described in `seqpipe.dataset`, its `metadata.json` in
+`seqpipe.dataset.metadata`.
 
 Pure functions, no Beam, no Keras: tested alone in tests/test_records.py.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seqpipe.errors import SeqpipeError
+
+if TYPE_CHECKING:
+    from seqpipe.dataset.metadata import DatasetMetadata
 
 SCHEMA_VERSION = 1
 DATASET_NAME = "seqpipe"
@@ -185,80 +186,28 @@ def split_files(data_dir: str | Path, split: str) -> list[str]:
     return sorted(str(p) for p in Path(data_dir).glob(f"{shard_prefix(split)}-*-of-*"))
 
 
-def tf_compression_type(metadata: Mapping[str, Any]) -> str:
-    """The `compression_type` argument of `tf.data.TFRecordDataset` for a dataset."""
-    return "GZIP" if metadata.get("compression") == "gzip" else ""
-
-
 def read_split(data_dir: str | Path, split: str,
-               metadata: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+               metadata: DatasetMetadata) -> Iterator[dict[str, Any]]:
     """Yields `{id, label, steps}` of every record of a split, in shard order.
 
     For small-scale tools (baselines, plots); training reads through
     `seqpipe.input_pipeline`.
+
+    Args:
+        data_dir: the dataset directory.
+        split: the split's name.
+        metadata: the directory's metadata (`seqpipe.dataset.metadata.read`).
 
     Raises:
         DatasetError: a corrupt or truncated shard (named) or a malformed record.
     """
     import tensorflow as tf
 
-    metadata = metadata or read_metadata(data_dir)
     for path in split_files(data_dir, split):
-        dataset = tf.data.TFRecordDataset(path, compression_type=tf_compression_type(metadata))
+        dataset = tf.data.TFRecordDataset(path, compression_type=metadata.tf_compression_type)
         try:
             for serialized in dataset.as_numpy_iterator():
-                yield decode_sequence(serialized, metadata["num_features"])
+                yield decode_sequence(serialized, metadata.num_features)
         except (tf.errors.DataLossError, ValueError) as error:
             message = getattr(error, "message", None) or str(error)
             raise DatasetError(f"{path}: corrupt or truncated shard: {message}") from None
-
-
-def read_metadata(data_dir: str | Path) -> dict[str, Any]:
-    """Reads and checks `metadata.json` of a finished dataset directory.
-
-    The metadata holds at least: `schema_version`, `num_features`,
-    `feature_names`, `compression`, `splits` (per split: `num_records`,
-    `num_timesteps`, `num_shards`), `length_stats` (`min`, `max`, `mean`,
-    `quantiles`, `histogram`), `feature_stats` (train split: `mean`, `std`,
-    `min`, `max` lists), `bucket_boundaries`, `counts` (`read`, `written`,
-    `rejected`, `rejected_by_reason`), `config` and `inputs`.
-
-    Raises:
-        DatasetError: no directory, no metadata.json (an unfinished or foreign
-            directory), or a schema version this code does not know.
-    """
-    path = Path(data_dir) / METADATA_FILE
-    if not Path(data_dir).is_dir():
-        raise DatasetError(f"{data_dir}: no such dataset directory")
-    if not path.is_file():
-        raise DatasetError(f"{data_dir}: no {METADATA_FILE}; not a finished seqpipe "
-                           "dataset (run `seqpipe preprocess` to create one)")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON: {error}") from None
-    check_schema_version(metadata, str(path))
-    return metadata
-
-
-def check_schema_version(metadata: Mapping[str, Any], where: str) -> None:
-    """Raises `DatasetError` unless `metadata` has this code's schema version."""
-    version = metadata.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DatasetError(f"{where}: schema_version {version!r}, this seqpipe reads "
-                           f"version {SCHEMA_VERSION}")
-
-
-def check_compatible(trained_on: Mapping[str, Any], metadata: Mapping[str, Any],
-                     model_dir: str | Path, data_dir: str | Path) -> None:
-    """Raises `DatasetError` when a dataset does not fit a model's training data.
-
-    Args:
-        trained_on: the metadata of the data the model was trained on.
-        metadata: the metadata of the data at hand.
-    """
-    for key in ("schema_version", "num_features"):
-        if trained_on.get(key) != metadata.get(key):
-            raise DatasetError(
-                f"{data_dir} has {key}={metadata.get(key)!r} but the model in {model_dir} "
-                f"was trained on data with {key}={trained_on.get(key)!r}")

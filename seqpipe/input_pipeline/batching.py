@@ -14,9 +14,10 @@ module for `optimal_boundaries` and must not load TensorFlow.
 Length histograms
 -----------------
 
-A length histogram is stored in metadata.json as
+A length histogram (`seqpipe.dataset.metadata.Histogram`, metadata.json's
+`length_stats.histogram`) has
 
-    {"edges": [e_0, e_1, ..., e_n], "counts": [c_0, ..., c_{n-1}]}
+    edges = (e_0, e_1, ..., e_n), counts = (c_0, ..., c_{n-1})
 
 with integer edges: bin `i` counts the lengths `l` with `e_i <= l < e_{i+1}`.
 `exact_histogram` builds one with unit-wide bins (one length per bin).
@@ -69,12 +70,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from seqpipe.config import DataConfig
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata, Histogram
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -82,20 +84,20 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- lengths
 
 
-def exact_histogram(length_counts: Mapping[int, int]) -> dict[str, list[int]]:
+def exact_histogram(length_counts: Mapping[int, int]) -> Histogram:
     """`{length: count}` -> a histogram with one bin per length from min to max.
 
     Example: `exact_histogram({3: 2, 5: 1})` is
-    `{"edges": [3, 4, 5, 6], "counts": [2, 0, 1]}`.
+    `Histogram(edges=(3, 4, 5, 6), counts=(2, 0, 1))`.
     """
     if not length_counts:
-        return {"edges": [], "counts": []}
+        return Histogram()
     low, high = min(length_counts), max(length_counts)
-    return {"edges": list(range(low, high + 2)),
-            "counts": [int(length_counts.get(n, 0)) for n in range(low, high + 1)]}
+    return Histogram(edges=tuple(range(low, high + 2)),
+                     counts=tuple(int(length_counts.get(n, 0)) for n in range(low, high + 1)))
 
 
-def optimal_boundaries(histogram: Mapping[str, Sequence[int]], num_buckets: int) -> list[int]:
+def optimal_boundaries(histogram: Histogram, num_buckets: int) -> list[int]:
     """At most `num_buckets` boundaries minimizing the padded timesteps.
 
     Every sequence is padded to its bucket's upper boundary. A boundary can
@@ -107,7 +109,7 @@ def optimal_boundaries(histogram: Mapping[str, Sequence[int]], num_buckets: int)
     programming over the non-empty bins: O(num_buckets * bins^2).
 
     Args:
-        histogram: `{"edges", "counts"}` as in metadata.json `length_stats`.
+        histogram: a length histogram, e.g. the metadata's `length_stats.histogram`.
         num_buckets: the most buckets wanted (>= 1).
 
     Returns:
@@ -145,7 +147,7 @@ def optimal_boundaries(histogram: Mapping[str, Sequence[int]], num_buckets: int)
     return boundaries[::-1]
 
 
-def padded_timesteps(histogram: Mapping[str, Sequence[int]], boundaries: Sequence[int]) -> int:
+def padded_timesteps(histogram: Histogram, boundaries: Sequence[int]) -> int:
     """Timesteps after padding each bin's sequences to its bucket's boundary.
 
     A bin belongs to the first bucket whose boundary is >= its last length;
@@ -189,15 +191,15 @@ def length_grid(max_length: int, steps_per_octave: int) -> list[int]:
         length += 1
 
 
-def _nonempty_bins(histogram: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _nonempty_bins(histogram: Histogram) -> tuple[np.ndarray, np.ndarray]:
     """(last length, count) of every non-empty bin, validating the histogram."""
-    edges = np.asarray(histogram.get("edges", []), np.int64)
-    counts = np.asarray(histogram.get("counts", []), np.int64)
+    edges = np.asarray(histogram.edges, np.int64)
+    counts = np.asarray(histogram.counts, np.int64)
     if len(edges) != (len(counts) + 1 if len(counts) else len(edges)) or (
             len(counts) and (np.any(np.diff(edges) < 1) or edges[0] < 1
                              or np.any(counts < 0))):
         raise ValueError(f"a length histogram needs increasing positive integer edges, one "
-                         f"more than its non-negative counts; Received: {dict(histogram)}")
+                         f"more than its non-negative counts; Received: {histogram}")
     keep = counts > 0
     return edges[1:][keep] - 1, counts[keep]
 
@@ -253,7 +255,7 @@ class WindowPlan:
         return lambda lengths: window_cuts(lengths, grid, sizes, self.min_efficiency)
 
 
-def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
+def plan_window(cfg: DataConfig, metadata: DatasetMetadata, *,
                 num_replicas_in_sync: int = 1,
                 per_replica_batch_size: int | None = None) -> WindowPlan:
     """The padding grid and full-batch sizes of `batching: sorted_window`.
@@ -265,7 +267,7 @@ def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
     """
     if per_replica_batch_size is None:
         per_replica_batch_size = max(1, cfg.batch_size // num_replicas_in_sync)
-    max_length = int(metadata.get("length_stats", {}).get("max") or 0)
+    max_length = metadata.length_stats.max or 0
     if max_length < 1:
         raise records.DatasetError("batching sorted_window needs length_stats.max in the "
                                    "metadata")
@@ -279,7 +281,7 @@ def plan_window(cfg: DataConfig, metadata: Mapping[str, Any], *,
                       min_efficiency=cfg.min_batch_efficiency)
 
 
-def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
+def plan_buckets(cfg: DataConfig, metadata: DatasetMetadata, *,
                  num_replicas_in_sync: int = 1,
                  per_replica_batch_size: int | None = None) -> list[Bucket]:
     """The buckets of `batching: buckets`: one per boundary, the overflow bucket last.
@@ -291,7 +293,7 @@ def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
         per_replica_batch_size: the fixed batch size; defaults to
             `cfg.batch_size // num_replicas_in_sync`.
     """
-    max_length = int(metadata.get("length_stats", {}).get("max", 0))
+    max_length = metadata.length_stats.max or 0
     if per_replica_batch_size is None:
         per_replica_batch_size = max(1, cfg.batch_size // num_replicas_in_sync)
     budget = timestep_budget(cfg, metadata, num_replicas_in_sync, per_replica_batch_size,
@@ -306,7 +308,7 @@ def plan_buckets(cfg: DataConfig, metadata: Mapping[str, Any], *,
     return buckets
 
 
-def bucket_boundaries(cfg: DataConfig, metadata: Mapping[str, Any]) -> list[int]:
+def bucket_boundaries(cfg: DataConfig, metadata: DatasetMetadata) -> list[int]:
     """The boundaries `batching: buckets` uses.
 
     `cfg.bucket_boundaries`, else with `cfg.num_buckets` that many derived from
@@ -316,13 +318,13 @@ def bucket_boundaries(cfg: DataConfig, metadata: Mapping[str, Any]) -> list[int]
     if cfg.bucket_boundaries:
         boundaries = [int(b) for b in cfg.bucket_boundaries]
     elif cfg.num_buckets:
-        histogram = metadata.get("length_stats", {}).get("histogram")
-        if not histogram:
+        histogram = metadata.length_stats.histogram
+        if not histogram.edges:
             raise records.DatasetError("num_buckets needs length_stats.histogram in the "
                                        "metadata")
         boundaries = optimal_boundaries(histogram, cfg.num_buckets)
     else:
-        boundaries = [int(b) for b in metadata.get("bucket_boundaries") or ()]
+        boundaries = [int(b) for b in metadata.bucket_boundaries]
     if any(b >= c for b, c in zip(boundaries, boundaries[1:], strict=False)) or (
             boundaries and boundaries[0] < 1):
         raise records.DatasetError(f"bucket boundaries must be increasing positive ints; "
@@ -330,7 +332,7 @@ def bucket_boundaries(cfg: DataConfig, metadata: Mapping[str, Any]) -> list[int]
     return boundaries
 
 
-def timestep_budget(cfg: DataConfig, metadata: Mapping[str, Any], num_replicas_in_sync: int,
+def timestep_budget(cfg: DataConfig, metadata: DatasetMetadata, num_replicas_in_sync: int,
                     per_replica_batch_size: int, *, auto: bool) -> int:
     """The per-replica timestep budget; 0 for none.
 
@@ -340,7 +342,7 @@ def timestep_budget(cfg: DataConfig, metadata: Mapping[str, Any], num_replicas_i
     if cfg.timestep_budget == -1:
         if not auto:
             return 0
-        mean = metadata.get("length_stats", {}).get("mean")
+        mean = metadata.length_stats.mean
         if not mean:
             raise records.DatasetError("timestep_budget -1 (auto) needs length_stats.mean in "
                                        "the metadata; set data.timestep_budget")

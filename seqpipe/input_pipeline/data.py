@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from seqpipe.config import DataConfig
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats, LengthStats
 from seqpipe.input_pipeline import batching, reading
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -64,11 +65,11 @@ def make_dataset(
     cfg: DataConfig,
     *,
     training: bool,
-    metadata: Mapping[str, Any] | None = None,
+    metadata: DatasetMetadata | None = None,
     with_keys: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     skip_corrupt: bool = False,
-    normalization: Mapping[str, Any] | None = None,
+    normalization: FeatureStats | None = None,
     seed: int | tf.Tensor | None = None,
 ) -> tf.data.Dataset:
     """The batched `(inputs, targets, weights)` dataset of one split.
@@ -85,8 +86,8 @@ def make_dataset(
             pipeline then reads its share and batches per replica.
         skip_corrupt: skip unreadable shard tails and unparseable records
             with a warning instead of failing.
-        normalization: `feature_stats` (`mean`, `std`) to normalize with
-            instead of this dataset's own; embedding new data passes those of
+        normalization: the `feature_stats` to normalize with instead of
+            this dataset's own; embedding new data passes those of
             the data the model was trained on.
         seed: the shuffle seed, `cfg.seed` if None. May be a scalar int64
             tensor: called inside a `tf.function` with the seed as its
@@ -111,7 +112,7 @@ def make_dataset(
     pairs = reading.read_records(source, skip_corrupt=skip_corrupt,
                                  num_input_pipelines=pipelines, input_pipeline_id=pipeline_id,
                                  shuffle_buffer=0 if ordered else cfg.shuffle_buffer, seed=seed)
-    stats = normalization if normalization is not None else source.metadata.get("feature_stats")
+    stats = normalization if normalization is not None else source.metadata.feature_stats
     norm = _normalization(cfg, stats, source.num_features)
     per_replica_batch = (cfg.batch_size if input_context is None
                          else input_context.get_per_replica_batch_size(cfg.batch_size))
@@ -138,8 +139,8 @@ def inference_batches(
     split: str,
     cfg: DataConfig,
     *,
-    metadata: Mapping[str, Any] | None = None,
-    normalization: Mapping[str, Any] | None = None,
+    metadata: DatasetMetadata | None = None,
+    normalization: FeatureStats | None = None,
     skip_corrupt: bool = False,
 ) -> Iterator[Element]:
     """The batches of a whole split in a fixed order, eagerly, for inference.
@@ -157,7 +158,7 @@ def inference_batches(
             iteration reaches it.
     """
     source = reading.split_source(data_dir, split, metadata)
-    stats = normalization if normalization is not None else source.metadata.get("feature_stats")
+    stats = normalization if normalization is not None else source.metadata.feature_stats
     steps = WindowSteps(source.num_features, _normalization(cfg, stats, source.num_features),
                         batching.plan_window(cfg, source.metadata), cfg.reverse_target,
                         with_keys=True)
@@ -166,7 +167,7 @@ def inference_batches(
 
 def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: DataConfig, *,
                   labels: Sequence[str] | None = None,
-                  feature_stats: Mapping[str, Any] | None = None) -> Iterator[Element]:
+                  feature_stats: FeatureStats | None = None) -> Iterator[Element]:
     """In-memory `[length, F]` arrays -> element-contract batches with keys, eagerly.
 
     The arrays are serialized as records (`records.encode_sequence`) and
@@ -180,15 +181,16 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
         cfg: the data config (batch size, budget, grid, efficiency floor,
             sort window, normalize, reverse_target).
         labels: one per array; default "".
-        feature_stats: `mean`, `std` to normalize with when `cfg.normalize`.
+        feature_stats: the `mean` and `std` to normalize with when `cfg.normalize`.
     """
     labels = [""] * len(sequences) if labels is None else labels
     serialized = [records.encode_sequence(str(i), s, label)
                   for i, s, label in zip(ids, sequences, labels, strict=True)]
     lengths = np.asarray([len(s) for s in sequences])
     num_features = int(np.shape(sequences[0])[1])
-    plan = batching.plan_window(cfg, {"length_stats": {"max": int(lengths.max()),
-                                                       "mean": float(lengths.mean())}})
+    lengths_only = DatasetMetadata(num_features, splits={}, length_stats=LengthStats(
+        max=int(lengths.max()), mean=float(lengths.mean())))
+    plan = batching.plan_window(cfg, lengths_only)
     steps = WindowSteps(num_features, _normalization(cfg, feature_stats, num_features), plan,
                         cfg.reverse_target, with_keys=True)
     pairs = tf.data.Dataset.from_tensor_slices((["<in memory>"] * len(serialized), serialized))
@@ -299,10 +301,12 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
     }
 
 
-def _normalization(cfg: DataConfig, feature_stats: Mapping[str, Any] | None,
+def _normalization(cfg: DataConfig, feature_stats: FeatureStats | None,
                    num_features: int) -> tuple[np.ndarray, np.ndarray] | None:
     """`(mean, std)` to normalize with, or None when `cfg.normalize` is off."""
-    return reading.normalization_arrays(feature_stats, num_features) if cfg.normalize else None
+    if not cfg.normalize:
+        return None
+    return reading.normalization_arrays(feature_stats or FeatureStats(), num_features)
 
 
 def _with_options(ds: tf.data.Dataset, *, sharded: bool) -> tf.data.Dataset:

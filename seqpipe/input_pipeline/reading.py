@@ -32,14 +32,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
+from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats
 
 logger = logging.getLogger(__name__)
 
@@ -67,46 +67,49 @@ class SplitSource:
 
     data_dir: str
     split: str
-    metadata: Mapping[str, Any]
+    metadata: DatasetMetadata
     files: tuple[str, ...]
 
     @property
     def num_features(self) -> int:
-        return int(self.metadata["num_features"])
+        return self.metadata.num_features
 
     @property
     def compression(self) -> str:
         """`none` or `gzip`."""
-        return self.metadata.get("compression", "none")
+        return self.metadata.compression
 
 
 def split_source(data_dir: str | Path, split: str,
-                 metadata: Mapping[str, Any] | None = None) -> SplitSource:
+                 metadata: DatasetMetadata | None = None) -> SplitSource:
     """The checked metadata and shard paths of a split.
+
+    Args:
+        data_dir: the dataset directory.
+        split: the split's name.
+        metadata: the directory's metadata if already read (else `metadata.read`).
 
     Raises:
         records.DatasetError: no or incompatible metadata, an unknown
             compression, no shards for the split, or a listed shard missing.
     """
     if metadata is None:
-        metadata = records.read_metadata(data_dir)
-    else:
-        records.check_schema_version(metadata, f"{data_dir} metadata")
-    compression = metadata.get("compression", "none")
-    if compression not in ("none", "gzip"):
-        raise records.DatasetError(f"{data_dir}: unknown compression {compression!r}")
+        metadata = metadata_lib.read(data_dir)
+    if metadata.compression not in ("none", "gzip"):
+        raise records.DatasetError(f"{data_dir}: unknown compression "
+                                   f"{metadata.compression!r}")
     return SplitSource(str(data_dir), split, metadata,
                        tuple(_split_files(data_dir, split, metadata)))
 
 
-def _split_files(data_dir: str | Path, split: str, metadata: Mapping[str, Any]) -> list[str]:
+def _split_files(data_dir: str | Path, split: str, metadata: DatasetMetadata) -> list[str]:
     files = records.split_files(data_dir, split)
     if not files:
-        known = sorted(metadata.get("splits", {}))
+        known = sorted(metadata.splits)
         raise records.DatasetError(
             f"{data_dir}: no shards for split {split!r} (expected files named "
             f"{records.shard_prefix(split)}-*-of-*; metadata lists splits {known})")
-    listed = metadata.get("splits", {}).get(split, {}).get("files")
+    listed = metadata.split(split).files
     if listed:
         present = {Path(f).name for f in files}
         missing = sorted(set(listed) - present)
@@ -156,7 +159,7 @@ def read_records(source: SplitSource, *, skip_corrupt: bool = False,
         ds = ds.shard(num_input_pipelines, input_pipeline_id)
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    compression = records.tf_compression_type(source.metadata)
+    compression = source.metadata.tf_compression_type
     ds = ds.interleave(
         lambda path, size: _read_shard(path, size, compression, skip_corrupt),
         cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
@@ -290,15 +293,14 @@ def _checked_record(path, serialized, num_features):
         return tf.identity(path), tf.identity(serialized)
 
 
-def normalization_arrays(stats: Mapping[str, Any] | None,
+def normalization_arrays(stats: FeatureStats,
                          num_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(mean, std)` float32 arrays from `feature_stats`; a std of 0 becomes 1.
+    """`(mean, std)` float32 arrays from a dataset's `feature_stats`; a std of 0 becomes 1.
 
     Raises:
         records.DatasetError: `stats` lacks `mean`/`std` of `num_features` values.
     """
-    stats = stats or {}
-    mean, std = stats.get("mean"), stats.get("std")
+    mean, std = stats.mean, stats.std
     if mean is None or std is None or len(mean) != num_features or len(std) != num_features:
         raise records.DatasetError(
             f"normalize needs feature_stats.mean and .std of length {num_features} in the "

@@ -29,6 +29,7 @@ from typing import Any
 import tensorflow as tf
 
 from seqpipe.config import Config
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.input_pipeline import data
 from seqpipe.training.step import single_replica
 
@@ -40,13 +41,13 @@ class TrainingInputs:
     epoch), every other split in evaluation order.
     """
 
-    def __init__(self, data_dir: Path, cfg: Config, metadata: dict[str, Any],
+    def __init__(self, data_dir: Path, cfg: Config, metadata: DatasetMetadata,
                  strategy: tf.distribute.Strategy):
         self.data_dir = data_dir
         self.cfg = cfg
         self.metadata = metadata
         self.strategy = strategy
-        self.has_val = metadata["splits"].get("val", {}).get("num_records", 0) > 0
+        self.has_val = metadata.num_records("val") > 0
         self._dataset_builders: dict[tuple, Callable] = {}
         # One replica: each split's batches of every epoch from one iterator.
         self._streams: dict[str, EpochStream] = {}
@@ -97,7 +98,7 @@ class TrainingInputs:
                 return self._epoch_dataset(split, None, self.cfg.data.seed + epoch_index,
                                            skip_batches)
 
-            stream = EpochStream(epoch_dataset, self.metadata["num_features"], epoch, skip)
+            stream = EpochStream(epoch_dataset, self.metadata.num_features, epoch, skip)
             self._streams[split] = stream
         return stream
 

@@ -8,7 +8,8 @@
     config.yaml            the resolved config, written when training starts: a
                            resumed run must have the same model section
     dataset_metadata.json  the training data's metadata.json (idem: resuming on
-                           data of another shape is refused)
+                           data of another shape is refused); read and written by
+                           `seqpipe.dataset.metadata` (`read_file`, `write_file`)
     history.json, .csv     per-epoch loss, val_loss, learning rate, timesteps/s;
                            one record per finished epoch, in order
     summary.json           epochs, best val loss, throughput, padding efficiency,
@@ -31,10 +32,10 @@ Writers are `seqpipe.training.outputs` (exports, history, summary),
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.dataset.records import DatasetError
 from seqpipe.errors import SeqpipeError
 
@@ -64,11 +65,12 @@ class TrainingError(SeqpipeError, RuntimeError):
     """Training cannot start or continue (bad data dir, model dir in use, non-finite loss)."""
 
 
-def training_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """The metadata of the data a model was trained on.
+def training_metadata(model_dir: str | Path) -> DatasetMetadata:
+    """The metadata of the data a model was trained on (its `dataset_metadata.json`).
 
     Raises:
-        DatasetError: no such directory, or not a trained model directory.
+        DatasetError: no such directory, not a trained model directory, or a
+            copy `seqpipe.dataset.metadata` does not read.
     """
     model_dir = Path(model_dir)
     path = model_dir / METADATA_COPY
@@ -77,7 +79,4 @@ def training_metadata(model_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{model_dir}: not a trained model directory (no {path.name}); "
                            "run `seqpipe train` first")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not valid JSON: {error}") from None
+    return metadata_lib.read_file(path)

@@ -22,6 +22,8 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config, dump_config, to_dict
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.model.autoencoder import export_encoder
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
@@ -61,11 +63,11 @@ class RunOutputs:
         self._worker_dirs.append(directory)
         return directory
 
-    def write_run_inputs(self, metadata: dict[str, Any]) -> None:
+    def write_run_inputs(self, metadata: DatasetMetadata) -> None:
         """`config.yaml` and `dataset_metadata.json`, written when the run starts."""
         if self.chief:
             dump_config(self.cfg, self.model_dir / CONFIG_FILE)
-            write_json_atomic(self.model_dir / METADATA_COPY, metadata)
+            metadata_lib.write_file(metadata, self.model_dir / METADATA_COPY)
 
     def read_history(self) -> list[dict[str, Any]]:
         """The history written so far (none: empty)."""

@@ -22,7 +22,6 @@ Where these files live: `seqpipe.training.model_dir`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +31,13 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config, load_config, to_dict
-from seqpipe.dataset import records
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.processes import process_alive
 from seqpipe.training.model_dir import CONFIG_FILE, LOCK_FILE, METADATA_COPY, TrainingError
 
 
-def check_model_dir_compatible(model_dir: Path, metadata: dict[str, Any],
+def check_model_dir_compatible(model_dir: Path, metadata: DatasetMetadata,
                                data_dir: str | Path, cfg: Config) -> None:
     """Refuses a model dir started on other data or with another model config.
 
@@ -47,8 +47,8 @@ def check_model_dir_compatible(model_dir: Path, metadata: dict[str, Any],
     """
     previous = model_dir / METADATA_COPY
     if previous.is_file():
-        records.check_compatible(json.loads(previous.read_text()), metadata,
-                                 model_dir, data_dir)
+        metadata_lib.check_compatible(metadata_lib.read_file(previous), metadata,
+                                      model_dir, data_dir)
     previous_config = model_dir / CONFIG_FILE
     if previous_config.is_file():
         old_model = to_dict(load_config(previous_config).model)

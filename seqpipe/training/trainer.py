@@ -33,7 +33,8 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config, TrainConfig
-from seqpipe.dataset import records
+from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.training.inputs import TrainingInputs
 from seqpipe.training.model_dir import BACKUP_DIR, BEST_DIR, TrainingError
@@ -83,7 +84,7 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
             data or the model directory do not fit.
     """
     model_dir = Path(model_dir)
-    metadata = records.read_metadata(data_dir)
+    metadata = metadata_lib.read(data_dir)
     check_model_dir_compatible(model_dir, metadata, data_dir, cfg)
     cfg = with_planned_epochs(cfg, metadata["splits"]["train"]["num_records"])
     strategy = make_strategy(cfg.train.strategy)
@@ -132,19 +133,19 @@ class Trainer:
     """
 
     def __init__(self, data_dir: str | Path, model_dir: str | Path, cfg: Config, *,
-                 metadata: dict[str, Any] | None = None,
+                 metadata: DatasetMetadata | None = None,
                  strategy: tf.distribute.Strategy | None = None, verbose: bool = True):
         self.data_dir = Path(data_dir)
         self.model_dir = Path(model_dir)
         self.cfg = cfg
-        self.metadata = metadata if metadata is not None else records.read_metadata(data_dir)
+        self.metadata = metadata if metadata is not None else metadata_lib.read(data_dir)
         self.strategy = strategy if strategy is not None else make_strategy(cfg.train.strategy)
-        if self.metadata["splits"].get("train", {}).get("num_records", 0) == 0:
+        if self.metadata.num_records("train") == 0:
             raise TrainingError(f"{data_dir}: the train split is empty")
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
-                cfg.model, self.metadata["num_features"])
+                cfg.model, self.metadata.num_features)
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
             self.optimizer.build(self.autoencoder.trainable_variables)
         self.outputs = RunOutputs(self.model_dir, cfg, is_chief(self.strategy), verbose)
@@ -171,7 +172,7 @@ class Trainer:
         summary = run_summary(
             history, stopped_by, time.monotonic() - started,
             padding_efficiency=self.inputs.padding_efficiency(),
-            num_train_records=self.metadata["splits"]["train"]["num_records"],
+            num_train_records=self.metadata.num_records("train"),
             num_replicas=self.strategy.num_replicas_in_sync,
             weights_sha256=weights_digest(self.autoencoder))
         self.outputs.export(self.autoencoder, self.encoder, summary)
@@ -240,7 +241,7 @@ class Trainer:
         record = {"epoch": epoch, "loss": self.state.epoch_loss(),
                   "steps": result.num_steps + skip,
                   "valid_timesteps": (int(float(self.state.epoch_count))
-                                      // self.metadata["num_features"]),
+                                      // self.metadata.num_features),
                   "seconds": result.seconds,
                   "timesteps_per_second": result.num_valid_timesteps
                   / max(result.seconds, 1e-9)}
@@ -259,7 +260,7 @@ class Trainer:
         progress = self.outputs.progress(split, epoch)
         started = time.monotonic()
         trace_for_any_shape(step, self.strategy, self.cfg.data.batch_size,
-                            self.metadata["num_features"])
+                            self.metadata.num_features)
         if batches is None:
             batches = self.inputs.batches(split, epoch, skip)
         for batch in batches:
@@ -277,7 +278,7 @@ class Trainer:
                 self.state.count_step(sse, count)
             progress(steps, total_sse / max(total_count, 1.0))
         return EpochResult(loss=total_sse / max(total_count, 1.0), num_steps=steps,
-                           num_valid_timesteps=int(total_count) // self.metadata["num_features"],
+                           num_valid_timesteps=int(total_count) // self.metadata.num_features,
                            seconds=time.monotonic() - started)
 
 

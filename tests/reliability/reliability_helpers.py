@@ -19,9 +19,12 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from seqpipe.dataset.metadata import DatasetMetadata
 
 REPO = Path(__file__).resolve().parents[2]
 F = 3  # the corpus' dominant feature count
@@ -360,17 +363,17 @@ def _write_parquet_files(corpus: Corpus) -> None:
 # ---------------------------------------------------------------- datasets
 
 
-def read_written(data_dir: Path, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def read_written(data_dir: Path, metadata: DatasetMetadata) -> dict[str, dict[str, Any]]:
     """Every written record, by id, decoded with `records.decode_sequence`."""
     import tensorflow as tf
 
     from seqpipe.dataset import records
 
     out: dict[str, dict[str, Any]] = {}
-    for split, info in metadata["splits"].items():
-        for name in info["files"]:
+    for split, info in metadata.splits.items():
+        for name in info.files:
             for data in tf.data.TFRecordDataset(str(data_dir / name)).as_numpy_iterator():
-                record = records.decode_sequence(data, metadata["num_features"])
+                record = records.decode_sequence(data, metadata.num_features)
                 assert record["id"] not in out, f"id {record['id']!r} written twice"
                 out[record["id"]] = {**record, "split": split}
     return out
@@ -385,13 +388,15 @@ def read_rejects(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
-                  num_features: int, num_shards: int = 2) -> dict[str, Any]:
+                  num_features: int, num_shards: int = 2) -> DatasetMetadata:
     """A train-only dataset directory written directly with `records.encode_sequence`
     (for round trips without Beam); returns its metadata."""
     import tensorflow as tf
 
     from beam_jobs import statistics
+    from seqpipe.dataset import metadata as metadata_lib
     from seqpipe.dataset import records
+    from seqpipe.dataset.metadata import DatasetMetadata
     from seqpipe.input_pipeline import batching
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -407,15 +412,14 @@ def write_dataset(data_dir: Path, sequences: list[tuple[str, np.ndarray, str]],
                 writer.write(data)
         files.append(name)
     lengths = collections.Counter(int(steps.shape[0]) for _, steps, _ in sequences)
-    metadata = {
+    metadata = DatasetMetadata.from_json({
         "schema_version": records.SCHEMA_VERSION, "num_features": num_features,
         "feature_names": [f"f{i}" for i in range(num_features)], "compression": "none",
         "splits": {"train": {"num_records": len(sequences), "files": files,
                              "num_shards": len(files),
                              "num_timesteps": sum(k * v for k, v in lengths.items())}},
         "length_stats": statistics.length_stats(lengths),
-        "feature_stats": None,
         "bucket_boundaries": batching.optimal_boundaries(batching.exact_histogram(lengths), 4),
-    }
-    (data_dir / records.METADATA_FILE).write_text(json.dumps(metadata))
+    })
+    metadata_lib.write(metadata, data_dir)
     return metadata

@@ -47,17 +47,17 @@ def corpus_run(tmp_path_factory):
 
 def test_job_accounts_for_every_record(corpus_run):
     corpus, out, metadata = corpus_run
-    counts = metadata["counts"]
-    assert counts["read"] == corpus.num_records
-    assert counts["read"] == counts["written"] + counts["rejected"]
-    assert counts["written"] == len(corpus.good)
-    assert sum(counts["rejected_by_reason"].values()) == counts["rejected"]
+    counts = metadata.counts
+    assert counts.read == corpus.num_records
+    assert counts.read == counts.written + counts.rejected
+    assert counts.written == len(corpus.good)
+    assert sum(counts.rejected_by_reason.values()) == counts.rejected
     for path in corpus.files:
-        per_file = counts["by_input"].get(path, {"read": 0, "written": 0, "rejected": 0})
+        per_file = counts.by_input.get(path, {"read": 0, "written": 0, "rejected": 0})
         assert per_file["read"] == corpus.records_per_file[path], path
         assert per_file["read"] == per_file["written"] + per_file["rejected"], path
-    assert set(counts["by_input"]) <= set(corpus.files)
-    assert metadata["num_features"] == F
+    assert set(counts.by_input) <= set(corpus.files)
+    assert metadata.num_features == F
     assert (out / records.METADATA_FILE).is_file()
 
 
@@ -72,7 +72,7 @@ def test_every_good_record_is_written_exactly(corpus_run):
         assert got["steps"].shape == steps.shape, sid[:40]
         assert np.array_equal(got["steps"].view(np.uint32), steps.view(np.uint32)), sid[:40]
         assert got["label"] == label
-    sizes = {split: info["num_records"] for split, info in metadata["splits"].items()}
+    sizes = {split: info.num_records for split, info in metadata.splits.items()}
     assert sum(sizes.values()) == len(written)
     assert collections.Counter(r["split"] for r in written.values()) == +collections.Counter(
         sizes)
@@ -81,10 +81,10 @@ def test_every_good_record_is_written_exactly(corpus_run):
 def test_every_bad_record_is_in_rejects_with_its_reason(corpus_run):
     corpus, out, metadata = corpus_run
     rejects = read_rejects(out)
-    counts = metadata["counts"]
-    assert len(rejects) == counts["rejected"]
+    counts = metadata.counts
+    assert len(rejects) == counts.rejected
     by_reason = collections.Counter(r["reason"] for r in rejects)
-    assert by_reason == +collections.Counter(counts["rejected_by_reason"])
+    assert by_reason == +collections.Counter(counts.rejected_by_reason)
     for rejection in rejects:
         assert rejection["reason"] in sources.REASONS
         assert rejection["message"] and rejection["source"] in corpus.files
@@ -109,9 +109,9 @@ def test_every_bad_record_is_in_rejects_with_its_reason(corpus_run):
 def test_rerun_on_the_same_input_gives_identical_shards(corpus_run, tmp_path):
     corpus, out, metadata = corpus_run
     again = _preprocess([Path(corpus.root) / "*"], tmp_path / "again", max_length=MAX_LENGTH)
-    assert again["counts"] == metadata["counts"]
-    for info in metadata["splits"].values():
-        for name in info["files"]:
+    assert again.counts == metadata.counts
+    for info in metadata.splits.values():
+        for name in info.files:
             assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
@@ -161,8 +161,8 @@ def test_job_survives_hostile_file(case, tmp_path):
     raw.mkdir()
     (raw / name).write_bytes(data)
     metadata = _preprocess([raw / name], tmp_path / "out")
-    counts = metadata["counts"]
-    assert counts["read"] == counts["written"] + counts["rejected"]
+    counts = metadata.counts
+    assert counts.read == counts.written + counts.rejected
     written = read_written(tmp_path / "out", metadata)
     assert "ok-1" in written  # the good record is written
 
@@ -178,8 +178,8 @@ def test_csv_rows_of_one_id_with_different_widths_across_files(tmp_path):
         metadata = _preprocess([raw / "*.csv"], tmp_path / "out")
     except Exception as error:  # noqa: BLE001
         pytest.xfail(f"known bug (sources.assemble_rows): {type(error).__name__}")
-    counts = metadata["counts"]
-    assert counts["read"] == 2 and counts["rejected_by_reason"]["wrong_feature_count"] == 1
+    counts = metadata.counts
+    assert counts.read == 2 and counts.rejected_by_reason["wrong_feature_count"] == 1
 
 
 def test_gzip_truncated_input_is_not_a_crash(tmp_path):
@@ -195,5 +195,5 @@ def test_gzip_truncated_input_is_not_a_crash(tmp_path):
         assert not (tmp_path / "out" / records.METADATA_FILE).exists()
         pytest.xfail(f"a truncated gzip input fails the whole job: {type(error).__name__}: "
                      f"{str(error)[:200]}")
-    counts = metadata["counts"]
-    assert counts["read"] == counts["written"] + counts["rejected"]
+    counts = metadata.counts
+    assert counts.read == counts.written + counts.rejected

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from reliability_helpers import run_cli, start_cli
 
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "0"))
@@ -75,8 +76,8 @@ def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path
         proc = run_cli("preprocess", "--input", raw / "*.jsonl", "--output", out)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list(tmp_path.glob(".data.tmp-*"))  # the killed runs' staging dirs removed
-    metadata = records.read_metadata(out)
-    assert metadata["counts"]["read"] == metadata["counts"]["written"] == 12000
+    metadata = metadata_lib.read(out)
+    assert metadata.counts.read == metadata.counts.written == 12000
 
 
 @pytest.mark.slow
@@ -163,7 +164,7 @@ def test_kill_after_last_step_backup_keeps_loss_honest(small_dataset, small_over
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
     # The resumed epoch trained 0 steps, yet its record covers the whole epoch.
-    train_timesteps = records.read_metadata(small_dataset)["splits"]["train"]["num_timesteps"]
+    train_timesteps = metadata_lib.read(small_dataset).split("train").num_timesteps
     assert history[0]["valid_timesteps"] == train_timesteps, history[0]
     assert history[0]["resumed_at_step"] == history[0]["steps"]
 
@@ -174,7 +175,7 @@ def test_embed_killed_leaves_no_partial_parquet(small_dataset, small_model, tmp_
 
     rng = random.Random(SEED + 2)
     out = tmp_path / "emb.parquet"
-    expected = records.read_metadata(small_dataset)["splits"]["train"]["num_records"]
+    expected = metadata_lib.read(small_dataset).num_records("train")
     args = ["embed", "--data", small_dataset, "--model-dir", small_model, "--split",
             "train", "--output", out]
     for attempt in range(1):

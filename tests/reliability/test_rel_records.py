@@ -166,7 +166,7 @@ def test_record_with_inconsistent_length_names_the_file(tmp_path):
         records.encode_sequence("liar", np.ones((2, 3), np.float32)))
     example.features.feature[records.LENGTH_KEY].int64_list.value[0] = 5
     metadata = write_dataset(tmp_path, [("a", np.ones((2, 3), np.float32), "")], 3, 1)
-    shard = tmp_path / metadata["splits"]["train"]["files"][0]
+    shard = tmp_path / metadata.split("train").files[0]
     with tf.io.TFRecordWriter(str(shard)) as writer:
         writer.write(good)
         writer.write(example.SerializeToString())
