@@ -44,7 +44,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+sys.path.insert(0, str(REPO))
+
 import aeon_sets  # noqa: E402
+
+from seqpipe.dataset import metadata as metadata_lib  # noqa: E402
 
 DEFAULT_SETS = ("ItalyPowerDemand", "BasicMotions", "GunPoint", "ArrowHead",
                 "PickupGestureWiimoteZ", "OSULeaf", "ACSF1")
@@ -65,6 +69,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "pool+steps2000": ("model.pooling=[mean,max]", "train.min_steps=2000"),
     "pool+steps2000+wide": ("model.pooling=[mean,max]", "train.min_steps=2000",
                             "model.embedding_dim=0"),
+    "pool+wide": ("model.pooling=[mean,max]", "model.embedding_dim=0"),
+    "pool+steps500": ("model.pooling=[mean,max]", "train.min_steps=500"),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")
@@ -133,18 +139,16 @@ def train_and_evaluate(name: str, config: str, overrides: list[str], data_dir: P
 def result_row(name: str, config: str, overrides: list[str], data_dir: Path,
                model_dir: Path) -> dict[str, Any]:
     """One table row from the files `preprocess`, `train` and `evaluate` wrote."""
-    metadata = _read_json(data_dir / "metadata.json")
+    metadata = metadata_lib.read(data_dir)
     summary = _read_json(model_dir / "summary.json")
     history = _read_json(model_dir / "history.json")
     evaluation = _read_json(model_dir / "evaluation.json")
-    splits = metadata["splits"]
     row: dict[str, Any] = {
         "set": name, "config": config, "overrides": overrides,
-        "num_train": splits["train"]["num_records"], "num_val": splits["val"]["num_records"],
-        "num_test": splits["test"]["num_records"],
-        "min_length": metadata["length_stats"]["min"],
-        "max_length": metadata["length_stats"]["max"],
-        "num_features": metadata["num_features"], "classes": len(metadata.get("labels", [])),
+        "num_train": metadata.num_records("train"), "num_val": metadata.num_records("val"),
+        "num_test": metadata.num_records("test"),
+        "min_length": metadata.length_stats.min, "max_length": metadata.length_stats.max,
+        "num_features": metadata.num_features, "classes": len(metadata.labels),
         "chance": evaluation["chance_accuracy"],
         "train_seconds": summary["wall_seconds"], "epochs": summary["epochs"],
         "stopped_by": summary["stopped_by"], "final_loss": summary["final_loss"],

@@ -86,7 +86,7 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
     model_dir = Path(model_dir)
     metadata = metadata_lib.read(data_dir)
     check_model_dir_compatible(model_dir, metadata, data_dir, cfg)
-    cfg = with_planned_epochs(cfg, metadata["splits"]["train"]["num_records"])
+    cfg = with_planned_epochs(cfg, metadata.num_records("train"))
     strategy = make_strategy(cfg.train.strategy)
     with model_dir_lock(model_dir, is_chief(strategy)):
         trainer = Trainer(data_dir, model_dir, cfg, metadata=metadata, strategy=strategy,
