@@ -12,7 +12,7 @@ drifting load from other processes hits every variant alike):
   (timed from `on_epoch_begin` to `on_epoch_end`: the data adapter's setup is
   not counted against it);
 * `seqpipe`: `ModelConfig(units=100, embedding_dim=0, decoder_units=8,
-  bidirectional=False, activation="relu")` (seqpipe's relu is relu6: the same
+  bidirectional=False, activation="relu", pooling=())` (seqpipe's relu is relu6: the same
   op count as relu, and it does not overflow), fed by `seqpipe.input_pipeline.data.make_dataset`
   from the TFRecord shards with the default `DataConfig` (sorted windows), trained
   by `seqpipe.training.trainer.Trainer.train_epoch`: the real step, loop and backups;
@@ -178,7 +178,7 @@ class Seqpipe:
 
     def __init__(self, ds: Data, work: Path, seed: int, overrides: tuple[str, ...] = ()):
         self.cfg = load_config("default", [
-            f"model.units={UNITS}", "model.embedding_dim=0",
+            f"model.units={UNITS}", "model.embedding_dim=0", "model.pooling=[]",
             f"model.decoder_units={DECODER_UNITS}", "model.bidirectional=false",
             "model.activation=relu", f"data.batch_size={BATCH_SIZE}",
             f"train.seed={seed}", *overrides])
@@ -359,7 +359,7 @@ def _memory_child(data_dir: str, shuffle_buffer: int) -> None:
     """Trains one epoch on `data_dir` in this fresh process; prints peak RSS as JSON."""
     metadata = metadata_lib.read(data_dir)
     cfg = load_config("default", [
-        f"model.units={UNITS}", "model.embedding_dim=0",
+        f"model.units={UNITS}", "model.embedding_dim=0", "model.pooling=[]",
         f"model.decoder_units={DECODER_UNITS}", "model.bidirectional=false",
         "train.epochs=1", f"data.shuffle_buffer={shuffle_buffer}"])
     before = _peak_rss_mb()

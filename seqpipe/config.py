@@ -230,8 +230,10 @@ class ModelConfig:
         layers: number of stacked encoder layers (the last one summarizes).
         decoder_units: recurrent units of every decoder layer; 0 means `units`.
         decoder_layers: number of stacked decoder layers.
-        embedding_dim: size of the embedding; 0 means the last encoder
-            layer's state is the embedding (no projection).
+        embedding_dim: size of the embedding; 0 (default) means the
+            encoder's summary (final state(s), plus the pooled features with
+            `pooling`) is the embedding, with no projection. Chosen on the
+            real-data benchmark (benchmarks/README.md).
         bidirectional: bidirectional encoder layers. On by default: with
             `data.reverse_target` it makes markedly better embeddings (SVM
             test accuracy; see benchmarks/README.md).
@@ -246,9 +248,11 @@ class ModelConfig:
         embedding_from: `last` (the last encoder layer's final state) or
             `all_layers` (the final states of every encoder layer,
             concatenated, before the optional projection).
-        pooling: `[]` (default) or any of `mean`, `max`: also pool the last
-            encoder layer's per-step outputs over the real steps only and
-            concatenate them to the final state(s) before the projection.
+        pooling: any of `mean`, `max` (default both) or `[]`: also pool the
+            last encoder layer's per-step outputs over the real steps only
+            and concatenate them to the final state(s) before the
+            projection. Chosen on the real-data benchmark
+            (benchmarks/README.md).
     """
 
     cell: str = "lstm"
@@ -256,13 +260,13 @@ class ModelConfig:
     layers: int = 1
     decoder_units: int = 0
     decoder_layers: int = 1
-    embedding_dim: int = 32
+    embedding_dim: int = 0
     bidirectional: bool = True
     dropout: float = 0.0
     activation: str = "tanh"
     input_noise: float = 0.0
     embedding_from: str = "last"
-    pooling: tuple[str, ...] = ()
+    pooling: tuple[str, ...] = ("mean", "max")
 
     def __post_init__(self):
         _require_choice(self.cell, ("lstm", "gru"), "model.cell")

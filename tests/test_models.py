@@ -108,10 +108,16 @@ class TestMaskedLoss:
 
 
 class TestArchitecture:
+    def test_the_default_embedding_is_final_states_and_masked_pooling(self):
+        _, encoder = _build(ModelConfig(units=8))  # bidirectional, pooling mean+max, no projection
+        names = [layer.name for layer in encoder.layers]
+        assert "encoder_pooling" in names and "embedding" not in names
+        assert encoder.output.shape == (None, 2 * 8 + 2 * (2 * 8))
+
     def test_layer_names_and_shapes(self):
         autoencoder, encoder = _build(ModelConfig(units=8, layers=2, decoder_layers=2,
                                                   decoder_units=5, embedding_dim=4,
-                                                  bidirectional=False))
+                                                  bidirectional=False, pooling=()))
         names = [layer.name for layer in autoencoder.layers]
         assert names == ["x", "mask", "sequence_mask", "encoder_lstm_1", "encoder_lstm_2",
                          "embedding", "repeat_to_length", "decoder_lstm_1", "decoder_lstm_2",
@@ -123,8 +129,8 @@ class TestArchitecture:
         assert encoder.get_layer("embedding") is autoencoder.get_layer("embedding")
 
     @pytest.mark.parametrize("cfg, width", [
-        (ModelConfig(units=6, embedding_dim=0, bidirectional=False), 6),
-        (ModelConfig(cell="gru", units=6, embedding_dim=0, bidirectional=True), 12),
+        (ModelConfig(units=6, embedding_dim=0, bidirectional=False, pooling=()), 6),
+        (ModelConfig(cell="gru", units=6, embedding_dim=0, bidirectional=True, pooling=()), 12),
     ])
     def test_without_projection_the_last_state_is_the_embedding(self, cfg, width):
         _, encoder = _build(cfg)
@@ -133,9 +139,9 @@ class TestArchitecture:
 
     @pytest.mark.parametrize("cfg, width", [
         (ModelConfig(units=6, layers=2, embedding_dim=0, embedding_from="all_layers",
-                     bidirectional=False), 12),
+                     bidirectional=False, pooling=()), 12),
         (ModelConfig(cell="gru", units=5, layers=3, embedding_dim=0, bidirectional=True,
-                     embedding_from="all_layers"), 30),
+                     embedding_from="all_layers", pooling=()), 30),
     ], ids=["lstm2", "bigru3"])
     def test_all_layers_concatenates_every_final_state(self, cfg, width):
         _, encoder = _build(cfg)
