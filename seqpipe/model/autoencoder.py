@@ -8,11 +8,17 @@ Inputs are the data pipeline's dict (the element contract of `seqpipe.input_pipe
 `time` changes from batch to batch (length bucketing), so nothing here fixes it.
 The graph, with the layer names `build_autoencoder` gives:
 
-    x, mask ─ sequence_mask ─ encoder_lstm_1 ... encoder_lstm_N ─ embedding ──▶ encoder output
-                   │          (last one: return_sequences=False)      │
-                   └──────────────── repeat_to_length ◀───────────────┘
+    x, mask ─ sequence_mask ─ encoder_lstm_1..N ─ summary ─ [embedding] ──▶ encoder output
+                   │                                                │
+                   └──────────────── repeat_to_length ◀─────────────┘
                                             │  (mask of x)
                      decoder_lstm_1 ... decoder_lstm_M ─ reconstruction [batch, time, features]
+
+The summary is the last encoder layer's final state (every layer's with
+`embedding_from: all_layers`), with `pooling` (the default) concatenated with
+the masked mean and max of the last layer's per-step outputs
+(`encoder_states`); the `embedding` projection exists only with
+`embedding_dim > 0` (the default 0 exports the summary itself).
 
 Every tensor from `sequence_mask` to `reconstruction` that has a time axis
 carries the input mask, so the decoder skips padded steps like the encoder.
