@@ -218,11 +218,6 @@ def splits_with_records(metadata: DatasetMetadata, names: Sequence[str] = SPLITS
     return [name for name in names if metadata.num_records(name) > 0]
 
 
-def empty_splits() -> dict[str, SplitInfo]:
-    """Every split, empty: the `splits` of a dataset that wrote nothing."""
-    return {split: SplitInfo() for split in SPLITS}
-
-
 # Fields whose JSON object maps names to a nested record type.
 _MAPPED = {(DatasetMetadata, "splits"): SplitInfo}
 _NESTED = {(DatasetMetadata, "length_stats"): LengthStats,
