@@ -61,6 +61,10 @@ class SynthConfig:
         zero_step_fraction: fraction of sequences that contain genuine all-zero
             timesteps in their middle (which must never be taken for padding).
         noise: standard deviation of the additive Gaussian noise.
+        anomaly_fraction: expected fraction of the sequences that get one injected
+            anomaly (labelled `anomaly_<kind>`; `seqpipe.synthetic` describes the
+            kinds); 0 gives exactly the output without anomalies. Needs
+            `num_classes >= 3` (with 2 classes a swap gives the other class).
         seed: random seed; the same seed gives byte-identical output.
     """
 
@@ -72,6 +76,7 @@ class SynthConfig:
     num_classes: int = 4
     zero_step_fraction: float = 0.2
     noise: float = 0.1
+    anomaly_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -84,6 +89,11 @@ class SynthConfig:
                  "must be in [0, 1]")
         _require(self.length_sigma >= 0, "synth.length_sigma", "must be >= 0")
         _require(self.noise >= 0, "synth.noise", "must be >= 0")
+        _require(0.0 <= self.anomaly_fraction <= 1.0, "synth.anomaly_fraction",
+                 "must be in [0, 1]")
+        _require(self.anomaly_fraction == 0.0 or self.num_classes >= 3,
+                 "synth.anomaly_fraction", "needs num_classes >= 3 (with 2 classes "
+                 "every swapped event order is the other class's)")
         _require(self.seed >= 0, "synth.seed", "must be >= 0")
 
 

@@ -38,17 +38,53 @@ first `n` sequences are the same whatever `num_sequences` is (grown data sets ke
 their old records), the same config gives byte-identical files, and labels cycle
 `class_0, class_1, ...` by index (balanced classes).
 
+**Anomalies** (`anomaly_fraction`, `seqpipe synth --anomalies FRACTION`). After a
+sequence is drawn, one more draw of its own generator decides, with probability
+`anomaly_fraction`, whether it gets one injected anomaly. That draw does not depend
+on the length (nor on anything else drawn), so every length gets anomalies at the
+same rate; the invariants above still hold, fraction 0 writes exactly the same
+bytes as before the option existed, and an anomalous sequence equals its clean self
+outside the steps its `Anomaly` names (`generate_annotated`). The kind is drawn
+uniformly from `ANOMALY_KINDS`, and its label replaces the class label:
+
+- `anomaly_swap`: two events of the class order exchanged, chosen so that the new
+  order is no class's order; the steps from the first to the second are drawn
+  again in the new order, on the same noise. Its rows are those of a normal sequence, so
+  pooled statistics cannot see it at all: only the time order gives it away.
+- `anomaly_spike`: one step (not a dropout) of 2 or 3 features moves by 0.5 to 0.8,
+  each feature in the direction its events move it: a one-step event out of
+  place, 5 to 8 noise stds at the default noise but below the event heights
+  (0.7 to 1.3): in most sequences it stays inside the range its features take
+  anyway, so per-feature minima and maxima see it only now and then.
+- `anomaly_flatline`: from the middle of an event on, every feature is held at
+  that step's value (a stuck sensor) for 15% to 30% of the length (at least 2
+  steps, cut at the end of the sequence).
+- `anomaly_warp`: of two neighbouring events, the shorter one (the first on a tie)
+  is stretched to 90% of their steps and the other compressed into the remaining
+  10% (normally each takes about half); the rest of the sequence is unchanged.
+
+A sequence too short for a kind gets one drawn among the kinds it allows: a swap
+needs two events that occur, a flat-line one, a warp two neighbours sharing at
+least 3 steps; a spike always fits. With 4 classes every kind fits every sequence
+of 8 steps or more (a third of the 7-step ones cannot take a warp). The normal
+classes are drawn exactly as without anomalies, so what is said above about them
+and pooled statistics still holds.
+
 Example:
 
     cfg = SynthConfig(num_sequences=3)
     for record in generate(cfg):
         record["id"], record["label"], len(record["steps"])  # "seq-000000", "class_0", 158
     write_jsonl(cfg, "raw/synthetic.jsonl")  # {"num_sequences": 3, ...}
+    cfg = SynthConfig(num_sequences=1000, anomaly_fraction=0.1)
+    write_jsonl(cfg, "raw/synthetic.jsonl")["anomaly_counts"]  # {"swap": 23, "spike": 24, ...}
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import json
 import os
 import uuid
@@ -69,6 +105,39 @@ _EVENT_LENGTH_CONCENTRATION = 8.0  # Dirichlet concentration of the event length
 _MAX_EXTRA_REST_FRACTION = 0.3  # rest beyond the first and last step, as a length share
 _DROPOUT_RATE = 0.02  # expected extra zero steps per timestep in a dropout sequence
 
+# The injected anomalies (module docstring, "Anomalies").
+ANOMALY_KINDS = ("swap", "spike", "flatline", "warp")
+ANOMALY_LABEL_PREFIX = "anomaly_"
+_SPIKE_SIZE_RANGE = (0.5, 0.8)  # 5 to 8 default noise stds; below the event heights
+_SPIKE_FEATURE_COUNTS = (2, 3)  # how many features one spike moves (at most all)
+_FLATLINE_SHARE_RANGE = (0.15, 0.3)  # the flat-lined stretch, as a share of the length
+_WARP_SHARE = 0.9  # the stretched event's share of its pair's steps (normally about 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Anomaly:
+    """One injected anomaly: what it is and which values it may have changed.
+
+    Every value outside `steps[start:stop, features]` equals the clean sequence's
+    (the one generated with `anomaly_fraction` 0).
+
+    Attributes:
+        kind: one of `ANOMALY_KINDS`.
+        start: the first step it may change.
+        stop: one past the last step it may change.
+        features: the features it may change (all of them, except for a spike).
+    """
+
+    kind: str
+    start: int
+    stop: int
+    features: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        """The record's label: `anomaly_<kind>`."""
+        return f"{ANOMALY_LABEL_PREFIX}{self.kind}"
+
 
 def generate(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
     """Yields `cfg.num_sequences` labeled sequences, deterministically.
@@ -80,14 +149,39 @@ def generate(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
         `{"id": "seq-000017", "label": "class_1", "steps": [[f0, ..., fF-1], ...]}`,
         timesteps as rows, floats rounded to 6 significant digits (exactly what
         `write_jsonl` writes). Dropout steps are exactly `0.0` in every feature.
+        An anomalous sequence's label is `anomaly_<kind>` (see `generate_annotated`).
+    """
+    for record, _ in generate_annotated(cfg):
+        yield record
+
+
+def generate_annotated(cfg: SynthConfig) -> Iterator[tuple[dict[str, Any], Anomaly | None]]:
+    """`generate`'s records, each with the anomaly injected into it (None if normal).
+
+    Sequence `i` is drawn exactly as with `anomaly_fraction` 0; then one more draw
+    of its own generator decides whether it gets an anomaly (see the module
+    docstring), so outside `anomaly.start:anomaly.stop` an anomalous sequence
+    equals its clean version.
+
+    Args:
+        cfg: the synthetic data configuration.
+
+    Yields:
+        `(record, anomaly)`: the record as `generate` yields it and its `Anomaly`.
     """
     loadings = _event_loadings(cfg.num_classes, cfg.num_features)
     orders = [_class_order(k, cfg.num_classes) for k in range(cfg.num_classes)]
     for index in range(cfg.num_sequences):
         rng = _sequence_rng(cfg.seed, index)
         label = index % cfg.num_classes
-        steps = _sequence(rng, cfg, loadings, orders[label])
-        yield {"id": f"seq-{index:06d}", "label": f"class_{label}", "steps": _rounded(steps)}
+        clean = _CleanSequence(_draw_sequence(rng, cfg), loadings, orders[label], orders)
+        steps, anomaly = clean.steps, None
+        # Drawn for every sequence, after everything else it draws: independent of
+        # its length, and the clean draws are the same whatever the fraction.
+        if rng.random() < cfg.anomaly_fraction:
+            steps, anomaly = _inject_anomaly(rng, clean)
+        record_label = anomaly.label if anomaly else f"class_{label}"
+        yield {"id": f"seq-{index:06d}", "label": record_label, "steps": _rounded(steps)}, anomaly
 
 
 def write_jsonl(cfg: SynthConfig, path: str | os.PathLike) -> dict[str, Any]:
@@ -102,11 +196,13 @@ def write_jsonl(cfg: SynthConfig, path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         `{"path", "num_sequences", "class_counts", "length_min", "length_max",
-        "length_mean", "num_with_zero_steps"}`.
+        "length_mean", "num_with_zero_steps"}`; `class_counts` counts the normal
+        records per class. With `cfg.anomaly_fraction > 0` also `anomaly_counts`:
+        the anomalous records per kind, every kind of `ANOMALY_KINDS` listed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    summary = _Summary()
+    summary = _Summary(count_anomalies=cfg.anomaly_fraction > 0)
     # A plain open() (not tempfile's 0600 files) so the result gets the usual permissions.
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -135,20 +231,25 @@ def sequence_length_distribution(cfg: SynthConfig) -> tuple[float, float]:
 class _Summary:
     """Running counts for `write_jsonl`'s summary."""
 
-    def __init__(self):
+    def __init__(self, count_anomalies: bool):
         self.class_counts: collections.Counter[str] = collections.Counter()
+        self.anomaly_counts = dict.fromkeys(ANOMALY_KINDS, 0) if count_anomalies else None
         self.lengths: list[int] = []
         self.num_with_zero_steps = 0
 
     def add(self, record: dict[str, Any]) -> None:
-        self.class_counts[record["label"]] += 1
+        label = record["label"]
+        if self.anomaly_counts is not None and label.startswith(ANOMALY_LABEL_PREFIX):
+            self.anomaly_counts[label.removeprefix(ANOMALY_LABEL_PREFIX)] += 1
+        else:
+            self.class_counts[label] += 1
         self.lengths.append(len(record["steps"]))
         if any(not any(step) for step in record["steps"]):
             self.num_with_zero_steps += 1
 
     def as_dict(self) -> dict[str, Any]:
         lengths = self.lengths or [0]
-        return {
+        summary = {
             "num_sequences": len(self.lengths),
             "class_counts": dict(sorted(self.class_counts.items())),
             "length_min": min(lengths),
@@ -156,6 +257,9 @@ class _Summary:
             "length_mean": round(sum(lengths) / len(lengths), 3),
             "num_with_zero_steps": self.num_with_zero_steps,
         }
+        if self.anomaly_counts is not None:
+            summary["anomaly_counts"] = dict(self.anomaly_counts)
+        return summary
 
 
 def _sequence_rng(seed: int, index: int) -> np.random.Generator:
@@ -198,9 +302,56 @@ def _event_loadings(num_events: int, num_features: int) -> np.ndarray:
     return loadings
 
 
-def _sequence(rng: np.random.Generator, cfg: SynthConfig, loadings: np.ndarray,
-              order: list[int]) -> np.ndarray:
-    """One sequence `[length, F]` of the class whose event order is `order`.
+@dataclasses.dataclass(frozen=True)
+class _SequenceDraws:
+    """Everything drawn for one sequence, kept so that it can be rendered again with
+    another event order or other event lengths (the swap and warp anomalies) on
+    the same offsets, noise and dropouts.
+
+    Attributes:
+        lead: rest steps before the events.
+        trail: rest steps after them.
+        event_lengths: steps of each event, indexed by event (not by position).
+        amplitudes: bump height of each event, indexed by event.
+        offsets: the per-feature baseline `[F]`.
+        noise: the additive noise `[length, F]`.
+        dropouts: indices of the all-zero (dropout) steps.
+    """
+
+    lead: int
+    trail: int
+    event_lengths: np.ndarray
+    amplitudes: np.ndarray
+    offsets: np.ndarray
+    noise: np.ndarray
+    dropouts: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return len(self.noise)
+
+    def render(self, loadings: np.ndarray, order: list[int]) -> np.ndarray:
+        """The sequence `[length, F]` with the events in `order`."""
+        num_features = len(self.offsets)
+        segments = [np.zeros((self.lead, num_features))]
+        for event in order:
+            bump = _half_sine(self.event_lengths[event]) * self.amplitudes[event]
+            segments.append(bump[:, None] * loadings[event][None, :])
+        segments.append(np.zeros((self.trail, num_features)))
+        steps = np.concatenate(segments) + self.offsets
+        steps += self.noise
+        steps[self.dropouts] = 0.0
+        return steps
+
+    def event_spans(self, order: list[int]) -> list[tuple[int, int]]:
+        """`(start, stop)` of the steps of the event at each position of `order`."""
+        stops = self.lead + np.cumsum([self.event_lengths[event] for event in order])
+        starts = np.concatenate([[self.lead], stops[:-1]])
+        return [(int(start), int(stop)) for start, stop in zip(starts, stops, strict=True)]
+
+
+def _draw_sequence(rng: np.random.Generator, cfg: SynthConfig) -> _SequenceDraws:
+    """The draws of one sequence, in the generator's fixed order.
 
     Everything except the order is drawn identically for every class (see the
     module docstring): that is what makes the classes inseparable by pooled
@@ -208,21 +359,14 @@ def _sequence(rng: np.random.Generator, cfg: SynthConfig, loadings: np.ndarray,
     """
     length = _draw_length(rng, cfg)
     lead, trail = _draw_rest(rng, length)
-    event_lengths = _draw_event_lengths(rng, length - lead - trail, len(order))
-    amplitudes = rng.uniform(*_AMPLITUDE_RANGE, size=len(order))
+    event_lengths = _draw_event_lengths(rng, length - lead - trail, cfg.num_classes)
+    amplitudes = rng.uniform(*_AMPLITUDE_RANGE, size=cfg.num_classes)
     offsets = rng.normal(0.0, _OFFSET_STD, size=cfg.num_features)
-
-    segments = [np.zeros((lead, cfg.num_features))]
-    for event in order:
-        bump = _half_sine(event_lengths[event]) * amplitudes[event]
-        segments.append(bump[:, None] * loadings[event][None, :])
-    segments.append(np.zeros((trail, cfg.num_features)))
-    steps = np.concatenate(segments) + offsets
-    steps += rng.normal(0.0, cfg.noise, size=steps.shape)
-
+    noise = rng.normal(0.0, cfg.noise, size=(length, cfg.num_features))
+    dropouts = np.zeros(0, dtype=int)
     if rng.random() < cfg.zero_step_fraction:
-        steps[_draw_dropout_steps(rng, length)] = 0.0
-    return steps
+        dropouts = _draw_dropout_steps(rng, length)
+    return _SequenceDraws(lead, trail, event_lengths, amplitudes, offsets, noise, dropouts)
 
 
 def _draw_length(rng: np.random.Generator, cfg: SynthConfig) -> int:
@@ -280,6 +424,134 @@ def _draw_dropout_steps(rng: np.random.Generator, length: int) -> np.ndarray:
         return np.zeros(0, dtype=int)
     count = min(interior, 1 + int(rng.poisson(_DROPOUT_RATE * length)))
     return 1 + rng.choice(interior, size=count, replace=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CleanSequence:
+    """A sequence as drawn for its class, before any anomaly."""
+
+    draws: _SequenceDraws
+    loadings: np.ndarray
+    order: list[int]
+    class_orders: list[list[int]]
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.draws.render(self.loadings, self.order)
+
+    @property
+    def all_features(self) -> tuple[int, ...]:
+        return tuple(range(len(self.draws.offsets)))
+
+    def present_positions(self) -> list[int]:
+        """Positions in `order` of the events that have at least one step."""
+        return [p for p, event in enumerate(self.order) if self.draws.event_lengths[event] > 0]
+
+
+def _inject_anomaly(rng: np.random.Generator,
+                    clean: _CleanSequence) -> tuple[np.ndarray, Anomaly]:
+    """Draws a kind among those the sequence allows, then where, then how much.
+
+    Every kind is possible in a sequence of `num_classes + 3` steps or more; a
+    shorter one may lack the events a swap, flat-line or warp needs, and its kind
+    is then drawn among the others (a spike is always possible).
+    """
+    options = [(kind, candidates) for kind, (find, _) in _INJECTORS.items()
+               if (candidates := find(clean))]
+    kind, candidates = options[rng.integers(len(options))]
+    candidate = candidates[rng.integers(len(candidates))]
+    return _INJECTORS[kind][1](rng, clean, candidate)
+
+
+def _swapped(order: list[int], first: int, second: int) -> list[int]:
+    swapped = list(order)
+    swapped[first], swapped[second] = order[second], order[first]
+    return swapped
+
+
+def _swap_candidates(clean: _CleanSequence) -> list[tuple[int, int]]:
+    """Pairs of positions of present events whose exchange gives no class's order."""
+    return [(first, second)
+            for first, second in itertools.combinations(clean.present_positions(), 2)
+            if _swapped(clean.order, first, second) not in clean.class_orders]
+
+
+def _swap(rng: np.random.Generator, clean: _CleanSequence,
+          positions: tuple[int, int]) -> tuple[np.ndarray, Anomaly]:
+    """Exchanges two events: the steps from the first one's start to the second
+    one's end are rendered in the swapped order."""
+    first, second = positions
+    spans = clean.draws.event_spans(clean.order)
+    steps = clean.draws.render(clean.loadings, _swapped(clean.order, first, second))
+    return steps, Anomaly("swap", spans[first][0], spans[second][1], clean.all_features)
+
+
+def _spike_candidates(clean: _CleanSequence) -> list[int]:
+    """Every step that is not a dropout."""
+    return np.setdiff1d(np.arange(clean.draws.length), clean.draws.dropouts).tolist()
+
+
+def _spike(rng: np.random.Generator, clean: _CleanSequence,
+           step: int) -> tuple[np.ndarray, Anomaly]:
+    """Moves a few features of one step by `_SPIKE_SIZE_RANGE`, each in the direction
+    its events move it (up when they disagree): a one-step event out of place."""
+    num_features = len(clean.all_features)
+    count = int(rng.integers(min(_SPIKE_FEATURE_COUNTS[0], num_features),
+                             min(_SPIKE_FEATURE_COUNTS[1], num_features) + 1))
+    features = np.sort(rng.choice(num_features, size=count, replace=False))
+    directions = np.where(clean.loadings.sum(axis=0)[features] < 0, -1.0, 1.0)
+    steps = clean.steps
+    steps[step, features] += directions * rng.uniform(*_SPIKE_SIZE_RANGE, size=count)
+    return steps, Anomaly("spike", step, step + 1, tuple(features.tolist()))
+
+
+def _flatline(rng: np.random.Generator, clean: _CleanSequence,
+              position: int) -> tuple[np.ndarray, Anomaly]:
+    """Holds every feature at its value in the middle of an event (a stuck sensor)
+    for `_FLATLINE_SHARE_RANGE` of the length, at least two steps."""
+    event_start, event_stop = clean.draws.event_spans(clean.order)[position]
+    start = (event_start + event_stop - 1) // 2
+    share = rng.uniform(*_FLATLINE_SHARE_RANGE)
+    # An event never holds the last step (the trailing rest does), so stop > start + 1.
+    stop = min(clean.draws.length, start + max(2, round(share * clean.draws.length)))
+    steps = clean.steps
+    steps[start:stop] = steps[start]
+    return steps, Anomaly("flatline", start, stop, clean.all_features)
+
+
+def _warp_candidates(clean: _CleanSequence) -> list[int]:
+    """Positions `p` whose event and the next one both occur and share >= 3 steps."""
+    lengths = clean.draws.event_lengths
+    return [p for p in range(len(clean.order) - 1)
+            if min(lengths[clean.order[p]], lengths[clean.order[p + 1]]) >= 1
+            and lengths[clean.order[p]] + lengths[clean.order[p + 1]] >= 3]
+
+
+def _warp(rng: np.random.Generator, clean: _CleanSequence,
+          position: int) -> tuple[np.ndarray, Anomaly]:
+    """Stretches the shorter of two neighbouring events (the first on a tie) to
+    `_WARP_SHARE` of their steps and compresses the other into the rest."""
+    first, second = clean.order[position], clean.order[position + 1]
+    lengths = clean.draws.event_lengths.copy()
+    total = lengths[first] + lengths[second]
+    stretched, compressed = ((first, second) if lengths[first] <= lengths[second]
+                             else (second, first))
+    lengths[stretched] = min(total - 1, round(_WARP_SHARE * total))
+    lengths[compressed] = total - lengths[stretched]
+    spans = clean.draws.event_spans(clean.order)
+    steps = dataclasses.replace(clean.draws, event_lengths=lengths).render(clean.loadings,
+                                                                            clean.order)
+    return steps, Anomaly("warp", spans[position][0], spans[position + 1][1],
+                          clean.all_features)
+
+
+# kind -> (where it can go in a sequence, how it is injected there)
+_INJECTORS = {
+    "swap": (_swap_candidates, _swap),
+    "spike": (_spike_candidates, _spike),
+    "flatline": (lambda clean: clean.present_positions(), _flatline),
+    "warp": (_warp_candidates, _warp),
+}
 
 
 def _rounded(steps: np.ndarray) -> list[list[float]]:

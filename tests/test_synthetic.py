@@ -1,17 +1,21 @@
-"""Tests of seqpipe.synthetic: determinism, shapes, lengths, dropouts, class design."""
+"""Tests of seqpipe.synthetic: determinism, shapes, lengths, dropouts, class design,
+injected anomalies."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from seqpipe.commands import cli
 from seqpipe.commands.evaluate import evaluate_svm, pooled_statistics
-from seqpipe.config import EvalConfig, SynthConfig
-from seqpipe.synthetic import generate, write_jsonl
+from seqpipe.config import ConfigError, EvalConfig, SynthConfig
+from seqpipe.synthetic import ANOMALY_KINDS, generate, generate_annotated, write_jsonl
 
 SMALL = SynthConfig(num_sequences=40, max_length=60)
 FAST_EVAL = EvalConfig(kernels=("rbf", "linear"), c_grid=(1.0, 10.0), cv_folds=3)
@@ -194,3 +198,197 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
         write_jsonl(SMALL, path)
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic.jsonl"]
+
+
+# --- anomalies -------------------------------------------------------------------------
+
+# write_jsonl(SynthConfig(num_sequences=300)) before anomalies existed (commit fdfb36a).
+DIGEST_BEFORE_ANOMALIES = "9a2b4491ca1a3fdb87f38ddf84e892f77829c80d6e2405752487f275163f7a87"
+MANY = SynthConfig(num_sequences=3000, anomaly_fraction=0.3)
+# Noise-free and without dropouts, feature `j < 4` is above its rest value exactly
+# while event `j` lasts, so event orders and lengths can be read off the steps.
+NOISE_FREE = SynthConfig(num_sequences=400, min_length=30, max_length=120, noise=0.0,
+                         zero_step_fraction=0.0, anomaly_fraction=1.0)
+
+
+def _within_binomial(count, n, p, stds=4.0):
+    return abs(count - n * p) <= stds * np.sqrt(n * p * (1 - p))
+
+
+@pytest.fixture(scope="module")
+def many_annotated():
+    return list(generate_annotated(MANY))
+
+
+def _event_times(steps: np.ndarray, num_events: int = 4) -> list[np.ndarray]:
+    """The steps during which each event lasts (noise-free sequences only)."""
+    rises = steps[:, :num_events] - steps[0, :num_events]
+    return [np.flatnonzero(rises[:, event] > 0) for event in range(num_events)]
+
+
+def test_fraction_zero_writes_the_bytes_it_wrote_before_anomalies(tmp_path):
+    cfg = SynthConfig(num_sequences=300)
+    assert cfg.anomaly_fraction == 0.0
+    summary = write_jsonl(cfg, tmp_path / "synthetic.jsonl")
+    digest = hashlib.sha256((tmp_path / "synthetic.jsonl").read_bytes()).hexdigest()
+    assert digest == DIGEST_BEFORE_ANOMALIES
+    assert "anomaly_counts" not in summary
+    assert all(anomaly is None for _, anomaly in generate_annotated(cfg))
+
+
+def test_fraction_is_realized_and_every_kind_drawn_uniformly(many_annotated):
+    kinds = Counter(anomaly.kind for _, anomaly in many_annotated if anomaly)
+    assert _within_binomial(sum(kinds.values()), 3000, 0.3)
+    assert set(kinds) == set(ANOMALY_KINDS)
+    for kind in ANOMALY_KINDS:
+        assert _within_binomial(kinds[kind], sum(kinds.values()), 0.25), kinds
+
+
+def test_anomalies_hit_every_length_tercile_at_the_same_rate(many_annotated):
+    lengths = np.array([len(record["steps"]) for record, _ in many_annotated])
+    anomalous = np.array([anomaly is not None for _, anomaly in many_annotated])
+    by_length = np.argsort(lengths, kind="stable")
+    terciles = np.array_split(by_length, 3)
+    assert lengths[terciles[0]].max() < 50 and lengths[terciles[2]].min() > 60
+    for tercile in terciles:
+        assert _within_binomial(anomalous[tercile].sum(), len(tercile), 0.3)
+
+
+def test_labels_name_the_kind_and_ids_stay(many_annotated):
+    for index, (record, anomaly) in enumerate(many_annotated[:400]):
+        assert record["id"] == f"seq-{index:06d}"
+        expected = f"anomaly_{anomaly.kind}" if anomaly else f"class_{index % 4}"
+        assert record["label"] == expected
+
+
+def test_an_anomalous_sequence_equals_its_clean_self_outside_the_anomaly():
+    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
+    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
+    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
+        steps, before = np.asarray(record["steps"]), np.asarray(original["steps"])
+        assert steps.shape == before.shape
+        outside = np.ones(steps.shape, bool)
+        outside[anomaly.start:anomaly.stop, list(anomaly.features)] = False
+        np.testing.assert_array_equal(steps[outside], before[outside])
+        assert np.any(steps != before), anomaly
+
+
+def test_a_spike_changes_exactly_its_step_and_features():
+    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
+    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
+    spikes = 0
+    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
+        if anomaly.kind != "spike":
+            continue
+        spikes += 1
+        difference = np.asarray(record["steps"]) - np.asarray(original["steps"])
+        changed_steps, changed_features = np.nonzero(difference)
+        assert set(changed_steps) == {anomaly.start}
+        assert tuple(changed_features) == anomaly.features and 2 <= len(anomaly.features) <= 3
+        # 0.5 to 0.8 up on the features event 0..3 raise, down on those 4..7 lower.
+        moves = difference[anomaly.start, list(anomaly.features)]
+        signs = np.where(np.asarray(anomaly.features) < 4, 1.0, -1.0)
+        assert np.all(moves * signs >= 0.5 - 1e-5) and np.all(moves * signs <= 0.8 + 1e-5)
+    assert spikes > 20
+
+
+def test_a_flatline_holds_every_feature_from_the_middle_of_an_event():
+    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
+    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
+    flatlines = 0
+    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
+        if anomaly.kind != "flatline":
+            continue
+        flatlines += 1
+        steps, before = np.asarray(record["steps"]), np.asarray(original["steps"])
+        held = steps[anomaly.start:anomaly.stop]
+        assert len(held) >= 2 and anomaly.features == tuple(range(8))
+        np.testing.assert_array_equal(held, np.broadcast_to(before[anomaly.start], held.shape))
+        assert np.all(steps[anomaly.start + 1] != before[anomaly.start + 1])
+        if anomaly.stop < len(steps):  # not cut at the end: 15% to 30%, rounded
+            share, rounding = (anomaly.stop - anomaly.start) / len(steps), 0.5 / len(steps)
+            assert 0.15 - rounding <= share <= 0.3 + rounding or anomaly.stop - anomaly.start == 2
+    assert flatlines > 20
+
+
+def test_a_swap_exchanges_two_events_into_no_class_order():
+    class_orders = [[0, 1, 2, 3], [1, 0, 3, 2], [2, 3, 0, 1], [3, 2, 1, 0]]
+    swaps = 0
+    for index, (record, anomaly) in enumerate(generate_annotated(NOISE_FREE)):
+        if anomaly.kind != "swap":
+            continue
+        swaps += 1
+        starts = [times[0] for times in _event_times(np.asarray(record["steps"]))]
+        order = list(np.argsort(starts))
+        assert order not in class_orders
+        exchanged = np.flatnonzero(np.asarray(order) != class_orders[index % 4])
+        assert len(exchanged) == 2
+        assert anomaly.start == min(starts[e] for e in np.asarray(order)[exchanged])
+    assert swaps > 50
+
+
+def test_a_warp_stretches_one_event_and_compresses_its_neighbour():
+    clean = _records(dataclasses.replace(NOISE_FREE, anomaly_fraction=0.0))
+    warps = 0
+    for (record, anomaly), original in zip(generate_annotated(NOISE_FREE), clean, strict=True):
+        if anomaly.kind != "warp":
+            continue
+        warps += 1
+        after = np.array([len(t) for t in _event_times(np.asarray(record["steps"]))])
+        before = np.array([len(t) for t in _event_times(np.asarray(original["steps"]))])
+        changed = np.flatnonzero(after != before)
+        assert len(changed) == 2 and after[changed].sum() == before[changed].sum()
+        total = before[changed].sum()
+        stretched = changed[np.argmax(after[changed])]
+        assert before[stretched] == before[changed].min()
+        assert after[stretched] == min(total - 1, round(0.9 * total))
+        assert anomaly.stop - anomaly.start == total
+    assert warps > 50
+
+
+def test_short_sequences_get_the_kinds_they_can_hold_at_the_same_rate():
+    one_step = SynthConfig(num_sequences=1000, min_length=1, max_length=1, anomaly_fraction=0.5)
+    kinds = Counter(a.kind for _, a in generate_annotated(one_step) if a)
+    assert set(kinds) == {"spike"} and _within_binomial(kinds["spike"], 1000, 0.5)
+    three_steps = dataclasses.replace(one_step, min_length=3, max_length=3)
+    kinds = Counter(a.kind for _, a in generate_annotated(three_steps) if a)
+    assert set(kinds) == {"spike", "flatline"}  # one event: no swap, no warp
+    assert _within_binomial(sum(kinds.values()), 1000, 0.5)
+
+
+def test_anomalies_keep_the_first_sequences_whatever_the_count():
+    cfg = dataclasses.replace(SMALL, anomaly_fraction=0.5)
+    assert _records(dataclasses.replace(cfg, num_sequences=7)) == _records(cfg)[:7]
+
+
+def test_write_jsonl_counts_anomalies_per_kind_and_classes_apart(tmp_path):
+    cfg = dataclasses.replace(SMALL, num_sequences=300, anomaly_fraction=0.4)
+    summary = write_jsonl(cfg, tmp_path / "synthetic.jsonl")
+    labels = Counter(json.loads(line)["label"]
+                     for line in (tmp_path / "synthetic.jsonl").read_text().splitlines())
+    assert summary["anomaly_counts"] == {kind: labels[f"anomaly_{kind}"]
+                                         for kind in ANOMALY_KINDS}
+    assert summary["class_counts"] == {label: count for label, count in labels.items()
+                                       if label.startswith("class_")}
+    assert sum(summary["anomaly_counts"].values()) + sum(summary["class_counts"].values()) == 300
+
+
+def test_synth_command_takes_the_fraction(tmp_path, capsys):
+    assert cli.main(["synth", "--output", str(tmp_path), "--n", "40", "--anomalies", "0.5"]) == 0
+    expected = write_jsonl(dataclasses.replace(SynthConfig(), num_sequences=40,
+                                               anomaly_fraction=0.5), tmp_path / "expected.jsonl")
+    assert (tmp_path / "synthetic.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
+    anomalies = sum(expected["anomaly_counts"].values())
+    assert f"wrote 40 sequences to {tmp_path / 'synthetic.jsonl'} ({anomalies} with an anomaly)" \
+        in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"anomaly_fraction": 1.5}, "synth.anomaly_fraction: must be in [0, 1]"),
+    ({"anomaly_fraction": -0.1}, "synth.anomaly_fraction: must be in [0, 1]"),
+    ({"anomaly_fraction": 0.1, "num_classes": 2},
+     "synth.anomaly_fraction: needs num_classes >= 3"),
+])
+def test_bad_anomaly_fraction_is_refused(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SynthConfig(**changes)

@@ -1,6 +1,6 @@
 """`seqpipe <command>`: a thin command line over the library.
 
-    seqpipe synth      --output raw/ [--n N] [--seed S]
+    seqpipe synth      --output raw/ [--n N] [--seed S] [--anomalies FRACTION]
     seqpipe preprocess --input 'raw/*.jsonl' --output data/ [beam options]
     seqpipe inspect    --data data/
     seqpipe train      --data data/ --model-dir runs/x
@@ -225,6 +225,9 @@ def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="directory for synthetic.jsonl")
     parser.add_argument("--n", type=int, help="number of sequences (synth.num_sequences)")
     parser.add_argument("--seed", type=int, help="random seed (synth.seed)")
+    parser.add_argument("--anomalies", type=float, metavar="FRACTION",
+                        help="fraction of sequences given one labelled anomaly "
+                             "(synth.anomaly_fraction)")
 
 
 def _synth(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
@@ -232,12 +235,15 @@ def _synth(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
 
     from seqpipe import synthetic
 
-    changes = {k: v for k, v in (("num_sequences", args.n), ("seed", args.seed))
-               if v is not None}
+    changes = {k: v for k, v in (("num_sequences", args.n), ("seed", args.seed),
+                                 ("anomaly_fraction", args.anomalies)) if v is not None}
     synth_cfg = dataclasses.replace(cfg.synth, **changes)
     path = Path(args.output) / "synthetic.jsonl"
     summary = synthetic.write_jsonl(synth_cfg, path)
-    print(f"wrote {summary['num_sequences']} sequences to {path}")
+    message = f"wrote {summary['num_sequences']} sequences to {path}"
+    if "anomaly_counts" in summary:
+        message += f" ({sum(summary['anomaly_counts'].values())} with an anomaly)"
+    print(message)
     return summary
 
 
