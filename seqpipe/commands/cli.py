@@ -7,7 +7,7 @@
     seqpipe embed      --data data/ --model-dir runs/x --split test --output emb.parquet
     seqpipe embed      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet
     seqpipe evaluate   --data data/ --model-dir runs/x
-    seqpipe report     --data data/ --model-dir runs/x
+    seqpipe report     --data data/ --model-dir runs/x [--scores scores.parquet]
     seqpipe quickstart [--workdir DIR]
 
 Every command takes `--config` (a bundled name such as `tiny`, or a YAML path)
@@ -335,13 +335,17 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="a trained model directory")
     parser.add_argument("--output", help="directory for the figures (default: MODEL_DIR/report)")
     parser.add_argument("--tsne", action="store_true", help="also draw a t-SNE projection")
+    parser.add_argument("--scores", metavar="PATH.parquet",
+                        help="a `seqpipe score` output: add the score histogram and the top "
+                             "anomalies")
 
 
 def _report(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe.commands import report
 
     output = Path(args.output or Path(args.model_dir) / REPORT_DIR)
-    paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne)
+    paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne,
+                               scores=args.scores)
     for path in paths.values():
         print(path)
     return {name: str(path) for name, path in paths.items()}
