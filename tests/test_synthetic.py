@@ -226,6 +226,15 @@ def _event_times(steps: np.ndarray, num_events: int = 4) -> list[np.ndarray]:
     return [np.flatnonzero(rises[:, event] > 0) for event in range(num_events)]
 
 
+def _beside_clean(cfg, kind=None):
+    """`(steps, anomaly, clean steps)` of every anomalous sequence (of `kind`, if
+    given) next to the same sequence generated without anomalies."""
+    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
+    return [(np.asarray(record["steps"]), anomaly, np.asarray(original["steps"]))
+            for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True)
+            if anomaly and kind in (None, anomaly.kind)]
+
+
 def test_fraction_zero_writes_the_bytes_it_wrote_before_anomalies(tmp_path):
     cfg = SynthConfig(num_sequences=300)
     assert cfg.anomaly_fraction == 0.0
@@ -261,11 +270,13 @@ def test_labels_name_the_kind_and_ids_stay(many_annotated):
         assert record["label"] == expected
 
 
+ALL_ANOMALOUS = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
+
+
 def test_an_anomalous_sequence_equals_its_clean_self_outside_the_anomaly():
-    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
-    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
-    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
-        steps, before = np.asarray(record["steps"]), np.asarray(original["steps"])
+    compared = _beside_clean(ALL_ANOMALOUS)
+    assert len(compared) == 200
+    for steps, anomaly, before in compared:
         assert steps.shape == before.shape
         outside = np.ones(steps.shape, bool)
         outside[anomaly.start:anomaly.stop, list(anomaly.features)] = False
@@ -274,14 +285,10 @@ def test_an_anomalous_sequence_equals_its_clean_self_outside_the_anomaly():
 
 
 def test_a_spike_changes_exactly_its_step_and_features():
-    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
-    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
-    spikes = 0
-    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
-        if anomaly.kind != "spike":
-            continue
-        spikes += 1
-        difference = np.asarray(record["steps"]) - np.asarray(original["steps"])
+    spikes = _beside_clean(ALL_ANOMALOUS, "spike")
+    assert len(spikes) > 20
+    for steps, anomaly, before in spikes:
+        difference = steps - before
         changed_steps, changed_features = np.nonzero(difference)
         assert set(changed_steps) == {anomaly.start}
         assert tuple(changed_features) == anomaly.features and 2 <= len(anomaly.features) <= 3
@@ -289,18 +296,12 @@ def test_a_spike_changes_exactly_its_step_and_features():
         moves = difference[anomaly.start, list(anomaly.features)]
         signs = np.where(np.asarray(anomaly.features) < 4, 1.0, -1.0)
         assert np.all(moves * signs >= 0.5 - 1e-5) and np.all(moves * signs <= 0.8 + 1e-5)
-    assert spikes > 20
 
 
 def test_a_flatline_holds_every_feature_from_the_middle_of_an_event():
-    cfg = dataclasses.replace(SMALL, num_sequences=200, anomaly_fraction=1.0)
-    clean = _records(dataclasses.replace(cfg, anomaly_fraction=0.0))
-    flatlines = 0
-    for (record, anomaly), original in zip(generate_annotated(cfg), clean, strict=True):
-        if anomaly.kind != "flatline":
-            continue
-        flatlines += 1
-        steps, before = np.asarray(record["steps"]), np.asarray(original["steps"])
+    flatlines = _beside_clean(ALL_ANOMALOUS, "flatline")
+    assert len(flatlines) > 20
+    for steps, anomaly, before in flatlines:
         held = steps[anomaly.start:anomaly.stop]
         assert len(held) >= 2 and anomaly.features == tuple(range(8))
         np.testing.assert_array_equal(held, np.broadcast_to(before[anomaly.start], held.shape))
@@ -308,7 +309,6 @@ def test_a_flatline_holds_every_feature_from_the_middle_of_an_event():
         if anomaly.stop < len(steps):  # not cut at the end: 15% to 30%, rounded
             share, rounding = (anomaly.stop - anomaly.start) / len(steps), 0.5 / len(steps)
             assert 0.15 - rounding <= share <= 0.3 + rounding or anomaly.stop - anomaly.start == 2
-    assert flatlines > 20
 
 
 def test_a_swap_exchanges_two_events_into_no_class_order():
@@ -328,22 +328,18 @@ def test_a_swap_exchanges_two_events_into_no_class_order():
 
 
 def test_a_warp_stretches_one_event_and_compresses_its_neighbour():
-    clean = _records(dataclasses.replace(NOISE_FREE, anomaly_fraction=0.0))
-    warps = 0
-    for (record, anomaly), original in zip(generate_annotated(NOISE_FREE), clean, strict=True):
-        if anomaly.kind != "warp":
-            continue
-        warps += 1
-        after = np.array([len(t) for t in _event_times(np.asarray(record["steps"]))])
-        before = np.array([len(t) for t in _event_times(np.asarray(original["steps"]))])
-        changed = np.flatnonzero(after != before)
-        assert len(changed) == 2 and after[changed].sum() == before[changed].sum()
-        total = before[changed].sum()
-        stretched = changed[np.argmax(after[changed])]
-        assert before[stretched] == before[changed].min()
-        assert after[stretched] == min(total - 1, round(0.9 * total))
+    warps = _beside_clean(NOISE_FREE, "warp")
+    assert len(warps) > 50
+    for steps, anomaly, before in warps:
+        after_lengths = np.array([len(t) for t in _event_times(steps)])
+        before_lengths = np.array([len(t) for t in _event_times(before)])
+        changed = np.flatnonzero(after_lengths != before_lengths)
+        total = before_lengths[changed].sum()
+        assert len(changed) == 2 and after_lengths[changed].sum() == total
+        stretched = changed[np.argmax(after_lengths[changed])]
+        assert before_lengths[stretched] == before_lengths[changed].min()
+        assert after_lengths[stretched] == min(total - 1, round(0.9 * total))
         assert anomaly.stop - anomaly.start == total
-    assert warps > 50
 
 
 def test_short_sequences_get_the_kinds_they_can_hold_at_the_same_rate():
