@@ -81,7 +81,6 @@ class ScoreTable:
         lengths, worst_steps, ranks: int `[N]`.
         scores: float `[N]`.
         step_errors: `N` float arrays, each of its record's length.
-        is_anomaly: bool `[N]`, or None when the file has no such column.
     """
 
     path: Path
@@ -93,7 +92,6 @@ class ScoreTable:
     step_errors: list[np.ndarray]
     worst_steps: np.ndarray
     ranks: np.ndarray
-    is_anomaly: np.ndarray | None
 
     def top(self, k: int) -> np.ndarray:
         """Row indices of the `k` best-ranked records (rank 1 first)."""
@@ -461,9 +459,7 @@ def read_scores(path: str | Path) -> ScoreTable:
         scores=np.asarray(columns["score"], dtype=float),
         step_errors=[np.asarray(errors, dtype=float) for errors in columns["step_error"]],
         worst_steps=np.asarray(columns["worst_step"], dtype=int),
-        ranks=np.asarray(columns["rank"], dtype=int),
-        is_anomaly=(np.asarray(table.column("is_anomaly").to_pylist(), dtype=bool)
-                    if "is_anomaly" in table.column_names else None))
+        ranks=np.asarray(columns["rank"], dtype=int))
     _check_step_errors(scores)
     return scores
 
