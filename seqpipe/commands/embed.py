@@ -97,6 +97,19 @@ class Embeddings(KeyedRecords):
         return cls(**empty_keys(split), vectors=np.zeros((0, width), np.float32))
 
 
+def rows_for(ids: np.ndarray, wanted: Sequence[str]) -> list[int]:
+    """The rows of `ids` holding `wanted`, in the order of `wanted`.
+
+    Raises:
+        ValueError: `ids` and `wanted` are not the same ids, each once.
+    """
+    row_of = {record_id: row for row, record_id in enumerate(ids.tolist())}
+    if len(row_of) != len(ids) or len(wanted) != len(ids) or set(wanted) != set(row_of):
+        raise ValueError(f"the rows do not match the records one to one ({len(ids)} rows, "
+                         f"{len(wanted)} records)")
+    return [row_of[record_id] for record_id in wanted]
+
+
 def empty_keys(split: str) -> dict[str, Any]:
     """The `KeyedRecords` fields of no records."""
     return {"ids": np.zeros(0, str), "labels": np.zeros(0, str),
@@ -187,13 +200,20 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
         records.DatasetError: `model_dir` is not a trained model directory.
     """
     raw = read_raw(inputs, model_dir)
+    return embed_validated(raw, model_dir, encoder=encoder, batch_size=batch_size,
+                           split=split), raw.rejections
+
+
+def embed_validated(raw: RawInput, model_dir: str | Path, *, encoder=None,
+                    batch_size: int | None = None, split: str = RAW_SPLIT) -> Embeddings:
+    """The embeddings of the kept sequences of `raw` (`read_raw`), in input order."""
     encoder = encoder or load_encoder(model_dir)
     if not raw.sequences:
         width = encoder.structured_outputs[_EMBEDDING_OUTPUT].shape[-1]
-        return Embeddings.empty(split, width), raw.rejections
+        return Embeddings.empty(split, width)
     embeddings = _embed_batches(encoder, raw_batches(raw, model_dir, batch_size=batch_size),
                                 split)
-    return embeddings.take(raw.input_order(embeddings.ids)), raw.rejections
+    return embeddings.take(raw.input_order(embeddings.ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +239,7 @@ class RawInput:
 
     def input_order(self, ids: np.ndarray) -> list[int]:
         """The rows of `ids` (each kept id once, in any order) that put them in input order."""
-        row_of = {record_id: row for row, record_id in enumerate(ids.tolist())}
-        return [row_of[sequence.id] for sequence in self.sequences]
+        return rows_for(ids, [sequence.id for sequence in self.sequences])
 
 
 def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
