@@ -130,20 +130,16 @@ def test_exported_and_rebuilt_scorers_equal_the_in_process_one(tmp_path):
 
 # --- a trained model: splits, raw input, Parquet -----------------------------------------
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model) -> Path:
-    return tiny_model
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def raw_file(tiny_dataset) -> Path:
+    """The raw JSON lines of the tiny dataset (conftest)."""
     return tiny_dataset.parent / "raw" / "synthetic.jsonl"
 
 
 @pytest.fixture()
-def own_model(tmp_path, model_dir) -> Path:
+def own_model(tmp_path, tiny_model) -> Path:
     """A copy of the trained model dir that a test may write thresholds into."""
-    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
 def _split_ids(data_dir, split):
@@ -171,10 +167,10 @@ def _check_parquet(path, scores_by_id=None):
 
 
 def test_a_split_is_scored_once_per_record_whatever_the_batching(tmp_path, tiny_dataset,
-                                                                   model_dir):
-    scores = score.score_split(tiny_dataset, model_dir, "test")
+                                                                   tiny_model):
+    scores = score.score_split(tiny_dataset, tiny_model, "test")
     assert sorted(scores.ids.tolist()) == sorted(_split_ids(tiny_dataset, "test"))
-    one_by_one = score.score_split(tiny_dataset, model_dir, "test", batch_size=1)
+    one_by_one = score.score_split(tiny_dataset, tiny_model, "test", batch_size=1)
     rows = embed.rows_for(one_by_one.ids, scores.ids.tolist())
     np.testing.assert_allclose(one_by_one.scores[rows], scores.scores, rtol=1e-5)
     for a, b in zip(one_by_one.step_errors[rows], scores.step_errors, strict=True):
@@ -186,7 +182,7 @@ def test_a_split_is_scored_once_per_record_whatever_the_batching(tmp_path, tiny_
 
 
 def test_raw_input_every_record_once_rejects_beside_the_output(tmp_path, tiny_dataset,
-                                                              model_dir, raw_file):
+                                                              tiny_model, raw_file):
     good = raw_file.read_text().splitlines()[:5]
     first = json.loads(good[0])
     bad = ["{not json", json.dumps({"id": "narrow", "steps": [[1.0, 2.0]]}),
@@ -197,7 +193,7 @@ def test_raw_input_every_record_once_rejects_beside_the_output(tmp_path, tiny_da
     with gzip.open(tmp_path / "in" / "b.jsonl.gz", "wt") as handle:
         handle.write("\n".join(good[1:]) + "\n")
     output = tmp_path / "out" / "new.parquet"
-    result = score.run(score.Request(model_dir=model_dir, inputs=(str(tmp_path / "in/*"),),
+    result = score.run(score.Request(model_dir=tiny_model, inputs=(str(tmp_path / "in/*"),),
                                      output=output), ScoreConfig(), echo=lambda line: None)
     rows = _check_parquet(output)
     assert [row["id"] for row in rows] == [json.loads(line)["id"] for line in good]
@@ -209,7 +205,7 @@ def test_raw_input_every_record_once_rejects_beside_the_output(tmp_path, tiny_da
     # the same scores as the preprocessed splits hold for these records
     by_id = {row["id"]: row["score"] for row in rows}
     for split in ("train", "val", "test"):
-        scores = score.score_split(tiny_dataset, model_dir, split)
+        scores = score.score_split(tiny_dataset, tiny_model, split)
         for record_id, value in zip(scores.ids.tolist(), scores.scores, strict=True):
             if record_id in by_id:
                 np.testing.assert_allclose(by_id.pop(record_id), value, rtol=1e-5)
@@ -369,11 +365,11 @@ def test_evaluation_of_a_trained_model_against_the_baselines(tmp_path, tiny_data
     (["--data", "{data}", "--output", "x.parquet", "--normal-label", "nothing*"],
      "no label matches"),
 ])
-def test_cli_errors_are_one_line(tmp_path, monkeypatch, tiny_dataset, model_dir, raw_file,
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, tiny_dataset, tiny_model, raw_file,
                                  capsys, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.format(raw=raw_file, data=tiny_dataset) for a in args]
-    assert cli.main(["score", "--model-dir", str(model_dir), *args]) == 2
+    assert cli.main(["score", "--model-dir", str(tiny_model), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seqpipe score: error:") and "\n" not in err and message in err, err
     assert not (tmp_path / "x.parquet").exists()
@@ -395,12 +391,12 @@ def test_cli_refuses_a_stale_threshold_and_hints_without_one(tmp_path, tiny_data
 
 
 def test_a_model_dir_of_an_older_version_scores_from_its_keras_file(tmp_path, tiny_dataset,
-                                                                    own_model, model_dir):
+                                                                    own_model, tiny_model):
     shutil.rmtree(own_model / SCORER_DIR)
     for name in (METADATA_COPY, CONFIG_FILE):
         assert (own_model / name).is_file()
     old = score.score_split(tiny_dataset, own_model, "test")
-    new = score.score_split(tiny_dataset, model_dir, "test")
+    new = score.score_split(tiny_dataset, tiny_model, "test")
     np.testing.assert_array_equal(old.ids, new.ids)
     np.testing.assert_allclose(old.scores, new.scores, rtol=1e-5)
 
