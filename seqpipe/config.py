@@ -9,6 +9,7 @@ A configuration is a tree of frozen dataclasses, one section per stage:
       model       ModelConfig       the autoencoder
       train       TrainConfig       the training loop
       eval        EvalConfig        SVM evaluation of the embeddings
+      score       ScoreConfig       anomaly scores: threshold, baselines (`seqpipe score`)
 
 A YAML file names only what it changes; everything else keeps the dataclass
 default. Overrides from the command line use dotted keys and YAML values:
@@ -407,6 +408,31 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """Anomaly scores: calibration and baselines (`seqpipe.commands.score`).
+
+    Attributes:
+        quantile: `seqpipe score --threshold-from SPLIT` stores this quantile
+            of that split's scores as the anomaly threshold: a record whose
+            score is above it is flagged `is_anomaly`.
+        threshold: a fixed threshold to store instead of the quantile; null
+            (default) uses the quantile.
+        knn: the k of the nearest-neighbour baseline (mean distance to the k
+            nearest train-split embeddings).
+    """
+
+    quantile: float = 0.99
+    threshold: float | None = None
+    knn: int = 5
+
+    def __post_init__(self):
+        _require(0.0 < self.quantile < 1.0, "score.quantile", "must be in (0, 1)")
+        _require(self.threshold is None or self.threshold >= 0.0, "score.threshold",
+                 "must be null (use the quantile) or >= 0 (scores are squared errors)")
+        _require(self.knn >= 1, "score.knn", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration: one section per stage."""
 
@@ -416,6 +442,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -576,7 +603,11 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
         return tuple(_convert(item_type, item, f"{key}[{i}]")
                      for i, item in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: union types are not supported in configs")
+        # Only `X | None` (an optional value, null in YAML); other unions are ambiguous.
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(options) != 1 or len(typing.get_args(hint)) != 2:
+            raise ConfigError(f"{key}: union types are not supported in configs")
+        return None if value is None else _convert(options[0], value, key)
     return _convert_scalar(hint, value, key)
 
 

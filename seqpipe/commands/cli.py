@@ -6,6 +6,10 @@
     seqpipe train      --data data/ --model-dir runs/x
     seqpipe embed      --data data/ --model-dir runs/x --split test --output emb.parquet
     seqpipe embed      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet
+    seqpipe score      --data data/ --model-dir runs/x --threshold-from val
+    seqpipe score      --data data/ --model-dir runs/x --split test --output scores.parquet
+                       [--normal-label 'normal*' ...]
+    seqpipe score      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet
     seqpipe evaluate   --data data/ --model-dir runs/x
     seqpipe report     --data data/ --model-dir runs/x [--scores scores.parquet]
     seqpipe quickstart [--workdir DIR]
@@ -124,7 +128,7 @@ def preflight(args: argparse.Namespace) -> None:
         if data_metadata is not None:
             metadata_lib.check_compatible(trained_on, data_metadata, model_dir, args.data)
     output = getattr(args, "output", None)
-    if command in ("embed", "evaluate") and output:
+    if command in ("embed", "evaluate", "score") and output:
         _check_output_file(Path(output), args, command)
     elif command == "report" and output:
         _check_output_not_inside(Path(output), args.data, "--data", "report --output")
@@ -170,7 +174,7 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
     _check_output_not_inside(output, args.model_dir, "--model-dir", f"{command} --output",
                              only=TRAINING_ARTEFACTS)
     written = [output]
-    if command == "embed":
+    if command in ("embed", "score"):
         written.append(output.with_suffix(".rejects.jsonl"))
     for pattern in getattr(args, "input", None) or ():
         if "://" in pattern:
@@ -312,6 +316,38 @@ def _embed(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
             "embedding_dim": int(embeddings.vectors.shape[1]), **result}
 
 
+def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, help="a trained model directory")
+    parser.add_argument("--data", help="a preprocessed dataset: the split to score, the "
+                                       "split to calibrate on, the baselines' reference")
+    parser.add_argument("--split", default="test",
+                        help="with --data: the split to score (default: test)")
+    parser.add_argument("--input", action="append",
+                        help="new raw JSON lines to score instead (file or glob, repeatable), "
+                             "validated like `preprocess`")
+    parser.add_argument("--output", help="Parquet file to write (rejections of --input go "
+                                         "to OUTPUT.rejects.jsonl)")
+    parser.add_argument("--threshold-from", choices=("train", "val"),
+                        help="calibrate the anomaly threshold on this split of --data first "
+                             "(score.quantile or score.threshold) and store it in the model dir")
+    parser.add_argument("--normal-label", action="append", metavar="PATTERN",
+                        help="labels matching this glob are normal, others anomalous "
+                             "(repeatable): ROC-AUC and PR-AUC against the baselines")
+
+
+def _score(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
+    from seqpipe.commands import score
+
+    request = score.Request(
+        model_dir=Path(args.model_dir), data_dir=Path(args.data) if args.data else None,
+        split=args.split, inputs=tuple(args.input or ()),
+        output=Path(args.output) if args.output else None,
+        threshold_from=args.threshold_from, normal_labels=tuple(args.normal_label or ()))
+    # With --json, stdout is the JSON alone; the human lines go to stderr.
+    return score.run(request, cfg.score,
+                     echo=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+
+
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (labeled)")
     parser.add_argument("--model-dir", required=True, help="a trained model directory")
@@ -373,6 +409,8 @@ _COMMANDS = (
      "what a dataset holds, and the padding its batching gives"),
     ("train", _train, _add_train_arguments, "train the LSTM autoencoder"),
     ("embed", _embed, _add_embed_arguments, "embed a split to Parquet"),
+    ("score", _score, _add_score_arguments,
+     "anomaly scores (masked reconstruction error per sequence and step) to Parquet"),
     ("evaluate", _evaluate, _add_evaluate_arguments,
      "SVM on embeddings vs pooled-statistics, hybrid and 1-NN DTW baselines"),
     ("report", _report, _add_report_arguments,

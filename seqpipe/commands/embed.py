@@ -30,6 +30,13 @@ Parquet columns: `id` (string), `label` (string, "" when unlabeled), `split`
 (string), `length` (int32), `embedding` (fixed-size list of float32). Every
 record of the split appears exactly once. The file is written to a temporary
 name and renamed, so a killed run leaves no Parquet that looks complete.
+
+The machinery is shared with `seqpipe.commands.score` (anything that applies
+an exported model to a split or to raw input): `split_batches` and
+`raw_batches` (the batches, normalized with the training data's statistics),
+`read_raw` (validation and rejections), `collect` (per-record outputs with
+their keys, in batch order), `KeyedRecords` (rows with their keys) and
+`write_table_atomic`.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,31 +63,57 @@ _EMBEDDING_OUTPUT = "embedding"
 
 
 @dataclasses.dataclass
-class Embeddings:
-    """Embeddings of one split, row-aligned with their records."""
+class KeyedRecords:
+    """Per-record results of one split, row-aligned with their keys.
+
+    Subclasses add row-aligned array fields; `take` and `len` cover them.
+    """
 
     ids: np.ndarray          # [N] str
     labels: np.ndarray       # [N] str
     lengths: np.ndarray      # [N] int32
-    vectors: np.ndarray      # [N, E] float32
     split: str
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, rows: Sequence[int]):
+        """These rows, in this order (every array field)."""
+        rows = np.asarray(rows, np.int64)
+        return dataclasses.replace(self, **{
+            field.name: getattr(self, field.name)[rows]
+            for field in dataclasses.fields(self) if field.name != "split"})
+
+
+@dataclasses.dataclass
+class Embeddings(KeyedRecords):
+    """Embeddings of one split, row-aligned with their records."""
+
+    vectors: np.ndarray      # [N, E] float32
+
     @classmethod
     def empty(cls, split: str, width: int) -> Embeddings:
         """No rows; vectors `[0, width]`."""
-        return cls(ids=np.zeros(0, str), labels=np.zeros(0, str),
-                   lengths=np.zeros(0, np.int32), vectors=np.zeros((0, width), np.float32),
-                   split=split)
+        return cls(**empty_keys(split), vectors=np.zeros((0, width), np.float32))
 
-    def take(self, rows: Sequence[int]) -> Embeddings:
-        """These rows, in this order."""
-        rows = np.asarray(rows, np.int64)
-        return Embeddings(ids=self.ids[rows], labels=self.labels[rows],
-                          lengths=self.lengths[rows], vectors=self.vectors[rows],
-                          split=self.split)
+
+def rows_for(ids: np.ndarray, wanted: Sequence[str]) -> list[int]:
+    """The rows of `ids` holding `wanted`, in the order of `wanted`.
+
+    Raises:
+        ValueError: `ids` and `wanted` are not the same ids, each once.
+    """
+    row_of = {record_id: row for row, record_id in enumerate(ids.tolist())}
+    if len(row_of) != len(ids) or len(wanted) != len(ids) or set(wanted) != set(row_of):
+        raise ValueError(f"the rows do not match the records one to one ({len(ids)} rows, "
+                         f"{len(wanted)} records)")
+    return [row_of[record_id] for record_id in wanted]
+
+
+def empty_keys(split: str) -> dict[str, Any]:
+    """The `KeyedRecords` fields of no records."""
+    return {"ids": np.zeros(0, str), "labels": np.zeros(0, str),
+            "lengths": np.zeros(0, np.int32), "split": split}
 
 
 def load_encoder(model_dir: str | Path):
@@ -111,18 +144,32 @@ def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
         records.DatasetError: the data does not fit the model (feature count,
             schema version) or is missing.
     """
-    model_dir = Path(model_dir)
-    metadata = metadata_lib.read(data_dir)
-    trained_on = training_metadata(model_dir)
-    metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
+    batches = split_batches(data_dir, model_dir, split, batch_size=batch_size)
     encoder = encoder or load_encoder(model_dir)
-    batches = input_pipeline.inference_batches(
-        data_dir, split, _data_config(model_dir, batch_size), metadata=metadata,
-        normalization=trained_on.feature_stats)
     embeddings = _embed_batches(encoder, batches, split)
     if not len(embeddings):
         raise records.DatasetError(f"{data_dir}: split {split!r} has no records")
     return embeddings
+
+
+def split_batches(data_dir: str | Path, model_dir: str | Path, split: str, *,
+                  batch_size: int | None = None) -> Iterator[tuple]:
+    """The batches (with keys) of every record of `split`, ready for a model of `model_dir`.
+
+    The model config's batching in a fixed order (`input_pipeline.inference_batches`),
+    normalized with the statistics of the data the model was trained on.
+
+    Raises:
+        records.DatasetError: the data does not fit the model (feature count,
+            schema version) or is missing; checked before the first batch.
+    """
+    model_dir = Path(model_dir)
+    metadata = metadata_lib.read(data_dir)
+    trained_on = training_metadata(model_dir)
+    metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
+    return input_pipeline.inference_batches(
+        data_dir, split, _data_config(model_dir, batch_size), metadata=metadata,
+        normalization=trained_on.feature_stats)
 
 
 def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=None,
@@ -130,13 +177,9 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
               ) -> tuple[Embeddings, list[sources.Rejection]]:
     """Embeds new raw JSON lines with the model in `model_dir`.
 
-    Every non-blank line is either embedded (exactly once) or rejected, with
-    the checks and reason codes of the Beam job (`seqpipe.dataset.sources`): parsing,
-    the length limits of the model's `preprocess` config (`too_long: truncate`
-    embeds the first `max_length` steps), the feature count of the training
-    data (`wrong_feature_count`), and duplicate ids (the copy with the smallest
-    `(file, line)` is kept). The `split` field of a record is accepted and
-    ignored; every row is labelled `split`.
+    Every non-blank line is either embedded (exactly once) or rejected
+    (`read_raw`). The `split` field of a record is accepted and ignored; every
+    row is labelled `split`.
 
     Args:
         inputs: JSONL file paths or globs (local or any `tf.io.gfile` file
@@ -156,22 +199,79 @@ def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=Non
         FileNotFoundError: an input matches no file.
         records.DatasetError: `model_dir` is not a trained model directory.
     """
+    raw = read_raw(inputs, model_dir)
+    return embed_validated(raw, model_dir, encoder=encoder, batch_size=batch_size,
+                           split=split), raw.rejections
+
+
+def embed_validated(raw: RawInput, model_dir: str | Path, *, encoder=None,
+                    batch_size: int | None = None, split: str = RAW_SPLIT) -> Embeddings:
+    """The embeddings of the kept sequences of `raw` (`read_raw`), in input order."""
+    encoder = encoder or load_encoder(model_dir)
+    if not raw.sequences:
+        width = encoder.structured_outputs[_EMBEDDING_OUTPUT].shape[-1]
+        return Embeddings.empty(split, width)
+    embeddings = _embed_batches(encoder, raw_batches(raw, model_dir, batch_size=batch_size),
+                                split)
+    return embeddings.take(raw.input_order(embeddings.ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """Raw input lines, validated: the kept sequences and the rejections.
+
+    Attributes:
+        sequences: the kept sequences, in input order (file, then line).
+        rejections: every other record, with its reason.
+        width_counts: `{features per step: records}` over the records that
+            parse (kept or not), what the Beam job decides the dataset's
+            feature count from (`feature_count`).
+    """
+
+    sequences: list[sources.Sequence]
+    rejections: list[sources.Rejection]
+    width_counts: dict[int, int]
+
+    @property
+    def feature_count(self) -> int:
+        """The input's feature count as the Beam job would decide it (0: no record parses)."""
+        return sources.dataset_feature_count(self.width_counts)
+
+    def input_order(self, ids: np.ndarray) -> list[int]:
+        """The rows of `ids` (each kept id once, in any order) that put them in input order."""
+        return rows_for(ids, [sequence.id for sequence in self.sequences])
+
+
+def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
+    """Reads and validates raw JSON lines for the model in `model_dir`.
+
+    Every non-blank line is either kept or rejected, with the checks and
+    reason codes of the Beam job (`seqpipe.dataset.sources`): parsing, the
+    length limits of the model's `preprocess` config (`too_long: truncate`
+    keeps the first `max_length` steps), the feature count of the training
+    data (`wrong_feature_count`), and duplicate ids (the copy with the
+    smallest `(file, line)` is kept).
+
+    Raises:
+        FileNotFoundError: an input matches no file.
+        records.DatasetError: `model_dir` is not a trained model directory.
+    """
     model_dir = Path(model_dir)
     trained_on = training_metadata(model_dir)
     cfg = load_config(model_dir / CONFIG_FILE)
-    kept, rejections = _validated_sequences(expand_inputs(inputs), cfg.preprocess,
-                                            trained_on.num_features)
-    encoder = encoder or load_encoder(model_dir)
-    if not kept:
-        width = encoder.structured_outputs[_EMBEDDING_OUTPUT].shape[-1]
-        return Embeddings.empty(split, width), rejections
-    batches = input_pipeline.array_batches(
-        [s.steps for s in kept], [s.id for s in kept], _data_config(model_dir, batch_size),
+    return _validated_sequences(expand_inputs(inputs), cfg.preprocess, trained_on.num_features)
+
+
+def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None = None
+                ) -> Iterator[tuple]:
+    """The batches (with keys) of the kept sequences of `raw` (at least one), sorted by
+    length within windows as the model config says, normalized with the statistics of
+    the data the model was trained on."""
+    trained_on = training_metadata(model_dir)
+    kept = raw.sequences
+    return input_pipeline.array_batches(
+        [s.steps for s in kept], [s.id for s in kept], _data_config(Path(model_dir), batch_size),
         labels=[s.label for s in kept], feature_stats=trained_on.feature_stats)
-    embeddings = _embed_batches(encoder, batches, split)
-    # Batches come sorted by length; the ids (unique after duplicates) give back input order.
-    row_of = {record_id: row for row, record_id in enumerate(embeddings.ids.tolist())}
-    return embeddings.take([row_of[s.id] for s in kept]), rejections
 
 
 def _data_config(model_dir: Path, batch_size: int | None) -> DataConfig:
@@ -184,16 +284,43 @@ def _data_config(model_dir: Path, batch_size: int | None) -> DataConfig:
 
 def _embed_batches(encoder, batches, split: str) -> Embeddings:
     """The encoder's vectors of element-contract batches with keys, in batch order."""
-    parts: dict[str, list[Any]] = {"ids": [], "labels": [], "lengths": [], "vectors": []}
+    def vectors(inputs):
+        return {"vectors": encoder(x=inputs["x"], mask=inputs["mask"])[_EMBEDDING_OUTPUT].numpy()}
+
+    collected = collect(batches, vectors)
+    if collected is None:
+        return Embeddings.empty(split, 0)
+    return Embeddings(split=split, **collected)
+
+
+def collect(batches: Iterable[tuple],
+            outputs: Callable[[dict[str, Any]], dict[str, np.ndarray]],
+            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray] | None:
+    """The keys of every record of `batches` and `outputs(inputs)`, in batch order.
+
+    Args:
+        batches: element-contract batches with keys (`id`, `label`, `length`).
+        outputs: a batch's inputs -> `{name: array with one row per record}`.
+        progress: called with the number of records done after each batch.
+
+    Returns:
+        `{"ids", "labels", "lengths", **outputs}`, each concatenated over the
+        batches (the `KeyedRecords` fields); None when there is no batch.
+    """
+    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    done = 0
     for inputs, _, _ in batches:
-        outputs = encoder(x=inputs["x"], mask=inputs["mask"])
-        parts["vectors"].append(outputs[_EMBEDDING_OUTPUT].numpy())
         parts["ids"].append(inputs["id"].numpy().astype(str))
         parts["labels"].append(inputs["label"].numpy().astype(str))
         parts["lengths"].append(inputs["length"].numpy().astype(np.int32))
-    if not parts["ids"]:
-        return Embeddings.empty(split, 0)
-    return Embeddings(split=split, **{k: np.concatenate(v) for k, v in parts.items()})
+        for name, values in outputs(inputs).items():
+            parts[name].append(values)
+        done += len(parts["ids"][-1])
+        if progress is not None:
+            progress(done)
+    if not parts:
+        return None
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
@@ -228,16 +355,17 @@ def write_rejections(rejections: Sequence[sources.Rejection], path: str | Path) 
     return path
 
 
-def _validated_sequences(files: Sequence[str], cfg, num_features: int
-                         ) -> tuple[list[sources.Sequence], list[sources.Rejection]]:
+def _validated_sequences(files: Sequence[str], cfg, num_features: int) -> RawInput:
     """Every line of `files` as a kept sequence or a rejection (the Beam job's rules)."""
     by_id: dict[str, list[sources.Sequence]] = collections.defaultdict(list)
     rejections: list[sources.Rejection] = []
+    widths: collections.Counter[int] = collections.Counter()
     for path, number, line in _read_lines(files):
         result = sources.validate_json_line(line, path, number, min_length=cfg.min_length,
                                             max_length=cfg.max_length,
                                             too_long=cfg.too_long)
         if isinstance(result, sources.Sequence):
+            widths[result.num_features] += 1
             result = sources.check_feature_count(result, num_features)
         if isinstance(result, sources.Rejection):
             rejections.append(result)
@@ -249,7 +377,7 @@ def _validated_sequences(files: Sequence[str], cfg, num_features: int
         kept.append(sequence)
         rejections.extend(duplicates)
     kept.sort(key=lambda s: (s.source, s.line))
-    return kept, rejections
+    return RawInput(kept, rejections, dict(widths))
 
 
 def _read_lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
@@ -267,19 +395,23 @@ def _read_lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
 def write_parquet(embeddings: Embeddings, output: str | Path) -> Path:
     """Writes embeddings to Parquet atomically (temp file, then rename)."""
     import pyarrow as pa
+
+    dim = embeddings.vectors.shape[1]
+    table = pa.table({
+        **key_columns(embeddings),
+        "embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(embeddings.vectors.astype(np.float32).ravel(), pa.float32()), dim),
+    })
+    return write_table_atomic(table, output)
+
+
+def write_table_atomic(table, output: str | Path) -> Path:
+    """Writes a pyarrow table to Parquet at `output`: a temporary file, then a rename,
+    so a killed run leaves no Parquet that looks complete."""
     import pyarrow.parquet as pq
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    dim = embeddings.vectors.shape[1]
-    table = pa.table({
-        "id": pa.array(embeddings.ids, pa.string()),
-        "label": pa.array(embeddings.labels, pa.string()),
-        "split": pa.array([embeddings.split] * len(embeddings), pa.string()),
-        "length": pa.array(embeddings.lengths, pa.int32()),
-        "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(embeddings.vectors.astype(np.float32).ravel(), pa.float32()), dim),
-    })
     temporary = output.with_name(f".{output.name}.tmp")
     try:
         pq.write_table(table, temporary)
@@ -288,6 +420,15 @@ def write_parquet(embeddings: Embeddings, output: str | Path) -> Path:
         temporary.unlink(missing_ok=True)  # a failed write leaves nothing behind
         raise
     return output
+
+
+def key_columns(rows: KeyedRecords) -> dict[str, Any]:
+    """The `id`, `label`, `split` and `length` Parquet columns of `rows` (pyarrow arrays)."""
+    import pyarrow as pa
+
+    return {"id": pa.array(rows.ids, pa.string()), "label": pa.array(rows.labels, pa.string()),
+            "split": pa.array([rows.split] * len(rows), pa.string()),
+            "length": pa.array(rows.lengths, pa.int32())}
 
 
 def read_parquet(path: str | Path) -> Embeddings:

@@ -270,7 +270,12 @@ def evaluate_1nn_dtw(train_sequences: Sequence[np.ndarray], train_y: Sequence[An
             "seconds": time.monotonic() - started}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+ACCURACY_COLUMNS = (("test_accuracy", "test_acc"), ("test_macro_f1", "macro_f1"),
+                    ("chance_accuracy", "chance"))
+
+
+def format_table(rows: list[dict[str, Any]],
+                 columns: Sequence[tuple[str, str]] = ACCURACY_COLUMNS) -> str:
     """A short human table: method, test accuracy, macro-F1 (and chance if given).
 
     Args:
@@ -278,6 +283,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             `test_macro_f1` and optionally `chance_accuracy`; missing values
             print as `-`. A row with `skipped` (a reason) gets a note line
             under the table.
+        columns: `(key, title)` of each numeric column (default: the keys
+            above); other commands tabulate other scores the same way.
 
     Example:
 
@@ -285,8 +292,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         embeddings        0.912     0.911   0.250
         pooled stats      0.262     0.255   0.250
     """
-    columns = [("test_accuracy", "test_acc"), ("test_macro_f1", "macro_f1"),
-               ("chance_accuracy", "chance")]
     width = max([len("method")] + [len(str(row.get("method", "-"))) for row in rows])
     lines = ["  ".join([f"{'method':<{width}}"] + [f"{title:>8}" for _, title in columns])]
     for row in rows:

@@ -7,8 +7,10 @@ padded timesteps change neither the embedding nor the loss:
 * `seqpipe.model.layers`: the masking layers (`SequenceMask`, `RepeatToLength`,
   `MaskedGaussianNoise`) that carry the mask through the bottleneck;
 * `seqpipe.model.autoencoder`: `build_autoencoder` (the graph: encoder,
-  embedding, decoder) and `export_encoder` (a SavedModel that serves without
-  seqpipe);
+  embedding, decoder), `export_encoder` and `export_scorer` (SavedModels that
+  serve without seqpipe: the embedding, and the reconstruction error per step
+  and per sequence);
 * `seqpipe.model.losses`: `masked_squared_error`, the reconstruction loss over
-  the real timesteps only, and its exact normalization.
+  the real timesteps only, and its exact normalization; `masked_step_errors`,
+  the same errors per step and per sequence (anomaly scores).
 """

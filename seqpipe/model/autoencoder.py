@@ -40,11 +40,14 @@ Options that change the graph (measured in `benchmarks/embedding_quality.py`):
   final state kept of them.
 
 The loss lives in `seqpipe.model.losses`. `export_encoder` saves
-the encoder as a TensorFlow SavedModel that serves without seqpipe.
+the encoder as a TensorFlow SavedModel that serves without seqpipe;
+`export_scorer` saves the autoencoder's masked reconstruction error per step
+and per sequence (the anomaly scores of `seqpipe score`) the same way.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import keras
@@ -57,10 +60,14 @@ from seqpipe.model.layers import (
     RepeatToLength,
     SequenceMask,
 )
+from seqpipe.model.losses import masked_step_errors
 
-__all__ = ["build_autoencoder", "export_encoder"]
+__all__ = ["build_autoencoder", "export_encoder", "export_scorer", "reconstruction_errors",
+           "scorer_module"]
 
 EMBEDDING_KEY = "embedding"
+STEP_ERROR_KEY = "step_error"
+SCORE_KEY = "score"
 SERVING_SIGNATURE = "serving_default"
 
 _RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
@@ -175,20 +182,78 @@ def _recurrent_layer(cfg: ModelConfig, units: int, return_sequences: bool,
     return layer
 
 
-class _EncoderServing(tf.Module):
-    """The exported object: the encoder's variables and one serving function."""
+class ServingModule(tf.Module):
+    """An exportable object: a model's variables and one serving function of `(x, mask)`.
 
-    def __init__(self, encoder: keras.Model, num_features: int):
-        super().__init__(name="seqpipe_encoder")
-        self.encoder = encoder
-        self.serve = tf.function(self._serve, input_signature=[
+    Args:
+        model: the Keras model whose variables the function uses.
+        name: the module's name.
+        outputs: `outputs(model, x, mask) -> {name: tensor}`.
+
+    `serve` is `outputs` as a `tf.function` taking `x` float32
+    `[batch, time, F]` and `mask` float32 `[batch, time]`; call it in-process
+    (`module.serve(x=x, mask=mask)`) or `export` it.
+    """
+
+    def __init__(self, model: keras.Model, name: str, outputs):
+        super().__init__(name=name)
+        self.model = model
+        num_features = model.input["x"].shape[-1]
+        self.serve = tf.function(lambda x, mask: outputs(self.model, x, mask), input_signature=[
             tf.TensorSpec([None, None, num_features], tf.float32, name="x"),
             tf.TensorSpec([None, None], tf.float32, name="mask"),
         ])
 
-    def _serve(self, x, mask):
-        embedding = self.encoder({"x": x, "mask": mask}, training=False)
-        return {EMBEDDING_KEY: embedding}
+    def export(self, path: str | Path) -> Path:
+        """Saves this object as a SavedModel whose `serving_default` is `serve`."""
+        path = Path(path)
+        tf.saved_model.save(self, str(path),
+                            signatures={SERVING_SIGNATURE: self.serve.get_concrete_function()})
+        return path
+
+
+def _embedding(encoder: keras.Model, x, mask) -> dict:
+    return {EMBEDDING_KEY: encoder({"x": x, "mask": mask}, training=False)}
+
+
+def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: bool) -> dict:
+    """The autoencoder's masked reconstruction errors per step and per sequence.
+
+    `step_error` float32 `[batch, time]` is, at each input step, the mean over
+    features of the squared difference between the (normalized) input and its
+    reconstruction, exactly 0.0 on padding; `score` float32 `[batch]` is the
+    mean of a sequence's step errors over its real steps. Both come from
+    `seqpipe.model.losses.masked_step_errors`, the definition of the training
+    loss: a sequence's score is the loss of a batch holding it alone, so it
+    depends neither on the padding nor on the other sequences of its batch.
+
+    A model trained with `data.reverse_target` reconstructs each sequence
+    reversed within its own length; the reconstruction is reversed back
+    before comparing, so `step_error[t]` always belongs to input step `t`.
+
+    Args:
+        autoencoder: the model of `build_autoencoder` (or reloaded from `.keras`).
+        x: float32 `[batch, time, F]`, right-padded.
+        mask: float32 `[batch, time]`, 1.0 on real steps, 0.0 on padding.
+        reverse_target: whether it was trained on reversed targets (the
+            model config's `data.reverse_target`).
+
+    Returns:
+        `{"step_error": [batch, time], "score": [batch]}`.
+    """
+    reconstruction = autoencoder({"x": x, "mask": mask}, training=False)
+    if reverse_target:
+        # Right padding: the real steps are the first `length`, reversed in place.
+        lengths = tf.reduce_sum(tf.cast(mask > 0.5, tf.int32), axis=1)
+        reconstruction = tf.reverse_sequence(reconstruction, lengths, seq_axis=1, batch_axis=0)
+    step_errors, scores = masked_step_errors(x, reconstruction, mask)
+    return {STEP_ERROR_KEY: step_errors, SCORE_KEY: scores}
+
+
+def scorer_module(autoencoder: keras.Model, *, reverse_target: bool) -> ServingModule:
+    """`reconstruction_errors` of `autoencoder` as a `ServingModule` (`export_scorer` saves it)."""
+    return ServingModule(autoencoder, "seqpipe_scorer", functools.partial(
+        reconstruction_errors, reverse_target=bool(reverse_target)))
 
 
 def export_encoder(encoder: keras.Model, path: str | Path) -> Path:
@@ -204,9 +269,30 @@ def export_encoder(encoder: keras.Model, path: str | Path) -> Path:
     Returns:
         `path`, as a `Path`.
     """
-    num_features = encoder.input["x"].shape[-1]
-    module = _EncoderServing(encoder, num_features)
-    path = Path(path)
-    tf.saved_model.save(module, str(path),
-                        signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()})
-    return path
+    return ServingModule(encoder, "seqpipe_encoder", _embedding).export(path)
+
+
+def export_scorer(autoencoder: keras.Model, path: str | Path, *, reverse_target: bool) -> Path:
+    """Exports the reconstruction errors as a TF SavedModel with a `serving_default` signature.
+
+    The signature takes `x` float32 `[batch, time, F]` (normalized with the
+    training data's statistics) and `mask` float32 `[batch, time]`, and
+    returns `{"step_error": float32 [batch, time], "score": float32 [batch]}`
+    (`reconstruction_errors`: per-step mean squared error over features, exactly 0.0
+    on padding; its mean over each sequence's real steps). Loading needs
+    only TensorFlow:
+
+        served = tf.saved_model.load(path).signatures["serving_default"]
+        scores = served(x=x, mask=mask)["score"]
+
+    Args:
+        autoencoder: the trained autoencoder.
+        path: the SavedModel directory to write.
+        reverse_target: whether it was trained on reversed targets
+            (`data.reverse_target`); the errors are then taken against the
+            reconstruction put back in input order.
+
+    Returns:
+        `path`, as a `Path`.
+    """
+    return scorer_module(autoencoder, reverse_target=reverse_target).export(path)

@@ -16,13 +16,19 @@ length; a per-replica mean averaged over replicas changes it with how padding
 is spread among them. `masked_squared_error` returns the two numbers of the
 fraction for one replica's batch; `seqpipe.training.step` sums both across
 replicas and divides (the gradient too), so the loss is exact under any strategy.
+
+The anomaly score of one sequence is the same fraction over that sequence
+alone (`masked_step_errors`): its per-step errors (mean over features of the
+squared error, exactly 0 on padding) averaged over its real steps. Both come
+from one definition of the masked squared errors (`masked_squared_errors`),
+so a sequence's score is the loss a batch holding only it would have.
 """
 
 from __future__ import annotations
 
 from keras import ops
 
-__all__ = ["masked_squared_error"]
+__all__ = ["masked_squared_error", "masked_squared_errors", "masked_step_errors"]
 
 
 def masked_squared_error(targets, predictions, weights):
@@ -48,11 +54,57 @@ def masked_squared_error(targets, predictions, weights):
         `(sum_of_squared_errors, num_valid_values)`, float32 scalars;
         `num_valid_values` is the number of real timesteps times `F`.
     """
+    squared_errors, valid = masked_squared_errors(targets, predictions, weights)
+    num_features = ops.cast(ops.shape(squared_errors)[-1], "float32")
+    num_valid_values = ops.sum(valid) * num_features
+    return ops.sum(squared_errors), num_valid_values
+
+
+def masked_squared_errors(targets, predictions, weights):
+    """The squared error of every entry, exactly 0 on padding, and the valid steps.
+
+    The one definition behind the loss (`masked_squared_error`) and the
+    anomaly scores (`masked_step_errors`). A timestep is valid when its weight
+    is above 0.5; a padded entry is selected away before squaring, so NaN or
+    garbage there reaches neither the value nor the gradient.
+
+    Args:
+        targets: float `[B, T, F]`.
+        predictions: float `[B, T, F]`.
+        weights: float `[B, T]`, 1.0 on real timesteps and 0.0 on padding.
+
+    Returns:
+        `(squared_errors, valid)`: float32 `[B, T, F]` and float32 `[B, T]`
+        (1.0 on valid steps, 0.0 elsewhere).
+    """
     targets = ops.cast(targets, "float32")
     predictions = ops.cast(predictions, "float32")
     valid = ops.greater(ops.cast(weights, "float32"), 0.5)
     errors = ops.where(ops.expand_dims(valid, -1), targets - predictions, 0.0)
-    sum_of_squared_errors = ops.sum(ops.square(errors))
-    num_features = ops.cast(ops.shape(targets)[-1], "float32")
-    num_valid_values = ops.sum(ops.cast(valid, "float32")) * num_features
-    return sum_of_squared_errors, num_valid_values
+    return ops.square(errors), ops.cast(valid, "float32")
+
+
+def masked_step_errors(targets, predictions, weights):
+    """Per-step errors and per-sequence scores: the loss of each sequence on its own.
+
+    Example: the `masked_squared_error` example (targets `[[[1, 2], [1, 2],
+    [1, 1]]]`, predictions `[[[0, 0], [0, 1], [5, 5]]]`, weights `[[1, 1, 0]]`)
+    gives step errors `[[2.5, 1.0, 0.0]]` and the score `[1.75]` = 7 / 4, the
+    batch's loss: a sequence's score is the loss of a batch holding only it,
+    however much padding surrounds it.
+
+    Args:
+        targets: float `[B, T, F]`.
+        predictions: float `[B, T, F]`.
+        weights: float `[B, T]`, 1.0 on real timesteps and 0.0 on padding.
+
+    Returns:
+        `(step_errors, scores)`: float32 `[B, T]`, the mean over features of
+        the squared error, exactly 0.0 on padding; float32 `[B]`, the mean of
+        a sequence's step errors over its valid steps (0.0 for a sequence
+        without any).
+    """
+    squared_errors, valid = masked_squared_errors(targets, predictions, weights)
+    step_errors = ops.mean(squared_errors, axis=-1)
+    scores = ops.sum(step_errors, axis=-1) / ops.maximum(ops.sum(valid, axis=-1), 1.0)
+    return step_errors, scores

@@ -5,6 +5,13 @@
     autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable
     encoder/               SavedModel: serving_default(x, mask) -> {"embedding"}
                            (staged as .encoder.tmp/, then renamed)
+    scorer/                SavedModel: serving_default(x, mask) -> {"step_error"
+                           [B, T], "score" [B]}, the masked reconstruction error
+                           per step and per sequence (`seqpipe score`; staged as
+                           .scorer.tmp/, then renamed). A model dir trained
+                           before it existed has none: `seqpipe score` then
+                           builds the same function from autoencoder.keras
+                           (safe-mode load with seqpipe's layers)
     config.yaml            the resolved config, written when training starts: a
                            resumed run must have the same model section
     dataset_metadata.json  the training data's metadata.json (idem: resuming on
@@ -22,17 +29,28 @@
     .lock                  the pid of the training run writing the directory;
                            left by a killed run, it is taken over by the next
     evaluation.json        `seqpipe evaluate` results (read by `seqpipe report`)
+    score_threshold.json   `seqpipe score --threshold-from SPLIT`: the anomaly
+                           threshold (a quantile of that split's scores, or a
+                           fixed value), the split, its record count and the
+                           weights' SHA-256 from summary.json; later `score`
+                           runs flag `is_anomaly` with it, and refuse it when
+                           the weights changed
+    score_evaluation.json  `seqpipe score --normal-label ...`: ROC-AUC and
+                           PR-AUC of the scores and of the baselines
     report/                `seqpipe report` figures
 
 Under `MultiWorkerMirroredStrategy` only the chief writes here; other workers
 write their checkpoints and logs into temporary directories they delete.
 Writers are `seqpipe.training.outputs` (exports, history, summary),
 `seqpipe.training.resume` (checkpoints, lock) and the commands named above.
+JSON files are replaced atomically (`write_json_atomic`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -41,6 +59,7 @@ from seqpipe.errors import SeqpipeError
 
 AUTOENCODER_FILE = "autoencoder.keras"
 ENCODER_DIR = "encoder"
+SCORER_DIR = "scorer"
 CONFIG_FILE = "config.yaml"
 METADATA_COPY = "dataset_metadata.json"
 HISTORY_FILE = "history.json"
@@ -51,14 +70,17 @@ LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
 EVALUATION_FILE = "evaluation.json"
 REPORT_DIR = "report"
+THRESHOLD_FILE = "score_threshold.json"
+SCORE_EVALUATION_FILE = "score_evaluation.json"
 BACKUP_DIR = f"{CHECKPOINTS_DIR}/backup"
 BEST_DIR = f"{CHECKPOINTS_DIR}/best"
 
 # What only `seqpipe train` writes; other commands must never write over these.
-TRAINING_ARTEFACTS = (AUTOENCODER_FILE, ENCODER_DIR, CONFIG_FILE, METADATA_COPY, HISTORY_FILE,
-                      HISTORY_CSV, SUMMARY_FILE, CHECKPOINTS_DIR, LOGS_DIR)
+TRAINING_ARTEFACTS = (AUTOENCODER_FILE, ENCODER_DIR, SCORER_DIR, CONFIG_FILE, METADATA_COPY,
+                      HISTORY_FILE, HISTORY_CSV, SUMMARY_FILE, CHECKPOINTS_DIR, LOGS_DIR)
 # Everything a model directory may hold; anything else means it is not one.
-ENTRIES = (*TRAINING_ARTEFACTS, LOCK_FILE, EVALUATION_FILE, REPORT_DIR)
+ENTRIES = (*TRAINING_ARTEFACTS, LOCK_FILE, EVALUATION_FILE, REPORT_DIR, THRESHOLD_FILE,
+           SCORE_EVALUATION_FILE)
 
 
 class TrainingError(SeqpipeError, RuntimeError):
@@ -80,3 +102,10 @@ def training_metadata(model_dir: str | Path) -> DatasetMetadata:
         raise DatasetError(f"{model_dir}: not a trained model directory (no {path.name}); "
                            "run `seqpipe train` first")
     return metadata_lib.read_file(path)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """`value` as JSON at `path`, replacing any earlier file in one rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2))
+    temporary.replace(path)

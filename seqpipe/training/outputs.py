@@ -24,7 +24,7 @@ import tensorflow as tf
 from seqpipe.config import Config, dump_config, to_dict
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
-from seqpipe.model.autoencoder import export_encoder
+from seqpipe.model.autoencoder import export_encoder, export_scorer
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
     CONFIG_FILE,
@@ -33,7 +33,9 @@ from seqpipe.training.model_dir import (
     HISTORY_FILE,
     LOGS_DIR,
     METADATA_COPY,
+    SCORER_DIR,
     SUMMARY_FILE,
+    write_json_atomic,
 )
 
 
@@ -86,17 +88,23 @@ class RunOutputs:
 
     def export(self, autoencoder: keras.Model, encoder: keras.Model,
                summary: dict[str, Any]) -> None:
-        """`autoencoder.keras`, the encoder SavedModel and `summary.json` (chief only)."""
+        """`autoencoder.keras`, the encoder and scorer SavedModels and `summary.json`
+        (chief only)."""
         if not self.chief:
             return
         autoencoder.save(self.model_dir / AUTOENCODER_FILE)
-        encoder_dir = self.model_dir / ENCODER_DIR
-        staging = self.model_dir / f".{ENCODER_DIR}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        export_encoder(encoder, staging)
-        shutil.rmtree(encoder_dir, ignore_errors=True)
-        staging.rename(encoder_dir)
+        self._export_staged(ENCODER_DIR, lambda path: export_encoder(encoder, path))
+        self._export_staged(SCORER_DIR, lambda path: export_scorer(
+            autoencoder, path, reverse_target=self.cfg.data.reverse_target))
         write_json_atomic(self.model_dir / SUMMARY_FILE, {**summary, "config": to_dict(self.cfg)})
+
+    def _export_staged(self, name: str, export: Callable[[Path], Any]) -> None:
+        """`export(path)` into `.NAME.tmp/`, then renamed to `NAME/`: never half a SavedModel."""
+        staging = self.model_dir / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        export(staging)
+        shutil.rmtree(self.model_dir / name, ignore_errors=True)
+        staging.rename(self.model_dir / name)
 
     def close(self) -> None:
         """Deletes a worker's temporary directories."""
@@ -165,13 +173,6 @@ def weights_digest(model: keras.Model) -> str:
     for weights in model.get_weights():
         digest.update(weights.tobytes())
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """`value` as JSON at `path`, replacing any earlier file in one rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2))
-    temporary.replace(path)
 
 
 def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:

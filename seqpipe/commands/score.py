@@ -1,0 +1,477 @@
+"""Anomaly scores: a trained autoencoder's masked reconstruction error, per sequence and per step.
+
+The scorer is the model directory's exported SavedModel `MODEL_DIR/scorer`
+(`serving_default(x, mask) -> {"step_error" [B, T], "score" [B]}`,
+`seqpipe.model.autoencoder.reconstruction_errors`); a model directory trained
+before scorers were exported has none, and the same function is then built
+from `autoencoder.keras` (loaded in safe mode with seqpipe's layers). Scoring
+needs only the model directory, not the training code.
+
+* `step_error[t]`: the mean over features of the squared error at input step
+  `t`, in the training data's normalized units, exactly 0 on padding (never
+  part of a score);
+* `score`: the mean of a sequence's step errors over its real steps: the
+  training loss (`seqpipe.model.losses`) of a batch holding that sequence
+  alone. It does not depend on how records are batched or padded, nor on the
+  lengths of their neighbours (up to float rounding).
+
+Sources, as `seqpipe.commands.embed` reads them (the same batching,
+normalization with the TRAINING data's statistics, validation, rejections and
+errors): `score_split(data_dir, model_dir, split)` and
+`score_raw(inputs, model_dir)` (JSON lines; a model whose feature count is
+not the input's is refused before anything is scored).
+
+Parquet columns (`write_parquet`), one row per record, every record exactly
+once (a split: in batch order; raw input: in input order):
+
+    id          string
+    label       string          "" when unlabeled
+    split       string          the split's name, or "raw" for --input
+    length      int32           real steps
+    score       float32         mean of step_error
+    step_error  list<float32>   exactly `length` values, one per input step
+    worst_step  int32           argmax of step_error (the first, on ties)
+    rank        int32           1 = highest score; ties broken by id (ascending)
+    is_anomaly  bool            score > threshold; only when a threshold is stored
+
+Calibration: `calibrate` takes the `ScoreConfig.quantile` of a split's scores
+(or the fixed `ScoreConfig.threshold`) and `write_threshold` stores it in
+`MODEL_DIR/score_threshold.json` with the weights' SHA-256 of `summary.json`;
+`read_threshold` refuses a threshold calibrated on other weights.
+
+Evaluation with labels (`seqpipe.commands.score_evaluation`): ROC-AUC and
+PR-AUC of the scores beside the baselines. `run` is the whole command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqpipe.commands import embed
+from seqpipe.config import ScoreConfig, load_config
+from seqpipe.dataset import records, sources
+from seqpipe.errors import SeqpipeError
+from seqpipe.training.model_dir import (
+    AUTOENCODER_FILE,
+    CONFIG_FILE,
+    SCORE_EVALUATION_FILE,
+    SCORER_DIR,
+    SUMMARY_FILE,
+    THRESHOLD_FILE,
+    training_metadata,
+    write_json_atomic,
+)
+
+RAW_SPLIT = embed.RAW_SPLIT
+# The scorer's outputs (`seqpipe.model.autoencoder.STEP_ERROR_KEY`, `SCORE_KEY`; that
+# module loads Keras, which scoring with an exported scorer does not need).
+_STEP_ERROR_OUTPUT = "step_error"
+_SCORE_OUTPUT = "score"
+# A progress line (stderr) each time this many more records are scored.
+PROGRESS_EVERY = 10_000
+
+
+class ScoreError(SeqpipeError, ValueError):
+    """A scoring request that cannot be served (stale threshold, missing flag...): one line."""
+
+
+@dataclasses.dataclass
+class Scores(embed.KeyedRecords):
+    """Anomaly scores of one split, row-aligned with their records.
+
+    Attributes:
+        scores: float32 `[N]`, each sequence's mean step error.
+        step_errors: `[N]` object array of float32 arrays, one value per real step.
+    """
+
+    scores: np.ndarray
+    step_errors: np.ndarray
+
+    @classmethod
+    def empty(cls, split: str) -> Scores:
+        return cls(**embed.empty_keys(split), scores=np.zeros(0, np.float32),
+                   step_errors=np.empty(0, object))
+
+    @property
+    def worst_steps(self) -> np.ndarray:
+        """int32 `[N]`: the step with the largest error of each record."""
+        return np.asarray([np.argmax(errors) for errors in self.step_errors], np.int32)
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """int32 `[N]`: 1 for the highest score, ties broken by ascending id."""
+        order = np.lexsort((self.ids, -self.scores.astype(np.float64)))
+        ranks = np.empty(len(self), np.int32)
+        ranks[order] = np.arange(1, len(self) + 1, dtype=np.int32)
+        return ranks
+
+
+def load_scorer(model_dir: str | Path) -> Callable[..., dict[str, Any]]:
+    """`scorer(x=, mask=) -> {"step_error", "score"}` of a model directory.
+
+    The exported `scorer/` if present; else the same function built from
+    `autoencoder.keras` (a model dir trained before scorers were exported),
+    with the model config's `data.reverse_target`.
+
+    Raises:
+        records.DatasetError: neither is there.
+    """
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    if (model_dir / SCORER_DIR).is_dir():
+        return tf.saved_model.load(str(model_dir / SCORER_DIR)).signatures["serving_default"]
+    if not (model_dir / AUTOENCODER_FILE).is_file():
+        raise records.DatasetError(f"{model_dir}: no exported scorer ({SCORER_DIR}/) and no "
+                                   f"{AUTOENCODER_FILE}; train a model first (`seqpipe train`)")
+    import keras
+
+    from seqpipe.model import autoencoder as autoencoder_lib  # registers seqpipe's layers
+
+    model = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
+    reverse_target = load_config(model_dir / CONFIG_FILE).data.reverse_target
+    return autoencoder_lib.scorer_module(model, reverse_target=reverse_target).serve
+
+
+def score_split(data_dir: str | Path, model_dir: str | Path, split: str, scorer=None, *,
+                batch_size: int | None = None,
+                progress: Callable[[int], None] | None = None) -> Scores:
+    """Scores every record of `split` of `data_dir` with the model in `model_dir`.
+
+    Args:
+        data_dir: a preprocessed dataset with the model's feature count.
+        model_dir: a trained model directory.
+        split: `train`, `val` or `test`.
+        scorer: the loaded scorer (`load_scorer`), if already loaded.
+        batch_size: overrides the model config's batch size; the scores do
+            not depend on it.
+        progress: called with the number of records scored after each batch.
+
+    Raises:
+        records.DatasetError: the data does not fit the model (checked before
+            anything is loaded), is missing, or the split is empty.
+    """
+    batches = embed.split_batches(data_dir, model_dir, split, batch_size=batch_size)
+    scores = _score_batches(scorer or load_scorer(model_dir), batches, split, progress)
+    if not len(scores):
+        raise records.DatasetError(f"{data_dir}: split {split!r} has no records")
+    return scores
+
+
+def score_raw(inputs: str | Sequence[str], model_dir: str | Path, *, scorer=None,
+              batch_size: int | None = None, split: str = RAW_SPLIT,
+              progress: Callable[[int], None] | None = None
+              ) -> tuple[Scores, list[sources.Rejection]]:
+    """Scores new raw JSON lines (`embed.read_raw`'s validation and rejections).
+
+    Returns:
+        `(scores, rejections)`: scores in input order (file, then line).
+
+    Raises:
+        FileNotFoundError: an input matches no file.
+        records.DatasetError: not a trained model directory, or the input's
+            feature count is not the model's (`check_raw_schema`).
+    """
+    raw = embed.read_raw(inputs, model_dir)
+    check_raw_schema(raw, inputs, model_dir)
+    return score_validated(raw, model_dir, scorer=scorer, batch_size=batch_size, split=split,
+                           progress=progress), raw.rejections
+
+
+def check_raw_schema(raw: embed.RawInput, inputs: str | Sequence[str],
+                     model_dir: str | Path) -> None:
+    """Refuses raw input whose feature count (the most common width among its records,
+    as the Beam job decides it) is not the one the model was trained on.
+
+    Records of another width in input that does fit are rejected one by one
+    (`wrong_feature_count`); input of another schema altogether is refused.
+
+    Raises:
+        records.DatasetError: one line naming the input, both counts and the model.
+    """
+    expected = training_metadata(model_dir).num_features
+    if raw.feature_count and raw.feature_count != expected:
+        shown = inputs if isinstance(inputs, (str, Path)) else ", ".join(map(str, inputs))
+        raise records.DatasetError(
+            f"{shown} has num_features={raw.feature_count!r} but the model in {model_dir} "
+            f"was trained on data with num_features={expected!r}")
+
+
+def score_validated(raw: embed.RawInput, model_dir: str | Path, *, scorer=None,
+                    batch_size: int | None = None, split: str = RAW_SPLIT,
+                    progress: Callable[[int], None] | None = None) -> Scores:
+    """The scores of the kept sequences of `raw` (`embed.read_raw`), in input order."""
+    if not raw.sequences:
+        return Scores.empty(split)
+    batches = embed.raw_batches(raw, model_dir, batch_size=batch_size)
+    scores = _score_batches(scorer or load_scorer(model_dir), batches, split, progress)
+    return scores.take(raw.input_order(scores.ids))
+
+
+def _score_batches(scorer, batches, split: str,
+                   progress: Callable[[int], None] | None) -> Scores:
+    """The scorer's outputs on element-contract batches with keys, in batch order."""
+    def outputs(inputs):
+        served = scorer(x=inputs["x"], mask=inputs["mask"])
+        step_errors = served[_STEP_ERROR_OUTPUT].numpy()
+        per_record = np.empty(len(step_errors), object)
+        for row, length in enumerate(inputs["length"].numpy()):
+            per_record[row] = step_errors[row, :length]
+        return {"scores": served[_SCORE_OUTPUT].numpy(), "step_errors": per_record}
+
+    collected = embed.collect(batches, outputs, progress)
+    return Scores.empty(split) if collected is None else Scores(split=split, **collected)
+
+
+def progress_printer(every: int = PROGRESS_EVERY) -> Callable[[int], None]:
+    """`progress(done)` printing `scored N records` to stderr each `every` more records."""
+    printed = [0]
+
+    def progress(done: int) -> None:
+        if done // every > printed[0] // every:
+            printed[0] = done
+            print(f"scored {done} records", file=sys.stderr, flush=True)
+
+    return progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """An anomaly threshold stored in a model directory (`score_threshold.json`).
+
+    Attributes:
+        threshold: a score above it is an anomaly.
+        method: `quantile` (of `split`'s scores) or `fixed` (`score.threshold`).
+        quantile: the quantile taken (None when fixed).
+        split: the split it was calibrated on.
+        num_records: the records of that split.
+        flagged_fraction: the fraction of them above the threshold.
+        weights_sha256: the model weights' digest from `summary.json` (None
+            if the model dir has none).
+    """
+
+    threshold: float
+    method: str
+    quantile: float | None
+    split: str
+    num_records: int
+    flagged_fraction: float
+    weights_sha256: str | None
+
+
+def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path) -> Threshold:
+    """The threshold `cfg` asks for, from the scores of one split.
+
+    `cfg.threshold` if set (fixed), else the `cfg.quantile` quantile of the
+    scores (linear interpolation, `numpy.quantile`).
+    """
+    values = scores.scores.astype(np.float64)
+    if cfg.threshold is not None:
+        value, method, quantile = float(cfg.threshold), "fixed", None
+    else:
+        value, method, quantile = float(np.quantile(values, cfg.quantile)), "quantile", cfg.quantile
+    return Threshold(threshold=value, method=method, quantile=quantile, split=scores.split,
+                     num_records=len(scores), flagged_fraction=float(np.mean(values > value)),
+                     weights_sha256=weights_sha256(model_dir))
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """The weights' digest `summary.json` records, or None without one."""
+    path = Path(model_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()).get("weights_sha256") if path.is_file() else None
+
+
+def write_threshold(model_dir: str | Path, threshold: Threshold) -> Path:
+    """Stores `threshold` in `MODEL_DIR/score_threshold.json`, atomically."""
+    path = Path(model_dir) / THRESHOLD_FILE
+    write_json_atomic(path, dataclasses.asdict(threshold))
+    return path
+
+
+def read_threshold(model_dir: str | Path) -> Threshold | None:
+    """The stored threshold of a model directory, or None if none was calibrated.
+
+    Raises:
+        ScoreError: it is unreadable, or it was calibrated on other weights
+            than the model's (the digests of `summary.json` differ).
+    """
+    path = Path(model_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    try:
+        threshold = Threshold(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise ScoreError(f"{path}: not a threshold file seqpipe wrote ({error}); "
+                         f"calibrate again (`--threshold-from val`)") from None
+    current = weights_sha256(model_dir)
+    if threshold.weights_sha256 and current and threshold.weights_sha256 != current:
+        raise ScoreError(f"{path} was calibrated on other weights (sha256 "
+                         f"{threshold.weights_sha256[:12]}..., the model's are {current[:12]}...); "
+                         "calibrate again with `--threshold-from val`")
+    return threshold
+
+
+def write_parquet(scores: Scores, output: str | Path,
+                  threshold: Threshold | None = None) -> Path:
+    """Writes the columns of the module docstring atomically (`is_anomaly` with a threshold)."""
+    import pyarrow as pa
+
+    lengths = scores.lengths.astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = (np.concatenate(list(scores.step_errors)) if len(scores)
+              else np.zeros(0, np.float32)).astype(np.float32)
+    columns = {
+        **embed.key_columns(scores),
+        "score": pa.array(scores.scores.astype(np.float32), pa.float32()),
+        "step_error": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                               pa.array(values, pa.float32())),
+        "worst_step": pa.array(scores.worst_steps, pa.int32()),
+        "rank": pa.array(scores.ranks, pa.int32()),
+    }
+    if threshold is not None:
+        columns["is_anomaly"] = pa.array(scores.scores > threshold.threshold, pa.bool_())
+    return embed.write_table_atomic(pa.table(columns), output)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What one `seqpipe score` run does.
+
+    Attributes:
+        model_dir: the trained model directory.
+        data_dir: a preprocessed dataset: what `split` is scored from, the
+            split `threshold_from` calibrates on, and the reference of the
+            baselines (its train split); None with `inputs` only.
+        split: the split of `data_dir` to score.
+        inputs: raw JSON lines to score instead of a split.
+        output: the Parquet file (rejections of `inputs` go beside it, as
+            `OUTPUT.rejects.jsonl`); None only when calibrating alone.
+        threshold_from: calibrate on this split of `data_dir` first.
+        normal_labels: fnmatch patterns of the normal labels: evaluate.
+    """
+
+    model_dir: Path
+    data_dir: Path | None = None
+    split: str = "test"
+    inputs: tuple[str, ...] = ()
+    output: Path | None = None
+    threshold_from: str | None = None
+    normal_labels: tuple[str, ...] = ()
+
+
+def run(request: Request, cfg: ScoreConfig,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The `seqpipe score` command: calibrate, score, write, evaluate, as `request` says.
+
+    A stored threshold is read (and a stale one refused) before anything is
+    scored; `--threshold-from` replaces it first. Without a threshold the
+    output has no `is_anomaly` column and `echo` says how to calibrate.
+
+    Returns:
+        JSON-friendly: `output`, `num_records`, `rejected` and `rejects` (raw
+        input), `threshold` (the `Threshold` used, or None), `num_flagged`,
+        `evaluation` (with `normal_labels`), `threshold_file`.
+
+    Raises:
+        ScoreError: an impossible request (see the messages).
+        records.DatasetError, FileNotFoundError: as `score_split`, `score_raw`.
+    """
+    _check_request(request)
+    result: dict[str, Any] = {}
+    progress = progress_printer()
+    calibrated = None
+    if request.threshold_from:
+        calibrated = score_split(request.data_dir, request.model_dir, request.threshold_from,
+                                 progress=progress)
+        threshold = calibrate(calibrated, cfg, request.model_dir)
+        result["threshold_file"] = str(write_threshold(request.model_dir, threshold))
+        echo(_calibration_line(threshold, result["threshold_file"]))
+    else:
+        threshold = read_threshold(request.model_dir)
+    result["threshold"] = None if threshold is None else dataclasses.asdict(threshold)
+    if request.output is None:
+        return result
+    scores, raw = _scored(request, calibrated, progress)
+    if request.normal_labels:
+        from seqpipe.commands import score_evaluation
+
+        score_evaluation.anomalous(scores.labels, request.normal_labels)  # refused: no output
+    result.update(_write_outputs(request, scores, raw, threshold, echo))
+    if request.normal_labels:
+        evaluation = score_evaluation.evaluate_request(scores, request, cfg, raw)
+        path = Path(request.model_dir) / SCORE_EVALUATION_FILE
+        write_json_atomic(path, evaluation)
+        echo(score_evaluation.format_evaluation(evaluation))
+        echo(f"results: {path}")
+        result["evaluation"] = evaluation
+    return result
+
+
+def _check_request(request: Request) -> None:
+    if request.data_dir is None and not request.inputs:
+        raise ScoreError("score needs --data (a dataset whose --split it scores) or --input "
+                         "(raw JSON lines)")
+    if request.threshold_from and request.data_dir is None:
+        raise ScoreError("--threshold-from needs --data (the dataset whose split calibrates "
+                         "the threshold)")
+    if request.output is None and not request.threshold_from:
+        raise ScoreError("score needs --output (a Parquet file), unless it only calibrates "
+                         "(--threshold-from)")
+    if request.output is None and request.normal_labels:
+        raise ScoreError("--normal-label evaluates the scores it writes: give --output")
+
+
+def _scored(request: Request, calibrated: Scores | None,
+            progress: Callable[[int], None]) -> tuple[Scores, embed.RawInput | None]:
+    """The scores `request` asks for (reusing the calibration split's), and the raw input."""
+    if request.inputs:
+        raw = embed.read_raw(request.inputs, request.model_dir)
+        check_raw_schema(raw, request.inputs, request.model_dir)
+        return score_validated(raw, request.model_dir, progress=progress), raw
+    if calibrated is not None and calibrated.split == request.split:
+        return calibrated, None
+    return score_split(request.data_dir, request.model_dir, request.split,
+                       progress=progress), None
+
+
+def _write_outputs(request: Request, scores: Scores, raw: embed.RawInput | None,
+                   threshold: Threshold | None, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The Parquet file, the rejections beside it, and the lines that say so."""
+    result: dict[str, Any] = {}
+    if raw is not None:
+        result["rejected"] = embed.count_rejections(raw.rejections)
+        if raw.rejections:
+            rejects = embed.write_rejections(raw.rejections, rejects_path(request.output))
+            result["rejects"] = str(rejects)
+            echo(f"rejected {len(raw.rejections)} records {result['rejected']}: see {rejects}")
+    path = write_parquet(scores, request.output, threshold)
+    result.update(output=str(path), num_records=len(scores))
+    if threshold is None:
+        echo(f"wrote {len(scores)} scores to {path}; no anomaly threshold in "
+             f"{request.model_dir}, so no is_anomaly column: calibrate with `seqpipe score "
+             f"--model-dir {request.model_dir} --data DATA --threshold-from val`")
+    else:
+        flagged = int(np.sum(scores.scores > threshold.threshold))
+        result["num_flagged"] = flagged
+        echo(f"wrote {len(scores)} scores to {path}; {flagged} above the threshold "
+             f"{threshold.threshold:.4g} (is_anomaly)")
+    return result
+
+
+def rejects_path(output: str | Path) -> Path:
+    """Where the rejections of raw input go: beside the output, `OUT.rejects.jsonl`."""
+    return Path(output).with_suffix(".rejects.jsonl")
+
+
+def _calibration_line(threshold: Threshold, path: str) -> str:
+    how = (f"the {threshold.quantile:g} quantile" if threshold.method == "quantile"
+           else "fixed (score.threshold)")
+    return (f"threshold {threshold.threshold:.4g} ({how}; {threshold.flagged_fraction:.1%} of "
+            f"{threshold.num_records} {threshold.split} records above it) stored in {path}")
