@@ -330,7 +330,7 @@ class TrainConfig:
     """
 
     epochs: int = 30
-    min_steps: int = 0
+    min_steps: int = 1000
     validation_fraction: float = 0.1
     learning_rate: float = 1e-3
     clipnorm: float = 1.0

@@ -290,7 +290,7 @@ def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
 
     cfg = load_config("default", ["model.activation=relu", "model.units=100",
                                   "model.embedding_dim=0", "train.epochs=10",
-                                  "train.early_stopping_patience=0",
+                                  "train.early_stopping_patience=0", "train.min_steps=0",
                                   "train.checkpoint_every_steps=0"])
     raw = tmp_path / "raw.jsonl"
     synthetic.write_jsonl(cfg.synth, raw)
