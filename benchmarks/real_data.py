@@ -71,6 +71,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
                             "model.embedding_dim=0"),
     "pool+wide": ("model.pooling=[mean,max]", "model.embedding_dim=0"),
     "pool+steps500": ("model.pooling=[mean,max]", "train.min_steps=500"),
+    "steps1000": ("train.min_steps=1000",),
+    "no_holdout": ("train.validation_fraction=0",),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")

@@ -301,14 +301,22 @@ class TrainConfig:
     """The training loop (`seqpipe.training.trainer`).
 
     Attributes:
-        epochs: passes over the train split, at least; raised for small data
-            by `min_steps`.
-        min_steps: the fewest optimizer steps a run takes: with fewer than
-            `min_steps / epochs` batches per epoch (a small train split),
-            the run takes `ceil(min_steps / batches per epoch)` epochs
-            instead (batches per epoch estimated as `ceil(train records /
-            data.batch_size)`); early stopping still applies. 0: `epochs`
-            alone.
+        epochs: the most epochs a run takes (early stopping may end it sooner).
+        min_steps: the fewest optimizer steps a run of `epochs` epochs takes:
+            when the train split has fewer than `min_steps / epochs` batches,
+            each epoch passes over it several times, `ceil(min_steps /
+            (epochs * batches))` (batches estimated as `ceil(train records /
+            data.batch_size)`), each pass in a new order. Epochs stay the
+            unit of validation, backups, history and learning-rate
+            schedules, so their overhead does not grow with the budget. 0:
+            one pass per epoch.
+        validation_fraction: when the dataset has no `val` records, this
+            share of the train split (chosen by a hash of each record,
+            `seqpipe.input_pipeline.data.Holdout`) is held out of training
+            to validate each epoch (early stopping, best weights, learning
+            rate on plateau); 0 trains on all of it and validates on nothing
+            (the best weights are then those of the lowest training loss).
+            Datasets with a `val` split use it and ignore this.
         learning_rate: Adam learning rate.
         clipnorm: gradient clipping by global norm; 0 disables it.
         early_stopping_patience: epochs without a better validation loss
@@ -333,7 +341,8 @@ class TrainConfig:
     """
 
     epochs: int = 30
-    min_steps: int = 0
+    min_steps: int = 1000
+    validation_fraction: float = 0.1
     learning_rate: float = 1e-3
     clipnorm: float = 1.0
     early_stopping_patience: int = 5
@@ -350,6 +359,8 @@ class TrainConfig:
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
         _require(self.min_steps >= 0, "train.min_steps", "must be >= 0")
+        _require(0.0 <= self.validation_fraction < 0.5, "train.validation_fraction",
+                 "must be in [0, 0.5)")
         _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _require(self.clipnorm >= 0, "train.clipnorm", "must be >= 0")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience",

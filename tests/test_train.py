@@ -14,11 +14,13 @@ import time
 import keras
 import numpy as np
 import pytest
+from literal_datasets import DETERMINISTIC, write_dataset
 
 from seqpipe.config import TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 from seqpipe.input_pipeline import data
+from seqpipe.training import inputs as inputs_lib
 from seqpipe.training import trainer as train
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
@@ -33,20 +35,19 @@ from seqpipe.training.resume import model_dir_lock
 from seqpipe.training.step import make_strategy
 
 
-@pytest.mark.parametrize("records_, batch_size, epochs, min_steps, planned", [
-    (270, 32, 30, 2000, 223),    # 9 batches per epoch
-    (270, 32, 30, 0, 30),        # no step budget
-    (100_000, 32, 30, 2000, 30),  # large data: the epochs already exceed the budget
-    (5, 32, 3, 10, 10),          # one (partial) batch per epoch
-    (64, 32, 30, 61, 31),        # ceil(61 / 2)
+@pytest.mark.parametrize("records_, batch_size, epochs, min_steps, passes", [
+    (270, 32, 30, 1000, 4),     # 9 batches per epoch: ceil(1000 / 270)
+    (270, 32, 30, 0, 1),        # no step budget
+    (100_000, 32, 30, 2000, 1),  # large data: the epochs already exceed the budget
+    (5, 32, 3, 10, 4),          # one (partial) batch per epoch: ceil(10 / 3)
+    (64, 32, 30, 61, 2),        # ceil(61 / 60)
+    (64, 32, 30, 60, 1),        # exactly enough
 ])
-def test_min_steps_raises_the_epochs_of_small_data(tiny_config, records_, batch_size, epochs,
-                                                   min_steps, planned):
+def test_min_steps_passes_over_small_data_several_times_per_epoch(
+        tiny_config, records_, batch_size, epochs, min_steps, passes):
     cfg = replace_section(replace_section(tiny_config, "data", batch_size=batch_size),
                           "train", epochs=epochs, min_steps=min_steps)
-    resolved = train.with_planned_epochs(cfg, records_)
-    assert resolved.train.epochs == planned
-    assert resolved.train.min_steps == min_steps and resolved.model == cfg.model
+    assert inputs_lib.passes_per_epoch(cfg, records_) == passes
 
 
 def replace_section(cfg, section, **changes):
@@ -289,7 +290,7 @@ def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
 
     cfg = load_config("default", ["model.activation=relu", "model.units=100",
                                   "model.embedding_dim=0", "train.epochs=10",
-                                  "train.early_stopping_patience=0",
+                                  "train.early_stopping_patience=0", "train.min_steps=0",
                                   "train.checkpoint_every_steps=0"])
     raw = tmp_path / "raw.jsonl"
     synthetic.write_jsonl(cfg.synth, raw)
@@ -299,3 +300,109 @@ def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
     assert sum(h["steps"] for h in history) >= 300
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert summary["final_loss"] < history[0]["loss"]
+
+
+def _literal_sequences(count: int) -> dict[str, np.ndarray]:
+    """`count` sequences of lengths 1..8 and 2 features, distinct values."""
+    rng = np.random.default_rng(7)
+    return {f"s{i:02d}": rng.normal(size=(1 + i % 8, 2)) for i in range(count)}
+
+
+def _ids(dataset) -> list[str]:
+    return [i.decode() for inputs, _, _ in dataset.as_numpy_iterator() for i in inputs["id"]]
+
+
+def test_holdout_splits_the_records_by_content_whatever_the_order_and_sharding(tmp_path):
+    sequences = _literal_sequences(40)
+    cfg = dataclasses.replace(DETERMINISTIC, deterministic=False, shuffle_buffer=8)
+    sides = {}
+    for shards in (1, 3):
+        root = write_dataset(tmp_path / f"shards{shards}", sequences, num_shards=shards)
+        for seed in (1, 2):
+            held_out, kept = (
+                _ids(data.make_dataset(root, "train", cfg, training=True, seed=seed,
+                                       with_keys=True, holdout=data.Holdout(0.25, side)))
+                for side in (True, False))
+            assert len(set(held_out)) == len(held_out) and len(set(kept)) == len(kept)
+            assert not set(held_out) & set(kept)
+            assert sorted(held_out + kept) == sorted(sequences)
+            assert data.count_held_out(root, "train", 0.25) == len(held_out)
+            sides[shards, seed] = sorted(held_out)
+    assert len(set(map(tuple, sides.values()))) == 1
+    assert 0 < len(sides[1, 1]) < 40
+    with pytest.raises(ValueError, match="fraction"):
+        data.Holdout(0.0, held_out=True)
+
+
+def test_without_a_val_split_validation_is_held_out_and_min_steps_repeats_epochs(
+        tmp_path, tiny_config):
+    """The held-out records are validated on exactly (masked mean), never trained on, and
+    `min_steps` makes the one epoch several passes."""
+    root = write_dataset(tmp_path / "data", _literal_sequences(40))
+    held_out = data.Holdout(0.25, held_out=True)
+    num_val = data.count_held_out(root, "train", 0.25)
+    data_cfg = dataclasses.replace(DETERMINISTIC, batch_size=4)
+    one_pass = len(list(data.make_dataset(root, "train", data_cfg, training=True,
+                                          holdout=data.Holdout(0.25, held_out=False))))
+    cfg = dataclasses.replace(
+        tiny_config, data=data_cfg,
+        train=dataclasses.replace(tiny_config.train, epochs=1, min_steps=3 * one_pass - 1,
+                                  validation_fraction=0.25))
+    summary = train.train(root, tmp_path / "model", cfg, verbose=False)
+
+    assert summary["validation"] == "held out of train"
+    assert (summary["num_val_records"], summary["num_train_records"]) == (num_val, 40 - num_val)
+    assert summary["passes_per_epoch"] == 3
+    history = json.loads((tmp_path / "model" / HISTORY_FILE).read_text())
+    assert history[0]["steps"] == 3 * one_pass
+    autoencoder = keras.models.load_model(tmp_path / "model" / AUTOENCODER_FILE, safe_mode=True)
+    sse, count = 0.0, 0.0
+    for inputs, targets, weights in data.make_dataset(root, "train", data_cfg, training=False,
+                                                      holdout=held_out).as_numpy_iterator():
+        predictions = np.asarray(autoencoder(inputs), np.float64)
+        valid = weights.astype(bool)
+        sse += np.square(predictions - targets)[valid].sum()
+        count += valid.sum() * targets.shape[-1]
+    assert count == sum(1 + int(i[1:]) % 8 for i in _ids(data.make_dataset(
+        root, "train", data_cfg, training=False, with_keys=True, holdout=held_out))) * 2
+    assert history[0]["val_loss"] == pytest.approx(sse / count, rel=1e-5)
+
+
+def test_no_holdout_when_the_dataset_has_val_or_the_fraction_is_zero(tiny_dataset, tiny_config):
+    metadata = metadata_lib.read(tiny_dataset)
+    plan = inputs_lib.plan_inputs(tiny_dataset, tiny_config, metadata)
+    assert plan.holdout is None and plan.val_records == metadata.num_records("val") > 0
+    assert plan.describe() == []
+    no_fraction = replace_section(tiny_config, "train", validation_fraction=0.0)
+    assert inputs_lib.plan_inputs(tiny_dataset, no_fraction, metadata).holdout is None
+
+
+def test_passes_of_an_epoch_are_seeded_and_resume_skips_across_them(
+        tmp_path, tiny_dataset, tiny_config):
+    batches = -(-metadata_lib.read(tiny_dataset).num_records("train") // 8)
+    cfg = replace_section(replace_section(tiny_config, "data", batch_size=8, sort_window=24,
+                                          shuffle_buffer=16),
+                          "train", epochs=1, min_steps=2 * batches)
+    trainer = train.Trainer(tiny_dataset, tmp_path / "model", cfg,
+                            strategy=make_strategy("default"), verbose=False)
+    try:
+        assert trainer.inputs.plan.passes_per_epoch == 2
+        one_pass = replace_section(cfg, "train", min_steps=0)
+        single = train.Trainer(tiny_dataset, tmp_path / "single", one_pass,
+                               strategy=make_strategy("default"), verbose=False)
+        try:
+            first_pass = _epoch_batches(single, 3)
+        finally:
+            single.close()
+        both = _epoch_batches(trainer, 3)
+        assert all(np.array_equal(a, b) for a, b in zip(first_pass, both, strict=False))
+        second_pass = both[len(first_pass):]
+        assert len(second_pass) > 0
+        assert not all(np.array_equal(a, b)
+                       for a, b in zip(first_pass, second_pass, strict=False))
+        skip = len(first_pass) + 1
+        resumed = _epoch_batches(trainer, 3, skip=skip)
+        assert len(resumed) == len(both) - skip
+        assert all(np.array_equal(a, b) for a, b in zip(both[skip:], resumed, strict=True))
+    finally:
+        trainer.close()

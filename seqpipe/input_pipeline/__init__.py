@@ -65,6 +65,8 @@ _EXPORTS = {
     "inference_batches": "data",
     "array_batches": "data",
     "padding_efficiency": "data",
+    "Holdout": "data",
+    "count_held_out": "data",
     "normalization_arrays": "reading",
     "plan_window": "batching",
     "plan_buckets": "batching",

@@ -71,6 +71,7 @@ def make_dataset(
     skip_corrupt: bool = False,
     normalization: FeatureStats | None = None,
     seed: int | tf.Tensor | None = None,
+    holdout: Holdout | None = None,
 ) -> tf.data.Dataset:
     """The batched `(inputs, targets, weights)` dataset of one split.
 
@@ -93,6 +94,8 @@ def make_dataset(
             tensor: called inside a `tf.function` with the seed as its
             argument, this builds every epoch's dataset from one trace
             (`seqpipe.training.inputs` does that).
+        holdout: read only the records of the split that `holdout` keeps
+            (a validation set carved from train, or the rest of train).
 
     Returns:
         A dataset following the element contract (`seqpipe.input_pipeline`).
@@ -112,6 +115,8 @@ def make_dataset(
     pairs = reading.read_records(source, skip_corrupt=skip_corrupt,
                                  num_input_pipelines=pipelines, input_pipeline_id=pipeline_id,
                                  shuffle_buffer=0 if ordered else cfg.shuffle_buffer, seed=seed)
+    if holdout is not None:
+        pairs = pairs.filter(holdout.keeps)
     stats = normalization if normalization is not None else source.metadata.feature_stats
     norm = _normalization(cfg, stats, source.num_features)
     per_replica_batch = (cfg.batch_size if input_context is None
@@ -132,6 +137,50 @@ def make_dataset(
         ds = batching.bucket_batches(reading.parse_records(pairs, source.num_features, norm),
                                      buckets, source.num_features, finish)
     return _with_options(ds.prefetch(AUTOTUNE), sharded=input_context is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+    """A fixed share of a split's records, set apart: validation carved from train.
+
+    A record is held out when the 64-bit FarmHash fingerprint of its
+    serialized bytes falls in the lowest `fraction` of the hash range
+    (`tf.strings.to_hash_bucket_fast`, which needs no parsing): a pure
+    function of the record, so every epoch, every input pipeline of a
+    distributed run and a resumed run agree on it, and a record is held out
+    or not whatever the order, sharding or shard count of the split. The
+    share held out is `fraction` of the records in expectation, not exactly
+    (`count_held_out` tells how many).
+
+    Attributes:
+        fraction: the share of records held out, in (0, 1).
+        held_out: keep the held-out records (the carved validation set) if
+            true, all the others (what is left to train on) if false.
+    """
+
+    fraction: float
+    held_out: bool
+
+    _BUCKETS = 1 << 20
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"holdout fraction must be in (0, 1), got {self.fraction}")
+
+    def keeps(self, path: tf.Tensor, serialized: tf.Tensor) -> tf.Tensor:
+        """Whether a `(shard path, serialized record)` pair is on this side of the holdout."""
+        del path
+        bucket = tf.strings.to_hash_bucket_fast(serialized, self._BUCKETS)
+        below = bucket < round(self.fraction * self._BUCKETS)
+        return below if self.held_out else tf.logical_not(below)
+
+
+def count_held_out(data_dir: str | Path, split: str, fraction: float, *,
+                   metadata: DatasetMetadata | None = None) -> int:
+    """How many records of `split` `Holdout(fraction, held_out=True)` keeps (one read of it)."""
+    source = reading.split_source(data_dir, split, metadata)
+    pairs = reading.read_records(source).filter(Holdout(fraction, held_out=True).keeps)
+    return int(pairs.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
 
 
 def inference_batches(

@@ -17,11 +17,20 @@ this module decides how the trainer iterates it:
   (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
 
 Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
+
+What a run reads is planned once, before the first step (`plan_inputs`): the
+validation records (the `val` split, or a share of train held out when the
+dataset has none, `train.validation_fraction`) and the passes over the
+training records per epoch (`train.min_steps`). The plan is a pure function
+of the data and the config, so a resumed run and every worker of a
+distributed one plan the same.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,20 +43,91 @@ from seqpipe.input_pipeline import data
 from seqpipe.training.step import single_replica
 
 
+@dataclasses.dataclass(frozen=True)
+class InputPlan:
+    """What a run trains and validates on, and how many passes make an epoch.
+
+    Attributes:
+        train_records: the records trained on.
+        val_records: the records validated on after each epoch (0: none).
+        holdout: the share of the train split held out as the validation
+            records, when the dataset has no `val` records (else None).
+        passes_per_epoch: passes over the training records per epoch.
+    """
+
+    train_records: int
+    val_records: int
+    holdout: float | None
+    passes_per_epoch: int
+
+    def summary(self) -> dict[str, Any]:
+        """The plan's entries of `summary.json`."""
+        validation = ("none" if self.val_records == 0
+                      else "val split" if self.holdout is None else "held out of train")
+        return {"num_train_records": self.train_records, "num_val_records": self.val_records,
+                "validation": validation, "passes_per_epoch": self.passes_per_epoch}
+
+    def describe(self) -> list[str]:
+        """What a user should know about the plan, one line each (nothing when it is plain)."""
+        lines = []
+        if self.holdout is not None:
+            lines.append(f"no val split: {self.val_records} of "
+                         f"{self.train_records + self.val_records} train records held out "
+                         f"(train.validation_fraction={self.holdout}) to validate each epoch")
+        if self.passes_per_epoch > 1:
+            lines.append(f"small train split: {self.passes_per_epoch} passes over it per "
+                         "epoch (train.min_steps)")
+        return lines
+
+
+def plan_inputs(data_dir: Path, cfg: Config, metadata: DatasetMetadata) -> InputPlan:
+    """The run's `InputPlan` (reads the train split once when it carves validation from it).
+
+    Validation is held out of train only when the dataset has no `val`
+    records, `train.validation_fraction` > 0, and the hash split leaves
+    records on both sides (a train split of a few records may hold out none).
+
+    Example: 270 train records, no val, fraction 0.1, batch size 32, 30
+    epochs, `min_steps: 1000`: about 27 records held out, 243 trained on in
+    8 batches, so `ceil(1000 / (30 * 8)) == 5` passes per epoch.
+    """
+    train_records = metadata.num_records("train")
+    val_records = metadata.num_records("val")
+    holdout = None
+    fraction = cfg.train.validation_fraction
+    if val_records == 0 and fraction > 0:
+        held_out = data.count_held_out(data_dir, "train", fraction, metadata=metadata)
+        if 0 < held_out < train_records:
+            holdout, val_records, train_records = fraction, held_out, train_records - held_out
+    return InputPlan(train_records, val_records, holdout,
+                     passes_per_epoch(cfg, train_records))
+
+
+def passes_per_epoch(cfg: Config, train_records: int) -> int:
+    """Passes over `train_records` per epoch so that `train.epochs` epochs take at least
+    `train.min_steps` steps (batches estimated as `ceil(records / data.batch_size)`)."""
+    batches = max(1, math.ceil(train_records / cfg.data.batch_size))
+    return max(1, math.ceil(cfg.train.min_steps / (cfg.train.epochs * batches)))
+
+
 class TrainingInputs:
     """The batches `Trainer.run()` iterates: `(split, epoch)` from global step `skip`.
 
     The train split is read in training order (shuffled, seeded by the
-    epoch), every other split in evaluation order.
+    epoch; `plan.passes_per_epoch` passes, each in a new order), every other
+    split in evaluation order. `split` is the role (`train`, `val`): with a
+    held-out validation set both read the dataset's train split, each its
+    side of the holdout.
     """
 
     def __init__(self, data_dir: Path, cfg: Config, metadata: DatasetMetadata,
-                 strategy: tf.distribute.Strategy):
+                 strategy: tf.distribute.Strategy, plan: InputPlan | None = None):
         self.data_dir = data_dir
         self.cfg = cfg
         self.metadata = metadata
         self.strategy = strategy
-        self.has_val = metadata.num_records("val") > 0
+        self.plan = plan if plan is not None else plan_inputs(data_dir, cfg, metadata)
+        self.has_val = self.plan.val_records > 0
         self._dataset_builders: dict[tuple, Callable] = {}
         # One replica: each split's batches of every epoch from one iterator.
         self._streams: dict[str, EpochStream] = {}
@@ -176,9 +256,19 @@ class TrainingInputs:
         # cannot take a tensor seed under a graph seed of 0
         # (`keras.utils.set_random_seed(0)`): it compares the pair to (0, 0).
         tf.compat.v1.get_default_graph().seed = None
-        return data.make_dataset(self.data_dir, split, self.cfg.data,
-                                 training=split == "train", metadata=self.metadata,
-                                 input_context=input_context, seed=seed).skip(skip_batches)
+        source_split, holdout = self._source(split)
+        ds = data.make_dataset(self.data_dir, source_split, self.cfg.data,
+                               training=split == "train", metadata=self.metadata,
+                               input_context=input_context, seed=seed, holdout=holdout)
+        if split == "train" and self.plan.passes_per_epoch > 1:
+            ds = ds.repeat(self.plan.passes_per_epoch)  # each pass reshuffles, seeded
+        return ds.skip(skip_batches)
+
+    def _source(self, split: str) -> tuple[str, data.Holdout | None]:
+        """The dataset split a role reads, and the side of the holdout it keeps."""
+        if self.plan.holdout is None or split not in ("train", "val"):
+            return split, None
+        return "train", data.Holdout(self.plan.holdout, held_out=split == "val")
 
 
 class EpochStream:

@@ -86,7 +86,6 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
     model_dir = Path(model_dir)
     metadata = metadata_lib.read(data_dir)
     check_model_dir_compatible(model_dir, metadata, data_dir, cfg)
-    cfg = with_planned_epochs(cfg, metadata.num_records("train"))
     strategy = make_strategy(cfg.train.strategy)
     with model_dir_lock(model_dir, is_chief(strategy)):
         trainer = Trainer(data_dir, model_dir, cfg, metadata=metadata, strategy=strategy,
@@ -95,22 +94,6 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
             return trainer.run()
         finally:
             trainer.close()
-
-
-def with_planned_epochs(cfg: Config, num_train_records: int) -> Config:
-    """`cfg` with `train.epochs` raised so that the run takes `train.min_steps` steps.
-
-    A pure function of the config and the train split's size, so a resumed
-    run plans the same epochs (and the same learning-rate schedule).
-
-    Example: 270 records, batch size 32, `epochs: 30`, `min_steps: 2000`:
-    9 batches per epoch, so `ceil(2000 / 9) == 223` epochs.
-    """
-    batches_per_epoch = max(1, math.ceil(num_train_records / cfg.data.batch_size))
-    epochs = max(cfg.train.epochs, math.ceil(cfg.train.min_steps / batches_per_epoch))
-    if epochs == cfg.train.epochs:
-        return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
 class Trainer:
@@ -158,6 +141,8 @@ class Trainer:
                                           cfg.train.clipnorm, jit_compile)
         self.eval_step = make_eval_step(self.strategy, self.autoencoder, jit_compile)
         self.inputs = TrainingInputs(self.data_dir, cfg, self.metadata, self.strategy)
+        for line in self.inputs.plan.describe():
+            self.outputs.log(line)
 
     def run(self) -> dict[str, Any]:
         """Resumes if a backup exists, trains the remaining epochs, exports the best weights."""
@@ -172,7 +157,7 @@ class Trainer:
         summary = run_summary(
             history, stopped_by, time.monotonic() - started,
             padding_efficiency=self.inputs.padding_efficiency(),
-            num_train_records=self.metadata.num_records("train"),
+            **self.inputs.plan.summary(),
             num_replicas=self.strategy.num_replicas_in_sync,
             weights_sha256=weights_digest(self.autoencoder))
         self.outputs.export(self.autoencoder, self.encoder, summary)
