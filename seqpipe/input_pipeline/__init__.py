@@ -3,7 +3,7 @@
 Modules: `reading` (a split's shards, the one shard reader and record parser,
 normalization), `batching` (length bucketing: boundaries, grids, plans,
 window cuts, padding into the element below), `data` (the datasets:
-`make_dataset`, `inference_batches`, `array_batches`, `padding_efficiency`).
+`make_dataset`, `Holdout`, `inference_batches`, `array_batches`, `padding_efficiency`).
 The public functions are re-exported here.
 
 The element contract

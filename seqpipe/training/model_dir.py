@@ -20,7 +20,9 @@
     history.json, .csv     per-epoch loss, val_loss, learning rate, timesteps/s;
                            one record per finished epoch, in order
     summary.json           epochs, best val loss, throughput, padding efficiency,
-                           the weights' SHA-256 and the config
+                           the records trained and validated on and the passes
+                           per epoch (`training.inputs.InputPlan`), the
+                           weights' SHA-256 and the config
     checkpoints/backup/    the last backup (every `train.checkpoint_every_steps`
                            steps and at every epoch end): weights, optimizer and
                            the run's position, from which a killed run resumes
