@@ -159,10 +159,12 @@ def _read_metadata(output: str) -> DatasetMetadata:
 
 
 def dataset_files(metadata: DatasetMetadata, present: Iterable[str]) -> frozenset[str]:
-    """The names a finished dataset consists of: its listed `files`, or (datasets
-    written before `files`) its shards and the job's other names present."""
+    """The names a finished dataset consists of: its listed `files`, metadata.json and
+    the TFDS metadata present, or (datasets written before `files`) all the job's
+    names present."""
     if metadata.files is not None:
-        return frozenset(metadata.files) | {records.METADATA_FILE}
+        return (frozenset(metadata.files) | {records.METADATA_FILE}
+                | {name for name in TFDS_FILES if name in present})
     return frozenset(name for name in present if is_dataset_name(name))
 
 
@@ -347,14 +349,17 @@ class Commit:
                                    f"the move, {info.size} written")
 
     def finish(self, metadata: DatasetMetadata) -> DatasetMetadata:
-        """Commits: metadata.json (listing `files`) put in place; then the replaced
-        dataset's other files and the staging prefix are deleted.
+        """Commits: metadata.json (listing the moved shards and rejects as `files`) put
+        in place; then the replaced dataset's other files and the staging prefix
+        are deleted.
 
         Returns:
             `metadata` with its `files`, as written.
         """
         self.check_sizes()
-        metadata = dataclasses.replace(metadata, files=dict(sorted(self.files.items())))
+        listed = {name: info for name, info in sorted(self.files.items())
+                  if name not in TFDS_FILES}
+        metadata = dataclasses.replace(metadata, files=listed)
         self.put(records.METADATA_FILE, json.dumps(metadata.to_json(), indent=2).encode())
         self.committed = True
         replaced = self.previous.files - set(self.files) - {records.METADATA_FILE}

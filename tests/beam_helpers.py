@@ -43,6 +43,23 @@ def read_split(directory: Path, metadata: DatasetMetadata, split: str) -> dict[s
     return out
 
 
+# Three rejects: unparseable, empty, duplicate id (of g01).
+BAD_LINES = ["{not json", '{"id": "e", "steps": []}',
+             '{"id": "g01", "steps": [[1, 2, 3], [4, 5, 6]]}']
+
+
+def write_inputs(path: Path, ids: range, bad: bool = True) -> str:
+    """JSON lines: records g{i} of 2..6 steps of 3 features, then `BAD_LINES`."""
+    import json
+
+    lines = [json.dumps({"id": f"g{i:02d}", "label": f"c{i % 2}",
+                         "steps": [[i + 0.5, -t, t * 0.25] for t in range(2 + i % 5)]})
+             for i in ids]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines + (BAD_LINES if bad else [])) + "\n")
+    return str(path)
+
+
 def mirror(source: str, local: Path) -> Path:
     """Copies every object under `source` (any Beam file system), strays and staging
     included, to the local directory `local`, through Beam's `FileSystems`."""
@@ -90,3 +107,11 @@ def reader_view(data_dir: Path) -> dict | None:
         sum(len(ids) for split, ids in view.items() if split != "rejected")
         + view["rejected"])
     return view
+
+
+def committed_names(metadata: DatasetMetadata) -> set[str]:
+    """Every file a committed dataset holds: the listed ones, metadata.json, TFDS's."""
+    from beam_jobs import commit
+
+    tfds = commit.TFDS_FILES if metadata.tfds_readable else ()
+    return {*metadata.files, records.METADATA_FILE, *tfds}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import objtest_filesystem as objtest
 import pytest
-from beam_helpers import mirror, reader_view
+from beam_helpers import committed_names, mirror, reader_view, write_inputs
 
 from beam_jobs import commit
 from beam_jobs import preprocess as job
@@ -28,17 +28,6 @@ from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 
 CFG = PreprocessConfig(min_length=2, max_length=6)
-BAD = ["{not json", '{"id": "e", "steps": []}', '{"id": "g01", "steps": [[1, 2, 3], [4, 5, 6]]}']
-
-
-def write_inputs(path: Path, ids: range, bad: bool = True) -> str:
-    """JSON lines: records g{i} of 2..6 steps of 3 features, then `BAD` (3 rejects)."""
-    lines = [json.dumps({"id": f"g{i:02d}", "label": f"c{i % 2}",
-                         "steps": [[i + 0.5, -t, t * 0.25] for t in range(2 + i % 5)]})
-             for i in ids]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines + (BAD if bad else [])) + "\n")
-    return str(path)
 
 
 def without_time(metadata):
@@ -60,8 +49,7 @@ def test_object_store_output_equals_the_local_one(runs, tmp_path):
     local, remote = runs["local"], runs["remote"]
     assert without_time(remote) == without_time(local)  # files: sizes and SHA-256 too
     assert (remote.counts.read, remote.counts.written, remote.counts.rejected) == (43, 40, 3)
-    listed = set(remote.files) | {records.METADATA_FILE}
-    assert set(commit.list_files(runs["url"])) == listed  # no staging, nothing else
+    assert set(commit.list_files(runs["url"])) == committed_names(remote)  # no staging
     copy = mirror(runs["url"], tmp_path / "copy")
     for name in remote.files:
         assert (copy / name).read_bytes() == (runs["root"] / "local" / name).read_bytes()
@@ -71,14 +59,13 @@ def test_object_store_output_equals_the_local_one(runs, tmp_path):
         f"g{i:02d}" for i in range(40)]
 
 
-def test_metadata_lists_every_file_with_size_and_checksum(runs):
+def test_metadata_lists_every_data_file_with_size_and_checksum(runs):
     files = runs["local"].files
     data_dir = runs["root"] / "local"
     shards = [name for split in records.SPLITS for name in runs["local"].split(split).files]
-    assert sorted(files) == sorted([*shards, "dataset_info.json", "features.json",
-                                    "rejects/rejects-00000-of-00001.jsonl"])
+    assert sorted(files) == sorted([*shards, "rejects/rejects-00000-of-00001.jsonl"])
     assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")
-                  if p.is_file()) == sorted([*files, records.METADATA_FILE])
+                  if p.is_file()) == sorted([*files, *commit.TFDS_FILES, records.METADATA_FILE])
     assert all(info.sha256 is None for name, info in files.items() if "rejects" in name)
     assert all(len(info.sha256) == 64 for name, info in files.items() if "rejects" not in name)
 
@@ -133,7 +120,7 @@ def test_overwrite_swaps_whole_datasets(runs, tmp_path):
     second = job.preprocess([runs["raw"], grown], url, CFG, overwrite=True)
     [prefix] = {name.split("/")[0] for name in second.files if "/" in name}
     assert prefix.startswith(commit.GENERATION_PREFIX)
-    assert set(commit.list_files(url)) == set(second.files) | {records.METADATA_FILE}
+    assert set(commit.list_files(url)) == committed_names(second)
     view = reader_view(mirror(url, tmp_path / "second"))
     assert sorted(i for s in records.SPLITS for i in view[s]) == [f"g{i:02d}" for i in range(52)]
     builder = tfds.builder_from_directory(str(tmp_path / "second"))
@@ -142,7 +129,7 @@ def test_overwrite_swaps_whole_datasets(runs, tmp_path):
 
     third = job.preprocess([runs["raw"]], url, CFG, overwrite=True)
     assert without_time(third) == without_time(runs["remote"])  # the plain names again
-    assert set(commit.list_files(url)) == set(third.files) | {records.METADATA_FILE}
+    assert set(commit.list_files(url)) == committed_names(third)
 
 
 def test_overwrite_of_a_local_dataset_leaves_no_old_directories(runs, tmp_path):
@@ -184,7 +171,7 @@ def test_rerun_cleans_what_dead_runs_left(runs, tmp_path, capsys):
         _leave(url, name)
     result = job.preprocess([runs["raw"]], url, CFG)
     assert f"removed {len(leftovers)} file(s) that a killed run left" in capsys.readouterr().err
-    assert set(commit.list_files(url)) == set(result.files) | {records.METADATA_FILE}
+    assert set(commit.list_files(url)) == committed_names(result)
     assert without_time(result) == without_time(runs["remote"])
 
 
@@ -238,7 +225,7 @@ def test_multi_process_workers_import_the_file_system(runs, tmp_path, monkeypatc
                                                       "--direct_running_mode=multi_processing"])
     assert result.counts == runs["remote"].counts
     assert reader_view(mirror(url, tmp_path / "copy")) == reader_view(runs["root"] / "local")
-    assert set(commit.list_files(url)) == set(result.files) | {records.METADATA_FILE}
+    assert set(commit.list_files(url)) == committed_names(result)
 
 
 def test_metadata_written_before_files_reads_without_size_checks(runs, tmp_path):

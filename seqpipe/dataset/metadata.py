@@ -26,8 +26,8 @@ The file holds, for schema version `records.SCHEMA_VERSION`:
     config             the `preprocess` config section used; inputs: the input patterns
     tfds_readable      whether TFDS metadata was written (tfds_note says why not)
     created            ISO 8601 UTC time of the commit
-    files              {path: {size, sha256}}: every file of the dataset but
-                       metadata.json itself (shards, rejects, TFDS metadata), by its
+    files              {path: {size, sha256}}: every data file of the dataset (the
+                       shards and the rejects; not the metadata files), by its
                        path relative to the dataset directory ("/"-separated), with
                        its size in bytes and the SHA-256 of its bytes (hex; null
                        where the writer did not compute it: the rejects)
