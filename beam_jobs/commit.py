@@ -15,18 +15,11 @@ append: files are created whole, and moved one by one (a rename, or a copy
 then a delete on object stores). The protocol a reader relies on is stated
 once, in `seqpipe.dataset`; this module implements it.
 
-Names under OUTPUT (all relative, "/"-separated):
-
-    metadata.json                         the commit marker, put in place last
-    seqpipe-{split}.tfrecord-...          a dataset's shards and
-    rejects/rejects-*.jsonl               rejects; under `dataset-ID/` when they
-                                          replace a dataset that uses these names
-    dataset_info.json, features.json      TFDS metadata (replaced in place)
-    .staging-PID@HOST-ID/                 a run's work: parts, rejects, summary,
-                                          the new metadata.json before its move
-
-A run may delete only these names; any other file under OUTPUT makes the job
-refuse the output, and so does a finished dataset without `overwrite`.
+The names a run may create or delete under OUTPUT (the layout itself is in
+`seqpipe.dataset`): metadata.json, dataset_info.json, features.json, shard
+names, `rejects/rejects-*.jsonl` (both also under `dataset-ID/`), and
+`.staging-PID@HOST-ID/...`. Any other file under OUTPUT makes the job refuse
+the output, and so does a finished dataset without `overwrite`.
 """
 
 from __future__ import annotations

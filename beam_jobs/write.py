@@ -16,8 +16,9 @@ process, which then bounded both speed and memory. Now only `Candidate`s
 (`validate.CandidateCoder`) and per-part summaries travel; the statistics of
 each part are accumulated while it is written. Part files are TFRecords
 framed with Beam's TFRecord codec and `records.encode_sequence`'s
-hand-written protobuf, so workers never import TensorFlow. The driver renames
-the final parts to their TFDS shard names (`beam_jobs.commit`).
+hand-written protobuf, so workers never import TensorFlow, and hashed
+(SHA-256) as they are written (`HashedFile`). The driver moves the final
+parts to their TFDS shard names (`beam_jobs.commit`).
 
 Shards (`num_shards` 0, the default): the part files the workers wrote, at
 most `TARGET_SHARD_BYTES` (64 MiB) of records each; every bundle splits each
@@ -65,7 +66,7 @@ class ShardPart:
 
     Attributes:
         split: the split of every record in the file.
-        path: where it was written (inside the parts directory).
+        path: where it was written (inside the parts directory, any Beam file system).
         num_records, num_bytes: records in the file and its size.
         sha256: the SHA-256 (hex) of the file's bytes, computed while writing.
         order: sort key among the parts of its split, for the final numbering

@@ -33,8 +33,9 @@ rename or an append, so it holds on object stores):
 
 TFDS's `dataset_info.json` and `features.json` are replaced in place in step
 2, just before the commit: between the two, a TFDS reader sees the new
-dataset and a seqpipe reader the old one, each whole; a run killed there
-leaves TFDS's view ahead until a re-run (seqpipe's readers never read them).
+dataset and a seqpipe reader the old one, each whole. A run killed there
+leaves TFDS's view on files that the re-run deletes first and replaces at its
+own step 2 (seqpipe's readers never read these two files).
 
 Readers trust `metadata.json` alone: they read the files it lists and nothing
 else (a killed run's files, a shard copied in beside them, a staging prefix
