@@ -5,7 +5,11 @@
 
 FLAGS:
     --input PATTERN     input file or glob; repeat for several (required)
-    --output DIR        the dataset directory to create (required)
+    --output DIR        the dataset directory to create (required): a local path
+                        or any Beam file system's URL (gs://, s3://, hdfs://)
+    --overwrite         replace the finished dataset at --output (without it, the
+                        job refuses one); readers see the old one until the new
+                        one is committed
     --format FORMAT     auto | jsonl | csv | parquet (`preprocess.input_format`)
     --config NAME|YAML  a bundled config (default, tiny) or a YAML file
     --set KEY=VALUE     a config override, repeatable: `section.key=value`
@@ -37,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds the job's flags (see the module docstring) to `parser`; returns it."""
     parser.add_argument("--input", action="append", required=True,
                         help="input file or glob (repeatable); .gz read transparently")
-    parser.add_argument("--output", required=True, help="new dataset directory")
+    parser.add_argument("--output", required=True,
+                        help="new dataset directory: a local path or a Beam file system "
+                             "URL (gs://, s3://, hdfs://)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished dataset at --output (readers see the old "
+                             "one until the new one is committed)")
     parser.add_argument("--format", choices=FORMATS,
                         help="input format (preprocess.input_format)")
     parser.add_argument("--config", default="default",
@@ -81,4 +90,5 @@ def job_arguments(args: argparse.Namespace, cfg: Config,
     if args.format:
         preprocess_cfg = dataclasses.replace(preprocess_cfg, input_format=args.format)
     return {"inputs": list(args.input), "output_dir": args.output, "cfg": preprocess_cfg,
-            "pipeline_args": list(pipeline_args), "num_buckets": cfg.data.num_buckets}
+            "pipeline_args": list(pipeline_args), "num_buckets": cfg.data.num_buckets,
+            "overwrite": args.overwrite}

@@ -3,7 +3,7 @@
 `build_metadata` assembles the `seqpipe.dataset.metadata.DatasetMetadata` the
 driver writes as `metadata.json` (`seqpipe.dataset.metadata.write`) from what the pipeline computed
 (`beam_jobs.statistics`, the `_work/summary.json` side file) and the shards
-the driver named (`beam_jobs.commit.finalize_shards`). `write_tfds_metadata`
+the driver named (`beam_jobs.commit.Commit.move_shards`). `write_tfds_metadata`
 writes `dataset_info.json` and `features.json`, so that
 `tfds.builder_from_directory(out_dir)` loads the splits; only for uncompressed
 shards with at least one record (TFDS reads no gzip TFRecords and has no
@@ -34,7 +34,7 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
     Args:
         summary: the pipeline's side file (`counts`, `split_sizes`,
             `length_counts`, `feature_moments`, `label_counts`, `num_features`).
-        shards: `commit.finalize_shards`'s result.
+        shards: `commit.Commit.move_shards`'s result.
         cfg: the `preprocess` config the job ran with (stored as `config`).
         inputs, files: the input patterns as given and the files they matched.
         names: the feature names.
@@ -91,11 +91,18 @@ def _splits(split_sizes: Sequence[Sequence[Any]],
 
 
 def write_tfds_metadata(data_dir: Path, num_features: int,
-                        shards: Mapping[str, Mapping[str, Any]]) -> None:
+                        shards: Mapping[str, Mapping[str, Any]], prefix: str = "") -> None:
     """Writes dataset_info.json/features.json so `tfds.builder_from_directory` reads it.
 
     Split infos come from the shard lengths the job counted (no re-read of the
     data); splits without records are left out (TFDS has no empty splits).
+
+    Args:
+        data_dir: where to write them (a local directory, without the shards).
+        num_features: F.
+        shards: `commit.Commit.move_shards`'s result.
+        prefix: the shards' prefix inside the dataset ("" or `dataset-ID/`),
+            part of each split's file template.
     """
     import tensorflow_datasets as tfds
 
@@ -103,10 +110,20 @@ def write_tfds_metadata(data_dir: Path, num_features: int,
         tfds.core.SplitInfo(
             name=split, shard_lengths=info["shard_lengths"], num_bytes=info["num_bytes"],
             filename_template=tfds.core.ShardedFileTemplate(
-                data_dir=data_dir, template=TFDS_TEMPLATE, dataset_name=records.DATASET_NAME,
+                data_dir=data_dir, template=prefix + TFDS_TEMPLATE,
+                dataset_name=records.DATASET_NAME,
                 split=split, filetype_suffix=records.FILE_FORMAT))
         for split, info in shards.items() if info["num_shards"]]
-    tfds.folder_dataset.write_metadata(
-        data_dir=data_dir, features=records.tfds_features(num_features),
-        split_infos=split_infos, filename_template=TFDS_TEMPLATE, check_data=False,
-        description="seqpipe sequences: id, label, length, steps [length, F] float32.")
+    # TFDS takes the dataset name, file format and splits from the shard names in
+    # `data_dir`; the shards are elsewhere (any file system): empty stand-ins name them.
+    stand_ins = [data_dir / records.shard_name(info.name, 0, 1) for info in split_infos]
+    for stand_in in stand_ins:
+        stand_in.touch()
+    try:
+        tfds.folder_dataset.write_metadata(
+            data_dir=data_dir, features=records.tfds_features(num_features),
+            split_infos=split_infos, filename_template=TFDS_TEMPLATE, check_data=False,
+            description="seqpipe sequences: id, label, length, steps [length, F] float32.")
+    finally:
+        for stand_in in stand_ins:
+            stand_in.unlink()

@@ -25,7 +25,7 @@ The job, one module per concern:
                           rejects, the summary side file
     beam_jobs.statistics  counts, length and feature statistics, suggested buckets
     beam_jobs.metadata    metadata.json and the TFDS metadata
-    beam_jobs.commit      staging beside the output, shard names, atomic commit
+    beam_jobs.commit      staging under the output, moves, metadata.json last
     beam_jobs.flags       the command-line flags
 
 Decisions (details where they are made):
@@ -49,7 +49,11 @@ Decisions (details where they are made):
 - statistics: lengths over every written record (exact quantiles); features
   (population std) over the train split only; `bucket_boundaries` for
   `data.num_buckets` buckets (`statistics.SUGGESTED_NUM_BUCKETS` when 0).
-- atomic: a failed run leaves nothing at the output (`beam_jobs.commit`).
+- output: any Beam file system (local, gs://, s3://, hdfs://, or one of
+  your own named in `--beam_plugins`); a failed run leaves the output as it
+  was, a killed one leaves nothing a reader takes for a dataset, and the
+  next run cleans it up (`beam_jobs.commit`, the protocol in
+  `seqpipe.dataset`).
 
 Counts (read = written + rejected, per reason and per input file) and
 statistics are computed as PCollections and written to a side file that the
@@ -59,77 +63,113 @@ driver reads after the pipeline finished, which works on every runner.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_jobs import commit, flags, metadata, read, statistics, validate, write
 from seqpipe import config as config_lib
 from seqpipe import paths
-from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
 
 
 def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.PreprocessConfig,
-               pipeline_args: Sequence[str] = (), num_buckets: int = 0) -> DatasetMetadata:
+               pipeline_args: Sequence[str] = (), num_buckets: int = 0,
+               overwrite: bool = False) -> DatasetMetadata:
     """Runs the job and returns the metadata it wrote to `output_dir/metadata.json`.
 
     Args:
         inputs: file paths or globs (`.jsonl`, `.csv`, `.parquet`, optionally `.gz`).
-        output_dir: the dataset directory to create; must not exist or be empty.
+        output_dir: the dataset directory (any Beam file system): absent,
+            empty, holding only what a killed run left (deleted first), or a
+            finished dataset to replace with `overwrite`.
         cfg: the `preprocess` section of the config.
-        pipeline_args: Beam pipeline options (`--runner`, `--direct_num_workers`...).
+        pipeline_args: Beam pipeline options (`--runner`, `--direct_num_workers`,
+            `--beam_plugins`...).
         num_buckets: how many bucket boundaries metadata.json suggests
             (`data.num_buckets`; 0: `statistics.SUGGESTED_NUM_BUCKETS`).
+        overwrite: replace a finished dataset at `output_dir`; it stays
+            readable, whole, until the new one is committed.
 
     Raises:
-        commit.OutputExistsError: `output_dir` exists and is not empty.
+        commit.OutputExistsError: `output_dir` holds files the job did not
+            write, or a finished dataset and not `overwrite`.
+        commit.OutputBusyError: a live run of this host writes `output_dir`.
         seqpipe.paths.PathError: `output_dir` overlaps an input, or the input
             patterns would read it on a re-run.
         FileNotFoundError: an input pattern matches no file.
-        read.InputError: an input format this job cannot read yet.
+        read.InputError: an input format this job cannot read yet, or a
+            `--beam_plugins` module that does not import.
     """
+    options = PipelineOptions(list(pipeline_args))
     paths.check_output_outside_inputs(inputs, output_dir)
-    output = commit.check_output_dir(output_dir)
+    import_plugins(options, output_dir)
+    output = commit.output_path(output_dir)
     files = read.expand_inputs(inputs)
     files_by_format = read.group_by_format(files, cfg.input_format)
-    for stale in commit.remove_stale_staging(output):
-        print(f"removed {stale}: the staging directory of a killed run", file=sys.stderr)
-    staging = commit.create_staging(output)
+    previous = commit.prepare_output(output, overwrite)
+    if previous.removed:
+        print(f"removed {len(previous.removed)} file(s) that a killed run left in "
+              f"{output_dir}", file=sys.stderr)
+    run = commit.Run.start(output, previous)
+    job = commit.Commit(run, previous)
     try:
-        with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
-            build_pipeline(pipeline, files_by_format, str(staging), cfg)
-        summary = json.loads((staging / commit.WORK_DIR / commit.SUMMARY_FILE).read_text())
-        shards = commit.finalize_shards(staging, summary["shard_parts"])
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, files_by_format, run.staging, cfg)
+        with FileSystems.open(run.staged(commit.WORK_DIR, commit.SUMMARY_FILE)) as stream:
+            summary = json.loads(stream.read())
+        shards = job.move_shards(summary["shard_parts"])
+        job.move_rejects()
         names = read.feature_names(files_by_format, cfg, summary["num_features"])
         result = metadata.build_metadata(summary, shards, cfg, inputs, files, names,
                                          num_buckets)
         if result.tfds_readable:
-            metadata.write_tfds_metadata(staging, result.num_features, shards)
-        metadata_lib.write(result, staging)
-        commit.commit(staging, output)
+            commit.write_tfds_metadata(job, lambda local: metadata.write_tfds_metadata(
+                local, result.num_features, shards, run.prefix))
+        return job.finish(result)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        job.abandon()
         raise
-    return result
+
+
+def import_plugins(options: PipelineOptions, output_dir: str) -> None:
+    """Imports the `--beam_plugins` modules here, in the driver, and adds the module of
+    the output's file system to them, so the workers import it too.
+
+    A Beam file system is found by its scheme among the `FileSystem`
+    subclasses imported in the process: a file system of your own (or a
+    test's) is usable once its module is named in `--beam_plugins`.
+
+    Raises:
+        read.InputError: a plugin module that does not import.
+    """
+    setup = options.view_as(SetupOptions)
+    for module in setup.beam_plugins or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise read.InputError(f"--beam_plugins {module!r}: {error}") from None
+    module = type(FileSystems.get_filesystem(output_dir)).__module__
+    if not module.startswith("apache_beam."):
+        setup.beam_plugins = sorted({*(setup.beam_plugins or []), module})
 
 
 def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequence[str]],
                    staging_dir: str, cfg: config_lib.PreprocessConfig) -> None:
     """Adds the whole job to `pipeline`, writing into `staging_dir`."""
-    work = os.path.join(staging_dir, commit.WORK_DIR)
+    work = FileSystems.join(staging_dir, commit.WORK_DIR)
     results = ([pipeline
                 | f"list_{fmt}_inputs" >> beam.Create(sorted(files), reshuffle=False)
                 | f"read_{fmt}" >> read.make_reader(fmt, cfg)
                 for fmt, files in files_by_format.items()]
                | "all_records" >> beam.Flatten())
-    parts_dir = os.path.join(work, commit.PARTS_DIR)
+    parts_dir = FileSystems.join(work, commit.PARTS_DIR)
     parts, candidates, record_rejects = results | "write_candidates" >> (
         write.WriteCandidates(parts_dir, cfg.train_fraction, cfg.val_fraction,
                               cfg.compression))
@@ -140,9 +180,9 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
     shards = parts
     if cfg.num_shards:
         shards = parts | "reshard" >> write.Reshard(
-            os.path.join(work, commit.RESHARD_DIR), cfg.num_shards, cfg.compression)
+            FileSystems.join(work, commit.RESHARD_DIR), cfg.num_shards, cfg.compression)
     _ = rejects | "write_rejects" >> write.WriteRejects(
-        os.path.join(staging_dir, commit.REJECTS_DIR, "rejects"))
+        FileSystems.join(staging_dir, commit.REJECTS_DIR, "rejects"))
 
     summary = dict(parts | "compute_stats" >> statistics.ComputeStats())
     summary["counts"] = (results, written, rejects) | "count_records" >> (
@@ -150,7 +190,7 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
     summary["num_features"] = num_features
     summary["shard_parts"] = shards | "shard_part_dicts" >> beam.Map(write.shard_part_dict)
     _ = summary | "write_summary" >> write.WriteSummary(
-        os.path.join(work, commit.SUMMARY_FILE), list_names=("shard_parts",))
+        FileSystems.join(work, commit.SUMMARY_FILE), list_names=("shard_parts",))
 
 
 def format_summary(result: DatasetMetadata, output_dir: str, seconds: float) -> str:
@@ -173,7 +213,7 @@ def format_summary(result: DatasetMetadata, output_dir: str, seconds: float) -> 
         lines.append(f"  {source}: read {per_file['read']} written {per_file['written']} "
                      f"rejected {per_file['rejected']}")
     if counts.rejected:
-        lines.append(f"  rejects: {os.path.join(output_dir, commit.REJECTS_DIR)}/")
+        lines.append(f"  rejects: {commit.rejects_location(output_dir, result)}/")
     if not counts.written:
         lines.append("  WARNING: no record was written (every record was rejected, or "
                      "the inputs are empty); the dataset has no records")

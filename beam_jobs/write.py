@@ -16,8 +16,9 @@ process, which then bounded both speed and memory. Now only `Candidate`s
 (`validate.CandidateCoder`) and per-part summaries travel; the statistics of
 each part are accumulated while it is written. Part files are TFRecords
 framed with Beam's TFRecord codec and `records.encode_sequence`'s
-hand-written protobuf, so workers never import TensorFlow. The driver renames
-the final parts to their TFDS shard names (`beam_jobs.commit`).
+hand-written protobuf, so workers never import TensorFlow, and hashed
+(SHA-256) as they are written (`HashedFile`). The driver moves the final
+parts to their TFDS shard names (`beam_jobs.commit`).
 
 Shards (`num_shards` 0, the default): the part files the workers wrote, at
 most `TARGET_SHARD_BYTES` (64 MiB) of records each; every bundle splits each
@@ -42,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.transforms.window import GlobalWindows
@@ -65,8 +66,9 @@ class ShardPart:
 
     Attributes:
         split: the split of every record in the file.
-        path: where it was written (inside the parts directory).
+        path: where it was written (inside the parts directory, any Beam file system).
         num_records, num_bytes: records in the file and its size.
+        sha256: the SHA-256 (hex) of the file's bytes, computed while writing.
         order: sort key among the parts of its split, for the final numbering
             (the (source, line) of the first record, or the shard index).
         stats: the `statistics.DatasetStatsCombineFn` accumulator of its records (None
@@ -77,6 +79,7 @@ class ShardPart:
     path: str
     num_records: int
     num_bytes: int
+    sha256: str | None = None
     order: tuple = ()
     stats: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -108,6 +111,48 @@ def _compression_type(compression: str) -> str:
     return CompressionTypes.GZIP if compression == "gzip" else CompressionTypes.UNCOMPRESSED
 
 
+class HashedFile:
+    """A new file on any Beam file system that hashes its bytes as they are written.
+
+    The SHA-256 is of the bytes in the file (after compression), as the
+    dataset's `metadata.json` lists it, so nothing is read back to hash it.
+    Write records to `stream` (compressed when `compression` is "gzip").
+    """
+
+    mode = "wb"  # `CompressedFile` checks the mode of the file it wraps
+
+    def __init__(self, path: str, compression: str = "none"):
+        self.path = path
+        self._file = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self.stream = (CompressedFile(self, _compression_type(compression))
+                       if compression == "gzip" else self)
+
+    def write(self, data: bytes) -> None:
+        self._sha256.update(data)
+        self._size += len(data)
+        self._file.write(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        self._file.close()
+
+    def finish(self) -> tuple[int, str]:
+        """Closes the file; its size and SHA-256 (hex)."""
+        self.stream.close()
+        return self._size, self._sha256.hexdigest()
+
+
 def read_tfrecords(path: str, compression: str = "none"):
     """Yields the records of one TFRecord file (no TensorFlow needed)."""
     with FileSystems.open(path, compression_type=_compression_type(compression)) as stream:
@@ -134,8 +179,8 @@ class PartWriter:
         self.split = split
         self.name = name or f"{split}-{uuid.uuid4().hex}"
         self.path = FileSystems.join(parts_dir, self.name)
-        self._stream = FileSystems.create(self.path,
-                                          compression_type=_compression_type(compression))
+        self._file = HashedFile(self.path, compression)
+        self._stream = self._file.stream
         self.num_records = 0
         self.record_bytes = 0
         self._order: tuple = ()
@@ -166,11 +211,10 @@ class PartWriter:
 
     def close(self, order: tuple = ()) -> ShardPart:
         """Closes the file; the part that describes it."""
-        self._stream.close()
+        num_bytes, sha256 = self._file.finish()
         self._flush_stats()
-        [metadata] = FileSystems.match([self.path])[0].metadata_list
         return ShardPart(split=self.split, path=self.path, num_records=self.num_records,
-                         num_bytes=metadata.size_in_bytes, order=order or self._order,
+                         num_bytes=num_bytes, sha256=sha256, order=order or self._order,
                          stats=self._stats)
 
 
@@ -349,16 +393,14 @@ class _WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (split, index), entries = element
-        stream = FileSystems.create(FileSystems.join(self._parts_dir, f"{split}-{index:05d}"),
-                                    compression_type=_compression_type(self._compression))
+        shard = HashedFile(FileSystems.join(self._parts_dir, f"{split}-{index:05d}"),
+                           self._compression)
         entries = sorted(entries, key=lambda entry: (id_hash(entry[0]), entry[0]))
         for _, data in entries:
-            _TFRecordUtil.write_record(stream, data)
-        stream.close()
-        path = FileSystems.join(self._parts_dir, f"{split}-{index:05d}")
-        [metadata] = FileSystems.match([path])[0].metadata_list
-        yield ShardPart(split=split, path=path, num_records=len(entries),
-                        num_bytes=metadata.size_in_bytes, order=(index,))
+            _TFRecordUtil.write_record(shard.stream, data)
+        num_bytes, sha256 = shard.finish()
+        yield ShardPart(split=split, path=shard.path, num_records=len(entries),
+                        num_bytes=num_bytes, sha256=sha256, order=(index,))
 
 
 class Reshard(beam.PTransform):

@@ -1,13 +1,12 @@
-"""beam_jobs.write and beam_jobs.commit: part files, shards, staging directories."""
+"""beam_jobs.write: part files and shards (the commit: tests/test_object_store.py)."""
 
-import os
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from beam_helpers import part_records, seq, written_part
 
-from beam_jobs import commit, write
+from beam_jobs import write
 
 
 def test_write_candidates_rolls_parts_over_at_the_target_size(tmp_path, monkeypatch):
@@ -53,26 +52,3 @@ def test_part_writer_keeps_no_statistics_for_mixed_widths(tmp_path):
     mixed = written_part(tmp_path, "train", [seq("a"), seq("n", width=1), seq("b")])
     assert one_width.stats is not None and mixed.stats is None
     assert (mixed.num_records, len(list(write.read_tfrecords(mixed.path)))) == (3, 3)
-
-
-def test_staging_directories_of_killed_runs_are_removed(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
-    dead, host = int(finished.stdout), socket.gethostname()
-    output = tmp_path / "out"
-    leftovers = {
-        "killed": tmp_path / f".out.tmp-{dead}@{host}-ab12cd34",
-        "alive": tmp_path / f".out.tmp-{os.getpid()}@{host}-ef56gh78",
-        "other host": tmp_path / f".out.tmp-{dead}@not-{host}-ij90kl12",
-        "old format": tmp_path / ".out.tmp-mn34op56",
-        "other output": tmp_path / f".output.tmp-{dead}@{host}-qr78st90",
-    }
-    for leftover in leftovers.values():
-        (leftover / "_work").mkdir(parents=True)
-    assert commit.remove_stale_staging(output) == [leftovers["killed"]]
-    assert not leftovers["killed"].exists()
-    assert all(path.is_dir() for name, path in leftovers.items() if name != "killed")

@@ -360,7 +360,7 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
 def test_both_entry_points_take_the_same_flags():
     job_parser = flags.add_arguments(argparse.ArgumentParser())
     assert _option_strings(job_parser) == {"-h", "--help", "--input", "--output", "--format",
-                                           "--config", "--set"}
+                                           "--config", "--set", "--overwrite"}
     # `seqpipe` adds only what every command has: --json and --debug.
     assert _option_strings(_cli_preprocess_parser()) == _option_strings(job_parser) | {
         "--json", "--debug"}
@@ -371,7 +371,7 @@ def test_both_entry_points_take_the_same_flags():
     cli_args, cli_beam_options = cli._parser().parse_known_args(["preprocess", *argv])
     assert beam_options == cli_beam_options == ["--runner=DirectRunner",
                                                 "--direct_num_workers", "2"]
-    for name in ("input", "output", "format", "config", "set"):
+    for name in ("input", "output", "format", "config", "set", "overwrite"):
         assert getattr(args, name) == getattr(cli_args, name), name
     assert args.input == ["a.jsonl", "raw/*.csv.gz"]
     assert args.set == ["preprocess.max_length=9", "data.num_buckets=4"]
@@ -388,7 +388,8 @@ def test_flags_become_the_call():
     assert call == {"inputs": ["x.csv"], "output_dir": "o",
                     "cfg": dataclasses.replace(PreprocessConfig(), input_format="csv",
                                                min_length=3),
-                    "pipeline_args": ["--runner=DirectRunner"], "num_buckets": 5}
+                    "pipeline_args": ["--runner=DirectRunner"], "num_buckets": 5,
+                    "overwrite": False}
     # Only `preprocess` keys may go without their section; the rest reach load_config as is.
     assert [flags.qualified_override(o) for o in ("too_long=truncate", "data.seed=1",
                                                   "bogus=1", "model=3", "=3")] == [

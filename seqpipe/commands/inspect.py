@@ -4,7 +4,8 @@
     print(format_inspection(result))
 
 `inspect_dataset` reads `metadata.json` (counts, rejects per reason, length
-statistics, bucket boundaries, splits, compression) and iterates the train
+statistics, bucket boundaries, splits, compression), checks that every file
+it lists is there with its listed size, and iterates the train
 split once through `seqpipe.input_pipeline.make_dataset` with the given `DataConfig`
 to measure its padding efficiency (real / padded timesteps): the number that
 tells whether the bucket boundaries and batch sizes suit this data. The
@@ -48,9 +49,11 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
         train split is empty.
 
     Raises:
-        records.DatasetError: not a finished, readable dataset directory.
+        records.DatasetError: not a finished, readable dataset directory, or
+            a listed file missing or of another size than listed.
     """
     metadata = metadata_lib.read(data_dir)
+    metadata_lib.check_files(data_dir, metadata)
     counts, lengths = metadata.counts, metadata.length_stats
     return {
         "data_dir": str(data_dir),

@@ -26,6 +26,24 @@ The file holds, for schema version `records.SCHEMA_VERSION`:
     config             the `preprocess` config section used; inputs: the input patterns
     tfds_readable      whether TFDS metadata was written (tfds_note says why not)
     created            ISO 8601 UTC time of the commit
+    files              {path: {size, sha256}}: every data file of the dataset (the
+                       shards and the rejects; not the metadata files), by its
+                       path relative to the dataset directory ("/"-separated), with
+                       its size in bytes and the SHA-256 of its bytes (hex; null
+                       where the writer did not compute it: the rejects)
+
+Readers trust only the files listed here (`files`, and each split's `files`):
+a stray file beside them (a killed run's, one copied in) is never read, and a
+listed file that is missing or has another size is a `DatasetError` naming it
+(`check_file`). How the job commits a dataset so that a reader never sees a
+mix is stated in `seqpipe.dataset`.
+
+Versions: `schema_version` changes when the records or the meaning of a field
+change. A field added with a default keeps it, and files written before it
+read with the default: `files` is absent (None) in datasets written before
+the object-store commit; their readers read each split's listed `files`
+without the size check. Optional fields (`tfds_note`, `files`) are left out of
+the JSON when None, so the round trip stays exact for old and new files.
 """
 
 from __future__ import annotations
@@ -47,6 +65,14 @@ class SplitInfo:
     num_timesteps: int = 0
     num_shards: int = 0
     files: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """One listed file of a dataset: its size and, where known, its SHA-256 (hex)."""
+
+    size: int
+    sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +137,7 @@ class DatasetMetadata:
     tfds_readable: bool = False
     created: str = ""
     tfds_note: str | None = None
+    files: Mapping[str, FileInfo] | None = None
 
     def split(self, name: str) -> SplitInfo:
         """The split `name`; an empty one when the dataset has no such split."""
@@ -126,10 +153,11 @@ class DatasetMetadata:
         return "GZIP" if self.compression == "gzip" else ""
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of `metadata.json` (lists for tuples; no None-valued note)."""
+        """The JSON object of `metadata.json` (lists for tuples; no None optional field)."""
         tree = _plain(dataclasses.asdict(self))
-        if tree["tfds_note"] is None:
-            del tree["tfds_note"]
+        for name in _OPTIONAL:
+            if tree[name] is None:
+                del tree[name]
         return tree
 
     @classmethod
@@ -213,13 +241,59 @@ def check_compatible(trained_on: DatasetMetadata, metadata: DatasetMetadata,
                 f"was trained on data with {key}={theirs!r}")
 
 
+def listed_path(data_dir: str | Path, name: str) -> str:
+    """The path of the listed file `name` ("/"-separated, relative) in `data_dir` (a
+    local path or a URL such as `gs://bucket/data`)."""
+    if "://" in str(data_dir):
+        return f"{str(data_dir).rstrip('/')}/{name}"
+    return str(Path(data_dir, *name.split("/")))
+
+
+def check_files(data_dir: str | Path, metadata: DatasetMetadata,
+                names: Sequence[str] | None = None) -> dict[str, int]:
+    """Checks listed files against `metadata`; returns their sizes by name.
+
+    Each file is looked up with `tf.io.gfile` (local paths and the file
+    systems TensorFlow reads: gs://, ram://, ...): it must exist and, when the
+    metadata records sizes (`files`), have the recorded size.
+
+    Args:
+        data_dir: the dataset directory.
+        metadata: its metadata.
+        names: the listed names to check (default: every listed file: `files`,
+            or each split's `files` in datasets written before `files`).
+
+    Raises:
+        DatasetError: naming the first file that is missing or has another size.
+    """
+    import tensorflow as tf
+
+    if names is None:
+        names = (list(metadata.files) if metadata.files is not None else
+                 [name for info in metadata.splits.values() for name in info.files])
+    sizes = {}
+    for name in names:
+        path = listed_path(data_dir, name)
+        try:
+            sizes[name] = tf.io.gfile.stat(path).length
+        except tf.errors.NotFoundError:
+            raise DatasetError(f"{path}: listed in {METADATA_FILE} but missing") from None
+        listed = (metadata.files or {}).get(name)
+        if listed is not None and listed.size != sizes[name]:
+            raise DatasetError(f"{path}: {sizes[name]} bytes, but {METADATA_FILE} lists "
+                               f"{listed.size} (changed or truncated since the commit)")
+    return sizes
+
+
 def splits_with_records(metadata: DatasetMetadata, names: Sequence[str] = SPLITS) -> list[str]:
     """The splits among `names` that hold records."""
     return [name for name in names if metadata.num_records(name) > 0]
 
 
+# Fields left out of the JSON when None (absent in files written before them).
+_OPTIONAL = ("tfds_note", "files")
 # Fields whose JSON object maps names to a nested record type.
-_MAPPED = {(DatasetMetadata, "splits"): SplitInfo}
+_MAPPED = {(DatasetMetadata, "splits"): SplitInfo, (DatasetMetadata, "files"): FileInfo}
 _NESTED = {(DatasetMetadata, "length_stats"): LengthStats,
            (DatasetMetadata, "feature_stats"): FeatureStats,
            (DatasetMetadata, "counts"): Counts,
@@ -241,7 +315,9 @@ def _build(cls: type, tree: Any, where: str) -> Any:
         raise ValueError(f"missing field(s) {', '.join(missing)} in {cls.__name__}")
     values = {}
     for name, value in tree.items():
-        if (cls, name) in _MAPPED:
+        if (cls, name) in _MAPPED and value is not None:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a JSON object; Received: {value!r}")
             value = {key: _build(_MAPPED[cls, name], item, where) for key, item in value.items()}
         elif (cls, name) in _NESTED:
             value = _build(_NESTED[cls, name], value, where)

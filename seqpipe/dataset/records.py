@@ -182,7 +182,11 @@ def shard_prefix(split: str) -> str:
 
 
 def split_files(data_dir: str | Path, split: str) -> list[str]:
-    """The shard paths of one split, sorted."""
+    """The shard-named files of one split found in a local directory, sorted.
+
+    A directory listing, for tools that look at files; readers read the
+    files `metadata.json` lists (`seqpipe.dataset.metadata.check_files`).
+    """
     return sorted(str(p) for p in Path(data_dir).glob(f"{shard_prefix(split)}-*-of-*"))
 
 
@@ -199,11 +203,16 @@ def read_split(data_dir: str | Path, split: str,
         metadata: the directory's metadata (`seqpipe.dataset.metadata.read`).
 
     Raises:
-        DatasetError: a corrupt or truncated shard (named) or a malformed record.
+        DatasetError: a listed shard missing or of another size than listed, a
+            corrupt or truncated shard (named) or a malformed record.
     """
     import tensorflow as tf
 
-    for path in split_files(data_dir, split):
+    from seqpipe.dataset import metadata as metadata_lib
+
+    listed = metadata.split(split).files
+    metadata_lib.check_files(data_dir, metadata, listed)
+    for path in (metadata_lib.listed_path(data_dir, name) for name in listed):
         dataset = tf.data.TFRecordDataset(path, compression_type=metadata.tf_compression_type)
         try:
             for serialized in dataset.as_numpy_iterator():

@@ -3,8 +3,9 @@
 Every batch of `seqpipe.input_pipeline` (training, evaluation, embedding)
 comes through these functions:
 
-* `split_source` lists a split's shards from the directory and checks them
-  against `metadata.json`;
+* `split_source` takes a split's shards from `metadata.json` (the files it
+  lists, never a directory listing: stray files are not read) and checks
+  that each exists with its listed size;
 * `read_records` reads them as `(shard path, serialized record)` pairs: this
   input pipeline's share, in a fixed or a shuffled order;
 * `parse_window` parses many serialized records with one
@@ -23,8 +24,9 @@ resynchronize after a bad record), a warning naming it is printed to stderr,
 and records that fail to parse are dropped with
 `ignore_errors(log_warning=True)`. A record whose length does not match its
 values fails naming the record and its shard. A directory without
-`metadata.json`, with an unknown schema version, or without shards for the
-split raises `records.DatasetError`.
+`metadata.json`, with an unknown schema version, without shards for the
+split, or with a listed shard missing or of another size than listed raises
+`records.DatasetError` naming it.
 """
 
 from __future__ import annotations
@@ -62,13 +64,15 @@ class SplitSource:
         data_dir: the dataset directory.
         split: the split's name.
         metadata: the directory's checked metadata.
-        files: the split's shard paths, sorted.
+        files: the split's shard paths, in the order the metadata lists them.
+        sizes: their sizes in bytes.
     """
 
     data_dir: str
     split: str
     metadata: DatasetMetadata
     files: tuple[str, ...]
+    sizes: tuple[int, ...] = ()
 
     @property
     def num_features(self) -> int:
@@ -91,33 +95,23 @@ def split_source(data_dir: str | Path, split: str,
 
     Raises:
         records.DatasetError: no or incompatible metadata, an unknown
-            compression, no shards for the split, or a listed shard missing.
+            compression, no shards for the split, or a listed shard missing
+            or of another size than listed (`metadata.check_files`).
     """
     if metadata is None:
         metadata = metadata_lib.read(data_dir)
     if metadata.compression not in ("none", "gzip"):
         raise records.DatasetError(f"{data_dir}: unknown compression "
                                    f"{metadata.compression!r}")
-    return SplitSource(str(data_dir), split, metadata,
-                       tuple(_split_files(data_dir, split, metadata)))
-
-
-def _split_files(data_dir: str | Path, split: str, metadata: DatasetMetadata) -> list[str]:
-    files = records.split_files(data_dir, split)
-    if not files:
-        known = sorted(metadata.splits)
-        raise records.DatasetError(
-            f"{data_dir}: no shards for split {split!r} (expected files named "
-            f"{records.shard_prefix(split)}-*-of-*; metadata lists splits {known})")
     listed = metadata.split(split).files
-    if listed:
-        present = {Path(f).name for f in files}
-        missing = sorted(set(listed) - present)
-        if missing:
-            raise records.DatasetError(
-                f"{data_dir}: split {split!r} is missing shard(s) listed in "
-                f"{records.METADATA_FILE}: {missing}")
-    return files
+    if not listed:
+        known = sorted(name for name in metadata.splits if metadata.split(name).files)
+        raise records.DatasetError(f"{data_dir}: no shards for split {split!r} "
+                                   f"({records.METADATA_FILE} lists shards for {known})")
+    sizes = metadata_lib.check_files(data_dir, metadata, listed)
+    return SplitSource(str(data_dir), split, metadata,
+                       tuple(metadata_lib.listed_path(data_dir, name) for name in listed),
+                       tuple(sizes[name] for name in listed))
 
 
 def read_records(source: SplitSource, *, skip_corrupt: bool = False,
@@ -153,7 +147,8 @@ def read_records(source: SplitSource, *, skip_corrupt: bool = False,
             "every pipeline reads every shard; write at least %d shards to shard by file",
             source.data_dir, source.split, len(files), num_input_pipelines,
             num_input_pipelines)
-    expected = np.array([_expected_bytes(f, source.compression) for f in files], np.int64)
+    expected = np.array([_expected_bytes(f, size, source.compression)
+                         for f, size in zip(files, source.sizes, strict=True)], np.int64)
     ds = tf.data.Dataset.from_tensor_slices((files, expected))
     if shard_files:
         ds = ds.shard(num_input_pipelines, input_pipeline_id)
@@ -177,13 +172,13 @@ def read_records(source: SplitSource, *, skip_corrupt: bool = False,
     return ds
 
 
-def _expected_bytes(path: str, compression: str) -> int:
-    """The decompressed size of a shard; its records must account for every byte.
+def _expected_bytes(path: str, size: int, compression: str) -> int:
+    """The decompressed size of a shard of `size` bytes; its records must account for
+    every byte.
 
     For gzip this is the trailer's ISIZE (size mod 2**32, of the last gzip
     member: a shard written as several gzip members would be reported corrupt).
     """
-    size = tf.io.gfile.stat(path).length
     if compression != "gzip":
         return size
     if size < 4:

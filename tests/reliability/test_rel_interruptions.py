@@ -1,7 +1,8 @@
 """Interruptions: SIGKILL of real `seqpipe` subprocesses at random moments.
 
 * `preprocess` killed mid-run leaves nothing at `--output` that looks finished
-  (no `metadata.json`), and a re-run succeeds;
+  (no `metadata.json`), and a re-run succeeds and removes what it left
+  (tests/reliability/test_rel_object_store.py kills it at every commit step);
 * `train` killed several times in a loop always resumes and finishes with the
   configured epochs and an honest history (each epoch once, in order);
 * `embed` killed mid-run leaves no partial Parquet at `--output`.
@@ -17,12 +18,15 @@ import math
 import os
 import random
 import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
+from beam_helpers import committed_names
 from reliability_helpers import run_cli, start_cli
 
+from beam_jobs import commit
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 
@@ -55,7 +59,7 @@ def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path
         proc = start_cli("preprocess", "--input", raw / "*.jsonl", "--output", out,
                          log=tmp_path / "preprocess.log")
         # the job is fast: wait until its staging directory exists, then a random delay
-        while proc.poll() is None and not list(tmp_path.glob(f".data.tmp-{proc.pid}@*")):
+        while proc.poll() is None and not list(out.glob(f".staging-{proc.pid}@*")):
             time.sleep(0.01)
         delay = rng.uniform(0.0, 1.2)
         killed = _kill_after(proc, delay)
@@ -64,20 +68,23 @@ def test_preprocess_killed_leaves_no_finished_output_and_rerun_succeeds(tmp_path
             break
         kills += 1
         assert not (out / records.METADATA_FILE).exists()
-        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
-        # a staging dir may be left behind, hidden, and never with metadata.json; the
-        # next run deletes it (its owner is dead)
-        leftovers = list(tmp_path.glob(".data.tmp-*"))
-        assert [p.name for p in leftovers if f".tmp-{proc.pid}@" not in p.name] == []
-        for leftover in leftovers:
-            assert not (leftover / records.METADATA_FILE).exists() or not out.exists()
+        # left: the run's staging directory, and shards or rejects it had moved into
+        # place; never metadata.json, so no reader takes them for a dataset, and the
+        # next run deletes them (their run is dead)
+        left = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+        assert all(commit.staging_owner(name) or commit.is_dataset_name(name)
+                   for name in left), left
+        assert {commit.staging_owner(name).rsplit("-", 1)[0] for name in left
+                if commit.staging_owner(name)} <= {f"{proc.pid}@{socket.gethostname()}"}
     assert kills >= 1, "the job finished before any kill: make the corpus bigger"
     if not (out / records.METADATA_FILE).exists():
         proc = run_cli("preprocess", "--input", raw / "*.jsonl", "--output", out)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    assert not list(tmp_path.glob(".data.tmp-*"))  # the killed runs' staging dirs removed
     metadata = metadata_lib.read(out)
     assert metadata.counts.read == metadata.counts.written == 12000
+    # the killed runs' leftovers removed: only the listed files remain
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == (
+        sorted(committed_names(metadata)))
 
 
 @pytest.mark.slow
