@@ -72,8 +72,9 @@ def planned(shape: Shape) -> dict[str, Any]:
     records = round(shape.sequences * TRAIN_SHARE)
     held_out = round(records * cfg.train.validation_fraction)
     trained = records - held_out
-    passes = passes_per_epoch(cfg, trained)
-    steps_per_epoch = passes * math.ceil(trained / cfg.data.batch_size)
+    batches = math.ceil(trained / cfg.data.batch_size)  # fewer than a pass cuts: a floor
+    passes = passes_per_epoch(cfg, batches)
+    steps_per_epoch = passes * batches
     return {"train_records": trained, "val_records": held_out, "passes_per_epoch": passes,
             "steps_per_epoch": steps_per_epoch, "max_steps": steps_per_epoch * cfg.train.epochs}
 

@@ -35,19 +35,18 @@ from seqpipe.training.resume import model_dir_lock
 from seqpipe.training.step import make_strategy
 
 
-@pytest.mark.parametrize("records_, batch_size, epochs, min_steps, passes", [
-    (270, 32, 30, 1000, 4),     # 9 batches per epoch: ceil(1000 / 270)
-    (270, 32, 30, 0, 1),        # no step budget
-    (100_000, 32, 30, 2000, 1),  # large data: the epochs already exceed the budget
-    (5, 32, 3, 10, 4),          # one (partial) batch per epoch: ceil(10 / 3)
-    (64, 32, 30, 61, 2),        # ceil(61 / 60)
-    (64, 32, 30, 60, 1),        # exactly enough
+@pytest.mark.parametrize("batches, epochs, min_steps, passes", [
+    (9, 30, 1000, 4),     # ceil(1000 / 270)
+    (9, 30, 0, 1),        # no step budget
+    (3125, 30, 2000, 1),  # large data: the epochs already exceed the budget
+    (1, 3, 10, 4),        # one (partial) batch per epoch: ceil(10 / 3)
+    (2, 30, 61, 2),       # ceil(61 / 60)
+    (2, 30, 60, 1),       # exactly enough
 ])
 def test_min_steps_passes_over_small_data_several_times_per_epoch(
-        tiny_config, records_, batch_size, epochs, min_steps, passes):
-    cfg = replace_section(replace_section(tiny_config, "data", batch_size=batch_size),
-                          "train", epochs=epochs, min_steps=min_steps)
-    assert inputs_lib.passes_per_epoch(cfg, records_) == passes
+        tiny_config, batches, epochs, min_steps, passes):
+    cfg = replace_section(tiny_config, "train", epochs=epochs, min_steps=min_steps)
+    assert inputs_lib.passes_per_epoch(cfg, batches) == passes
 
 
 def replace_section(cfg, section, **changes):
@@ -379,10 +378,9 @@ def test_no_holdout_when_the_dataset_has_val_or_the_fraction_is_zero(tiny_datase
 
 def test_passes_of_an_epoch_are_seeded_and_resume_skips_across_them(
         tmp_path, tiny_dataset, tiny_config):
-    batches = -(-metadata_lib.read(tiny_dataset).num_records("train") // 8)
-    cfg = replace_section(replace_section(tiny_config, "data", batch_size=8, sort_window=24,
-                                          shuffle_buffer=16),
-                          "train", epochs=1, min_steps=2 * batches)
+    cfg = replace_section(tiny_config, "data", batch_size=8, sort_window=24, shuffle_buffer=16)
+    counted = len(list(data.make_dataset(tiny_dataset, "train", cfg.data, training=True)))
+    cfg = replace_section(cfg, "train", epochs=1, min_steps=counted + 1)
     trainer = train.Trainer(tiny_dataset, tmp_path / "model", cfg,
                             strategy=make_strategy("default"), verbose=False)
     try:

@@ -81,15 +81,21 @@ class InputPlan:
 
 
 def plan_inputs(data_dir: Path, cfg: Config, metadata: DatasetMetadata) -> InputPlan:
-    """The run's `InputPlan` (reads the train split once when it carves validation from it).
+    """The run's `InputPlan`.
 
     Validation is held out of train only when the dataset has no `val`
     records, `train.validation_fraction` > 0, and the hash split leaves
-    records on both sides (a train split of a few records may hold out none).
+    records on both sides (a train split of a few records may hold out none);
+    finding out reads the train split once. Passes per epoch: when
+    `train.epochs` epochs of `ceil(records / batch_size)` batches fall short
+    of `train.min_steps` (small data), the batches of one pass are counted by
+    reading it (variable lengths cut windows into more, smaller batches than
+    that estimate), and the passes follow from the count.
 
     Example: 270 train records, no val, fraction 0.1, batch size 32, 30
-    epochs, `min_steps: 1000`: about 27 records held out, 243 trained on in
-    8 batches, so `ceil(1000 / (30 * 8)) == 5` passes per epoch.
+    epochs, `min_steps: 1000`: about 27 records held out, 243 trained on; if
+    one pass over them is 8 batches, `ceil(1000 / (30 * 8)) == 5` passes per
+    epoch.
     """
     train_records = metadata.num_records("train")
     val_records = metadata.num_records("val")
@@ -99,15 +105,23 @@ def plan_inputs(data_dir: Path, cfg: Config, metadata: DatasetMetadata) -> Input
         held_out = data.count_held_out(data_dir, "train", fraction, metadata=metadata)
         if 0 < held_out < train_records:
             holdout, val_records, train_records = fraction, held_out, train_records - held_out
-    return InputPlan(train_records, val_records, holdout,
-                     passes_per_epoch(cfg, train_records))
+    passes = passes_per_epoch(cfg, math.ceil(train_records / cfg.data.batch_size))
+    if passes > 1:
+        trained = None if holdout is None else data.Holdout(holdout, held_out=False)
+        passes = passes_per_epoch(cfg, _count_batches(data.make_dataset(
+            data_dir, "train", cfg.data, training=True, metadata=metadata, holdout=trained)))
+    return InputPlan(train_records, val_records, holdout, passes)
 
 
-def passes_per_epoch(cfg: Config, train_records: int) -> int:
-    """Passes over `train_records` per epoch so that `train.epochs` epochs take at least
-    `train.min_steps` steps (batches estimated as `ceil(records / data.batch_size)`)."""
-    batches = max(1, math.ceil(train_records / cfg.data.batch_size))
-    return max(1, math.ceil(cfg.train.min_steps / (cfg.train.epochs * batches)))
+def passes_per_epoch(cfg: Config, batches_per_pass: int) -> int:
+    """Passes per epoch so that `train.epochs` epochs of `batches_per_pass` batches
+    take at least `train.min_steps` steps."""
+    return max(1, math.ceil(cfg.train.min_steps / (cfg.train.epochs * max(1, batches_per_pass))))
+
+
+def _count_batches(dataset: tf.data.Dataset) -> int:
+    """The batches of one pass over `dataset` (reads it)."""
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
 
 
 class TrainingInputs:
