@@ -44,13 +44,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {
                          "model.layers=2"),
     "reverse+stacked2+all_layers": ("data.reverse_target=true", "model.bidirectional=false",
                                     "model.layers=2", "model.embedding_from=all_layers"),
-    "reverse+noise0.2": ("data.reverse_target=true", "model.bidirectional=false",
-                         "model.input_noise=0.2"),
     "reverse+units128": ("data.reverse_target=true", "model.bidirectional=false",
                          "model.units=128"),
     "bidirectional": ("data.reverse_target=false", "model.bidirectional=true"),
-    "reverse+bidirectional+noise0.2": ("data.reverse_target=true",
-                                       "model.bidirectional=true", "model.input_noise=0.2"),
     "reverse+bidirectional+stacked2+all_layers": (
         "data.reverse_target=true", "model.bidirectional=true", "model.layers=2",
         "model.embedding_from=all_layers"),

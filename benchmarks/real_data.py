@@ -61,7 +61,6 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "batch8": ("data.batch_size=8",),
     "batch8+epochs100": ("data.batch_size=8", "train.epochs=100"),
     "stacked2+all_layers": ("model.layers=2", "model.embedding_from=all_layers"),
-    "noise0.1": ("model.input_noise=0.1",),
     "units128": ("model.units=128",),
     "batch8+cosine": ("data.batch_size=8", "train.lr_schedule=cosine"),
     "pool": ("model.pooling=[mean,max]",),

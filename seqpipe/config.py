@@ -253,9 +253,6 @@ class ModelConfig:
             path. `relu` is ReLU capped at 6 (relu6): an unbounded ReLU state
             explodes over hundreds of steps, whatever the gradient clipping.
             `relu` leaves the cuDNN path.
-        input_noise: standard deviation of Gaussian noise added to the real
-            (unmasked) input timesteps in training only: a denoising
-            autoencoder; 0 disables it. In normalized units.
         embedding_from: `last` (the last encoder layer's final state) or
             `all_layers` (the final states of every encoder layer,
             concatenated, before the optional projection).
@@ -275,7 +272,6 @@ class ModelConfig:
     bidirectional: bool = True
     dropout: float = 0.0
     activation: str = "tanh"
-    input_noise: float = 0.0
     embedding_from: str = "last"
     pooling: tuple[str, ...] = ("mean", "max")
 
@@ -286,7 +282,6 @@ class ModelConfig:
             _require_choice(mode, ("mean", "max"), "model.pooling")
         _require(len(set(self.pooling)) == len(self.pooling), "model.pooling",
                  "must not repeat a mode")
-        _require(self.input_noise >= 0.0, "model.input_noise", "must be >= 0")
         _require_choice(self.activation, ("tanh", "relu"), "model.activation")
         _require(self.units >= 1, "model.units", "must be >= 1")
         _require(self.layers >= 1, "model.layers", "must be >= 1")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from seqpipe.model.layers import (
-    MaskedGaussianNoise,
     MaskedPooling,
     RepeatToLength,
     SequenceMask,
@@ -150,33 +149,6 @@ class TestMaskThroughABottleneck:
         inputs = {"x": X, "mask": MASK}
         for before, after in zip(model(inputs), reloaded(inputs), strict=True):
             np.testing.assert_array_equal(before, after)
-
-
-class TestMaskedGaussianNoise:
-    def test_noise_on_real_steps_only_in_training(self):
-        x = SequenceMask()([np.ones((2, 4, 3), "float32"),
-                            np.array([[1, 1, 0, 0], [1, 1, 1, 1]], "float32")])
-        layer = MaskedGaussianNoise(0.5, seed=1)
-        noisy = np.asarray(layer(x, training=True))
-        np.testing.assert_array_equal(noisy[0, 2:], 0.0)  # padding untouched
-        real = noisy[[0, 0, 1, 1, 1, 1], [0, 1, 0, 1, 2, 3]] - 1.0
-        assert np.all(real != 0.0) and 0.2 < real.std() < 0.8
-        np.testing.assert_array_equal(_mask_of(layer(x, training=True)), x._keras_mask)
-        np.testing.assert_array_equal(layer(x, training=False), x)
-
-    def test_without_a_mask_every_step_is_noisy(self):
-        noisy = np.asarray(MaskedGaussianNoise(1.0, seed=0)(np.zeros((1, 5, 2)), training=True))
-        assert np.all(noisy != 0.0)
-
-    def test_rejects_bad_stddev(self):
-        with pytest.raises(ValueError, match="Received: stddev=-0.1"):
-            MaskedGaussianNoise(-0.1)
-
-    def test_config_round_trip(self):
-        layer = MaskedGaussianNoise(0.3, seed=7, name="n")
-        clone = MaskedGaussianNoise.from_config(layer.get_config())
-        assert (clone.stddev, clone.seed) == (0.3, 7)
-        assert clone.get_config() == layer.get_config()
 
 
 class TestMaskedPooling:

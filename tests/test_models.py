@@ -177,15 +177,6 @@ class TestArchitecture:
         pooled_width = steps.shape[-1] * len(cfg.pooling)
         np.testing.assert_allclose(embedding[:, -pooled_width:], np.stack(expected), atol=1e-5)
 
-    def test_input_noise_only_in_training(self):
-        autoencoder, encoder = _build(ModelConfig(units=8, embedding_dim=4, input_noise=0.5,
-                                                  bidirectional=False))
-        assert "input_noise" in [layer.name for layer in autoencoder.layers]
-        inputs = _inputs(*_random_batch(np.random.default_rng(9), [5, 3], 5))
-        np.testing.assert_array_equal(encoder(inputs), encoder(inputs))
-        assert not np.allclose(autoencoder(inputs, training=True),
-                               autoencoder(inputs, training=False))
-
     def test_one_model_serves_several_lengths(self):
         autoencoder, encoder = _build()
         rng = np.random.default_rng(0)
@@ -231,9 +222,9 @@ class TestPaddingInvariance:
         TINY,
         ModelConfig(cell="gru", units=8, layers=2, embedding_dim=4, bidirectional=True),
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
-                    embedding_from="all_layers", input_noise=0.3),
+                    embedding_from="all_layers"),
         ModelConfig(units=8, embedding_dim=4, pooling=("mean", "max")),
-    ], ids=["lstm", "bigru2", "bilstm2_all_layers_noise", "bilstm_pooling"])
+    ], ids=["lstm", "bigru2", "bilstm2_all_layers", "bilstm_pooling"])
     def test_embedding_ignores_padding_length_and_content(self, cfg):
         autoencoder, encoder = _build(cfg)
         garbage = 100.0 * np.random.default_rng(2).normal(size=(50, F))
@@ -287,9 +278,9 @@ class TestSaving:
     @pytest.mark.parametrize("cfg", [
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True),
         ModelConfig(units=8, layers=2, embedding_dim=4, bidirectional=True,
-                    embedding_from="all_layers", input_noise=0.2),
+                    embedding_from="all_layers"),
         ModelConfig(units=8, layers=2, embedding_dim=4, pooling=("max", "mean")),
-    ], ids=["bilstm2", "all_layers_noise", "pooling"])
+    ], ids=["bilstm2", "all_layers", "pooling"])
     def test_keras_file_round_trip_in_safe_mode(self, tmp_path, cfg):
         autoencoder, _ = _build(cfg)
         inputs = _inputs(*_random_batch(np.random.default_rng(4), [4, 2], 5))

@@ -5,7 +5,7 @@ The padding mask travels with the sequence from input to reconstruction, so
 padded timesteps change neither the embedding nor the loss:
 
 * `seqpipe.model.layers`: the masking layers (`SequenceMask`, `RepeatToLength`,
-  `MaskedGaussianNoise`) that carry the mask through the bottleneck;
+  `MaskedPooling`) that carry the mask through the bottleneck;
 * `seqpipe.model.autoencoder`: `build_autoencoder` (the graph: encoder,
   embedding, decoder), `export_encoder` and `export_scorer` (SavedModels that
   serve without seqpipe: the embedding, and the reconstruction error per step

@@ -25,9 +25,6 @@ carries the input mask, so the decoder skips padded steps like the encoder.
 
 Options that change the graph (measured in `benchmarks/embedding_quality.py`):
 
-* `input_noise > 0` inserts `input_noise` (`MaskedGaussianNoise`) after
-  `sequence_mask`: noise on the real steps in training only (denoising); the
-  targets stay clean, the exported encoder is unaffected at inference.
 * `embedding_from: all_layers` makes every encoder layer also return its final
   state (the state at each sequence's last *real* step: masked steps do not
   update it; for a bidirectional layer both directions' final states) and
@@ -55,7 +52,6 @@ import tensorflow as tf
 
 from seqpipe.config import ModelConfig
 from seqpipe.model.layers import (
-    MaskedGaussianNoise,
     MaskedPooling,
     RepeatToLength,
     SequenceMask,
@@ -101,11 +97,8 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
         "mask": keras.Input(shape=(None,), name="mask"),
     }
     sequence = SequenceMask(name="sequence_mask")([inputs["x"], inputs["mask"]])
-    encoder_input = sequence
-    if cfg.input_noise > 0:
-        encoder_input = MaskedGaussianNoise(cfg.input_noise, name="input_noise")(sequence)
 
-    summary = _encode(cfg, encoder_input)
+    summary = _encode(cfg, sequence)
     embedding = summary
     if cfg.embedding_dim > 0:
         embedding = keras.layers.Dense(cfg.embedding_dim, name="embedding")(summary)

@@ -15,10 +15,6 @@ through the autoencoder:
                                                       ▼
                                         decoder RNNs ──▶ Dense(F) (mask kept)
 
-`MaskedGaussianNoise` (optional, `model.input_noise`) sits right after
-`SequenceMask` and adds Gaussian noise to the real timesteps only, in
-training only: a denoising autoencoder whose padding stays exactly 0.
-
 `RepeatToLength` is the fix for the classic "mask inputs in an LSTM autoencoder
 with `RepeatVector`" problem: `RepeatVector(n)` needs a fixed `n` and its output
 carries no mask, so the decoder reconstructs padding and the loss counts it.
@@ -29,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["MaskedGaussianNoise", "MaskedPooling", "RepeatToLength", "SequenceMask"]
+__all__ = ["MaskedPooling", "RepeatToLength", "SequenceMask"]
 
 
 def _is_shape_pair(input_shape) -> bool:
@@ -194,70 +190,6 @@ class RepeatToLength(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         vector_shape, sequence_shape = input_shape
         return (vector_shape[0], sequence_shape[1], vector_shape[1])
-
-
-@keras.saving.register_keras_serializable(package="seqpipe")
-class MaskedGaussianNoise(keras.layers.Layer):
-    """Adds zero-mean Gaussian noise to the real timesteps, in training only.
-
-    The denoising option of the autoencoder: the encoder sees noisy inputs
-    while the loss compares the reconstruction with the clean targets. Unlike
-    `keras.layers.GaussianNoise`, the padded timesteps (mask False) get no
-    noise, so they stay exactly what `SequenceMask` made them (0). At
-    inference (`training=False`, the exported encoder) the layer is the
-    identity. The incoming mask is passed on unchanged.
-
-    Args:
-        stddev: Float, standard deviation of the noise (in normalized units);
-            0 makes the layer the identity.
-        seed: Integer, seed of the noise generator.
-        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
-
-    Input shape:
-        3D tensor `(batch_size, timesteps, features)`, usually carrying a mask
-        of shape `(batch_size, timesteps)`; without a mask every step is real.
-
-    Output shape:
-        Same as the input, with the same mask.
-
-    Example:
-
-    >>> x = SequenceMask()([np.ones((1, 3, 2), "float32"), np.array([[1., 1., 0.]])])
-    >>> y = MaskedGaussianNoise(0.1)(x, training=True)
-    >>> y[0, 2]   # padding
-    [0., 0.]
-    >>> MaskedGaussianNoise(0.1)(x)[0, 0]   # inference: unchanged
-    [1., 1.]
-    """
-
-    def __init__(self, stddev, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(stddev, (int, float)) or isinstance(stddev, bool) or stddev < 0:
-            raise ValueError(
-                "`stddev` must be a number >= 0. "
-                f"Received: stddev={stddev!r}"
-            )
-        self.stddev = float(stddev)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = True
-
-    def call(self, inputs, training=False, mask=None):
-        if not training or self.stddev == 0:
-            return inputs
-        noise = keras.random.normal(ops.shape(inputs), stddev=self.stddev,
-                                    dtype=inputs.dtype, seed=self.seed_generator)
-        if mask is not None:
-            noise = noise * ops.cast(ops.expand_dims(mask, -1), inputs.dtype)
-        return inputs + noise
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        base_config = super().get_config()
-        config = {"stddev": self.stddev, "seed": self.seed}
-        return {**base_config, **config}
 
 
 @keras.saving.register_keras_serializable(package="seqpipe")
