@@ -47,6 +47,11 @@ def join(base: PathLike, *names: str) -> str:
     return str(Path(base, *(part for name in names for part in name.split("/"))))
 
 
+def as_path(path: PathLike) -> str | Path:
+    """A `Path` for a local path (what a library caller gets back), the string for a URL."""
+    return str(path) if is_url(path) else Path(path)
+
+
 def parent(path: PathLike) -> str:
     """The directory holding `path`."""
     if is_url(path):
@@ -59,8 +64,11 @@ def name(path: PathLike) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else Path(path).name
 
 
-def with_suffix(path: PathLike, suffix: str) -> str:
-    """`path` with its last suffix replaced by `suffix` (e.g. ".rejects.jsonl")."""
+def with_suffix(path: PathLike, suffix: str) -> PathLike:
+    """`path` with its last suffix replaced by `suffix` (e.g. ".rejects.jsonl"); a `Path`
+    for a `Path`, else a string."""
+    if isinstance(path, os.PathLike):
+        return Path(path).with_suffix(suffix)
     if is_url(path):
         head, _, last = str(path).rpartition("/")
         return f"{head}/{PurePosixPath(last).with_suffix(suffix)}"
