@@ -239,8 +239,8 @@ def plot_reconstructions(data_dir: str | Path, model_dir: str | Path, metadata: 
     cfg = read_config(model_dir)
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
     x, mask, _ = _one_batch(chosen, model_dir, metadata)  # chosen is sorted short to long
-    autoencoder = keras.models.load_model(storage.join(model_dir, AUTOENCODER_FILE),
-                                          safe_mode=True)
+    path = storage.join(model_dir, AUTOENCODER_FILE)
+    autoencoder = keras.models.load_model(path, safe_mode=True)
     predicted = np.asarray(autoencoder({"x": x, "mask": mask}, training=False))
 
     features = min(MAX_PLOTTED_FEATURES, x.shape[-1])
