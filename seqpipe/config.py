@@ -493,11 +493,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    """Writes the resolved config as YAML (loadable with `load_config`)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")  # atomic: a kill never leaves half
-    temporary.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    temporary.replace(path)
+    """Writes the resolved config as YAML (loadable with `load_config`), atomically, to a
+    local path or a URL (`seqpipe.storage`)."""
+    from seqpipe import storage
+
+    storage.write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _read_yaml(source: str | Path) -> dict[str, Any]:

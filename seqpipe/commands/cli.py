@@ -28,7 +28,6 @@ import errno
 import glob
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from beam_jobs import flags as preprocess_flags
+from seqpipe import storage
 from seqpipe.config import Config, load_config
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -122,17 +122,17 @@ def preflight(args: argparse.Namespace) -> None:
         data_metadata = metadata_lib.read(args.data)
     model_dir = getattr(args, "model_dir", None)
     if command == "train":
-        _check_train_model_dir(Path(model_dir), data_metadata, args.data)
+        _check_train_model_dir(model_dir, data_metadata, args.data)
     elif model_dir is not None:
-        trained_on = training_metadata(Path(model_dir))
+        trained_on = training_metadata(model_dir)
         if data_metadata is not None:
             metadata_lib.check_compatible(trained_on, data_metadata, model_dir, args.data)
     output = getattr(args, "output", None)
     if command in ("embed", "evaluate", "score") and output:
-        _check_output_file(Path(output), args, command)
+        _check_output_file(output, args, command)
     elif command == "report" and output:
-        _check_output_not_inside(Path(output), args.data, "--data", "report --output")
-        _check_output_not_inside(Path(output), args.model_dir, "--model-dir",
+        _check_output_not_inside(output, args.data, "--data", "report --output")
+        _check_output_not_inside(output, args.model_dir, "--model-dir",
                                  "report --output", only=TRAINING_ARTEFACTS)
 
 
@@ -149,25 +149,33 @@ def _check_inputs_can_match(patterns: Sequence[str]) -> None:
         fixed = pattern
         if glob.has_magic(pattern):
             before_magic = re.split(r"[*?[]", pattern, maxsplit=1)[0]
-            fixed = os.path.dirname(before_magic) or "."
-        if not os.path.exists(fixed):
+            fixed = before_magic[:before_magic.rfind("/") + 1] or "."  # its directory
+        if not storage.exists(fixed):
             raise FileNotFoundError(f"input {pattern!r} matches no file")
 
 
-def _check_output_not_inside(output: Path, directory: str | None, flag: str, what: str,
+def _check_output_not_inside(output: str, directory: str | None, flag: str, what: str,
                              only: Sequence[str] = ()) -> None:
     """Refuses an output equal to or inside `directory` (or only its `only` entries)."""
     if not directory:
         return
-    targets = [Path(directory) / name for name in only] if only else [Path(directory)]
+    targets = [storage.join(directory, name) for name in only] if only else [directory]
     for target in targets:
-        if same_or_inside(output, target):
+        if _same_or_inside(output, target):
             raise PathError(f"{what} {str(output)!r} is inside {flag} {directory!r}, which "
                             "it must not overwrite; choose another path")
 
 
-def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> None:
-    if output.is_dir():
+def _same_or_inside(path: str, directory: str) -> bool:
+    """`same_or_inside` for local paths; for URLs by name (no directories to resolve)."""
+    if storage.is_url(path) or storage.is_url(directory):
+        path, directory = path.rstrip("/"), directory.rstrip("/")
+        return path == directory or path.startswith(f"{directory}/")
+    return same_or_inside(Path(path), Path(directory))
+
+
+def _check_output_file(output: str, args: argparse.Namespace, command: str) -> None:
+    if storage.isdir(output):
         raise PathError(f"{command} --output {str(output)!r} is a directory; give a file path")
     _check_output_not_inside(output, getattr(args, "data", None), "--data",
                              f"{command} --output")
@@ -175,29 +183,29 @@ def _check_output_file(output: Path, args: argparse.Namespace, command: str) -> 
                              only=TRAINING_ARTEFACTS)
     written = [output]
     if command in ("embed", "score"):
-        written.append(output.with_suffix(".rejects.jsonl"))
+        written.append(storage.with_suffix(output, ".rejects.jsonl"))
     for pattern in getattr(args, "input", None) or ():
         if "://" in pattern:
             continue
         for path in glob.glob(pattern) or [pattern]:
             for target in written:
-                if Path(path).exists() and same_or_inside(target, Path(path)):
+                if storage.exists(path) and _same_or_inside(target, path):
                     raise PathError(f"{command} would write {str(target)!r}, which is the "
                                     f"input {path!r}; choose another --output")
 
 
-def _check_train_model_dir(model_dir: Path, metadata: DatasetMetadata | None,
+def _check_train_model_dir(model_dir: str, metadata: DatasetMetadata | None,
                            data_dir: str) -> None:
     """A new, empty or earlier seqpipe model dir whose data fits; nothing else."""
-    if model_dir.exists() and not model_dir.is_dir():
-        raise PathError(f"--model-dir {str(model_dir)!r} is not a directory")
-    if not model_dir.is_dir():
+    if storage.isfile(model_dir):
+        raise PathError(f"--model-dir {model_dir!r} is not a directory")
+    if not storage.isdir(model_dir):
         return
-    entries = {p.name for p in model_dir.iterdir()}
+    entries = set(storage.listdir(model_dir))
     if entries and not entries & set(ENTRIES):
-        raise PathError(f"--model-dir {str(model_dir)!r} is not empty and holds no seqpipe "
+        raise PathError(f"--model-dir {model_dir!r} is not empty and holds no seqpipe "
                         "model; choose a new or empty directory")
-    if metadata is not None and (model_dir / METADATA_COPY).is_file():
+    if metadata is not None and storage.isfile(storage.join(model_dir, METADATA_COPY)):
         metadata_lib.check_compatible(training_metadata(model_dir), metadata, model_dir,
                                       data_dir)
 
@@ -306,7 +314,7 @@ def _embed(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
         result["rejected"] = embed.count_rejections(rejections)
         if rejections:
             rejects = embed.write_rejections(
-                rejections, Path(args.output).with_suffix(".rejects.jsonl"))
+                rejections, storage.with_suffix(args.output, ".rejects.jsonl"))
             result["rejects"] = str(rejects)
             print(f"rejected {len(rejections)} records {result['rejected']}: see {rejects}")
     path = embed.write_parquet(embeddings, args.output)
@@ -339,9 +347,8 @@ def _score(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
     from seqpipe.commands import score
 
     request = score.Request(
-        model_dir=Path(args.model_dir), data_dir=Path(args.data) if args.data else None,
-        split=args.split, inputs=tuple(args.input or ()),
-        output=Path(args.output) if args.output else None,
+        model_dir=args.model_dir, data_dir=args.data, split=args.split,
+        inputs=tuple(args.input or ()), output=args.output,
         threshold_from=args.threshold_from, normal_labels=tuple(args.normal_label or ()))
     # With --json, stdout is the JSON alone; the human lines go to stderr.
     return score.run(request, cfg.score,
@@ -358,9 +365,9 @@ def _evaluate(args: argparse.Namespace, cfg: Config,
               extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe.commands import evaluate
 
-    output = Path(args.output or Path(args.model_dir) / EVALUATION_FILE)
+    output = args.output or storage.join(args.model_dir, EVALUATION_FILE)
     result = evaluate.evaluate_model(args.data, args.model_dir, cfg.eval)
-    output.write_text(json.dumps(result, indent=2))
+    storage.write_json_atomic(output, result)
     print(evaluate.format_evaluation(result))
     print(f"results: {output}")
     return result
@@ -379,7 +386,7 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
     from seqpipe.commands import report
 
-    output = Path(args.output or Path(args.model_dir) / REPORT_DIR)
+    output = args.output or storage.join(args.model_dir, REPORT_DIR)
     paths = report.make_report(args.data, args.model_dir, output, tsne=args.tsne,
                                scores=args.scores)
     for path in paths.values():

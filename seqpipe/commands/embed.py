@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from seqpipe import input_pipeline
-from seqpipe.config import DataConfig, load_config
+from seqpipe import input_pipeline, storage
+from seqpipe.config import DataConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records, sources
-from seqpipe.training.model_dir import CONFIG_FILE, ENCODER_DIR, training_metadata
+from seqpipe.training.model_dir import ENCODER_DIR, read_config, training_metadata
 
 RAW_SPLIT = "raw"
 # The serving signature's output (`seqpipe.model.autoencoder.EMBEDDING_KEY`; that
@@ -120,11 +120,11 @@ def load_encoder(model_dir: str | Path):
     """The exported encoder's `serving_default` function."""
     import tensorflow as tf
 
-    path = Path(model_dir) / ENCODER_DIR
-    if not path.is_dir():
+    path = storage.join(model_dir, ENCODER_DIR)
+    if not storage.isdir(path):
         raise records.DatasetError(f"{model_dir}: no exported encoder at {path}; "
                                    "train a model first (`seqpipe train`)")
-    return tf.saved_model.load(str(path)).signatures["serving_default"]
+    return tf.saved_model.load(path).signatures["serving_default"]
 
 
 def compute_embeddings(data_dir: str | Path, model_dir: str | Path, split: str,
@@ -163,7 +163,6 @@ def split_batches(data_dir: str | Path, model_dir: str | Path, split: str, *,
         records.DatasetError: the data does not fit the model (feature count,
             schema version) or is missing; checked before the first batch.
     """
-    model_dir = Path(model_dir)
     metadata = metadata_lib.read(data_dir)
     trained_on = training_metadata(model_dir)
     metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
@@ -256,9 +255,8 @@ def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
         FileNotFoundError: an input matches no file.
         records.DatasetError: `model_dir` is not a trained model directory.
     """
-    model_dir = Path(model_dir)
     trained_on = training_metadata(model_dir)
-    cfg = load_config(model_dir / CONFIG_FILE)
+    cfg = read_config(model_dir)
     return _validated_sequences(expand_inputs(inputs), cfg.preprocess, trained_on.num_features)
 
 
@@ -270,13 +268,13 @@ def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None 
     trained_on = training_metadata(model_dir)
     kept = raw.sequences
     return input_pipeline.array_batches(
-        [s.steps for s in kept], [s.id for s in kept], _data_config(Path(model_dir), batch_size),
+        [s.steps for s in kept], [s.id for s in kept], _data_config(model_dir, batch_size),
         labels=[s.label for s in kept], feature_stats=trained_on.feature_stats)
 
 
-def _data_config(model_dir: Path, batch_size: int | None) -> DataConfig:
+def _data_config(model_dir: str | Path, batch_size: int | None) -> DataConfig:
     """The model config's data section, with `batch_size` (and no budget) if given."""
-    data_cfg = load_config(model_dir / CONFIG_FILE).data
+    data_cfg = read_config(model_dir).data
     if batch_size is None:
         return data_cfg
     return dataclasses.replace(data_cfg, batch_size=batch_size, timestep_budget=0)
@@ -329,13 +327,11 @@ def expand_inputs(patterns: str | Sequence[str]) -> list[str]:
     Raises:
         FileNotFoundError: a pattern matches no file.
     """
-    import tensorflow as tf
-
     if isinstance(patterns, (str, Path)):
         patterns = [str(patterns)]
     files: set[str] = set()
     for pattern in patterns:
-        matched = tf.io.gfile.glob(str(pattern))
+        matched = storage.glob(pattern)
         if not matched:
             raise FileNotFoundError(f"input {str(pattern)!r} matches no file")
         files.update(matched)
@@ -347,11 +343,11 @@ def count_rejections(rejections: Sequence[sources.Rejection]) -> dict[str, int]:
     return dict(collections.Counter(r.reason for r in rejections).most_common())
 
 
-def write_rejections(rejections: Sequence[sources.Rejection], path: str | Path) -> Path:
-    """Writes one JSON line per rejection (the Beam job's `rejects/` format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(r.to_json() + "\n" for r in rejections))
+def write_rejections(rejections: Sequence[sources.Rejection], path: str | Path
+                     ) -> str | Path:
+    """Writes one JSON line per rejection (the Beam job's `rejects/` format) to `path`
+    (local or a URL), atomically; returns `path`."""
+    storage.write_text_atomic(path, "".join(r.to_json() + "\n" for r in rejections))
     return path
 
 
@@ -385,14 +381,14 @@ def _read_lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
     import tensorflow as tf
 
     for path in files:
-        with tf.io.gfile.GFile(path, "rb") as raw:
+        with tf.io.gfile.GFile(path, "rb") as raw:  # a stream: raw inputs may be large
             stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
             for number, line in enumerate(stream, start=1):
                 if line.strip():
                     yield path, number, line.rstrip(b"\r\n")
 
 
-def write_parquet(embeddings: Embeddings, output: str | Path) -> Path:
+def write_parquet(embeddings: Embeddings, output: str | Path) -> str | Path:
     """Writes embeddings to Parquet atomically (temp file, then rename)."""
     import pyarrow as pa
 
@@ -405,20 +401,14 @@ def write_parquet(embeddings: Embeddings, output: str | Path) -> Path:
     return write_table_atomic(table, output)
 
 
-def write_table_atomic(table, output: str | Path) -> Path:
-    """Writes a pyarrow table to Parquet at `output`: a temporary file, then a rename,
-    so a killed run leaves no Parquet that looks complete."""
+def write_table_atomic(table, output: str | Path) -> str | Path:
+    """Writes a pyarrow table to Parquet at `output` (local or a URL): a temporary file,
+    then a rename (`storage.local_file`), so a killed run leaves no Parquet that looks
+    complete; returns `output`."""
     import pyarrow.parquet as pq
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    try:
+    with storage.local_file(output) as temporary:
         pq.write_table(table, temporary)
-        temporary.replace(output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # a failed write leaves nothing behind
-        raise
     return output
 
 
@@ -432,10 +422,11 @@ def key_columns(rows: KeyedRecords) -> dict[str, Any]:
 
 
 def read_parquet(path: str | Path) -> Embeddings:
-    """Reads a file written by `write_parquet` back into `Embeddings`."""
+    """Reads a file written by `write_parquet` (local or a URL) back into `Embeddings`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
     vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     splits = table.column("split").to_pylist()
     return Embeddings(ids=np.asarray(table.column("id").to_pylist(), dtype=str),

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,18 +46,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from seqpipe import input_pipeline
+from seqpipe import input_pipeline, storage
 from seqpipe.commands import embed
-from seqpipe.config import load_config
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
-    CONFIG_FILE,
     EVALUATION_FILE,
     HISTORY_FILE,
     METADATA_COPY,
+    read_config,
+    read_json,
 )
 
 SUMMARY_FILE = "summary.md"
@@ -83,7 +82,7 @@ class ScoreTable:
         step_errors: `N` float arrays, each of its record's length.
     """
 
-    path: Path
+    path: str | Path
     ids: np.ndarray
     labels: np.ndarray
     splits: np.ndarray
@@ -127,13 +126,14 @@ class ScoredSequence:
 
 def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | Path,
                 *, split: str = "test", tsne: bool = False,
-                scores: str | Path | None = None) -> dict[str, Path]:
+                scores: str | Path | None = None) -> dict[str, str | Path]:
     """Draws every figure that the inputs allow and writes `summary.md`.
 
     Args:
         data_dir: the preprocessed dataset (the model's feature count).
         model_dir: a trained model directory.
-        output_dir: where the PNGs and `summary.md` go (created).
+        output_dir: where the PNGs and `summary.md` go (created). Every path
+            may be a local path or a URL (`seqpipe.storage`).
         split: the split whose sequences are reconstructed (falls back to
             `train` when empty).
         tsne: also draw a t-SNE projection.
@@ -143,18 +143,18 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
     Returns:
         `{name: path}` of every file written: `lengths`, `loss`,
         `reconstructions`, `embeddings_pca`, optionally `embeddings_tsne`,
-        `confusion`, `scores` and `top_anomalies`, and `summary`.
+        `confusion`, `scores` and `top_anomalies`, and `summary` (`Path`s
+        for a local `output_dir`, else strings).
 
     Raises:
         records.DatasetError: missing data, a model that does not fit it, or a
             score file that is not a `seqpipe score` output of this data.
     """
-    data_dir, model_dir, output_dir = Path(data_dir), Path(model_dir), Path(output_dir)
     score_table = read_scores(scores) if scores is not None else None  # fail before work
-    output_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(output_dir)
     metadata = metadata_lib.read(data_dir)
-    history = _read_json(model_dir / HISTORY_FILE) or []
-    evaluation = _read_json(model_dir / EVALUATION_FILE)
+    history = read_json(model_dir, HISTORY_FILE) or []
+    evaluation = read_json(model_dir, EVALUATION_FILE)
     embeddings = _all_embeddings(data_dir, model_dir, metadata)
 
     figures = {
@@ -174,11 +174,13 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
         figures["scores"] = plot_score_histogram(score_table.scores, threshold,
                                                  score_table.labels)
         figures["top_anomalies"] = plot_top_anomalies(top, metadata.feature_names)
-    paths = {name: _save(figure, output_dir / f"{name}.png") for name, figure in figures.items()}
-    summary = output_dir / SUMMARY_FILE
-    summary.write_text(format_summary(metadata, history, evaluation, paths,
-                                      score_table=score_table, threshold=threshold))
-    return {**paths, "summary": summary}
+    paths = {name: _save(figure, storage.join(output_dir, f"{name}.png"))
+             for name, figure in figures.items()}
+    summary = storage.write_text_atomic(
+        storage.join(output_dir, SUMMARY_FILE),
+        format_summary(metadata, history, evaluation, paths, score_table=score_table,
+                       threshold=threshold))
+    return {**paths, "summary": storage.as_path(summary)}
 
 
 def plot_lengths(metadata: DatasetMetadata, boundaries: list[int]) -> Figure:
@@ -226,7 +228,7 @@ def plot_loss(history: list[dict[str, Any]]) -> Figure:
     return figure
 
 
-def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: DatasetMetadata,
+def plot_reconstructions(data_dir: str | Path, model_dir: str | Path, metadata: DatasetMetadata,
                          split: str) -> Figure:
     """A few sequences of `split` (short to long, one batch, so the shorter ones
     are padded) over their reconstructions, padding shaded."""
@@ -234,10 +236,11 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: DatasetMetad
 
     from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
-    cfg = load_config(model_dir / CONFIG_FILE)
+    cfg = read_config(model_dir)
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
     x, mask, _ = _one_batch(chosen, model_dir, metadata)  # chosen is sorted short to long
-    autoencoder = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
+    path = storage.join(model_dir, AUTOENCODER_FILE)
+    autoencoder = keras.models.load_model(path, safe_mode=True)
     predicted = np.asarray(autoencoder({"x": x, "mask": mask}, training=False))
 
     features = min(MAX_PLOTTED_FEATURES, x.shape[-1])
@@ -380,7 +383,7 @@ def plot_top_anomalies(sequences: Sequence[ScoredSequence],
 
 
 def format_summary(metadata: DatasetMetadata, history: list[dict[str, Any]],
-                   evaluation: dict[str, Any] | None, paths: dict[str, Path], *,
+                   evaluation: dict[str, Any] | None, paths: dict[str, str | Path], *,
                    score_table: ScoreTable | None = None,
                    threshold: float | None = None) -> str:
     """`summary.md`: data, training, evaluation and score numbers, then the figures."""
@@ -403,7 +406,7 @@ def format_summary(metadata: DatasetMetadata, history: list[dict[str, Any]],
     if score_table is not None:
         lines += ["", "## Anomaly scores", "", *format_scores(score_table, threshold)]
     lines += ["", "## Figures", ""]
-    lines += [f"![{name}]({path.name})" for name, path in paths.items()]
+    lines += [f"![{name}]({storage.name(path)})" for name, path in paths.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -411,7 +414,7 @@ def format_scores(table: ScoreTable, threshold: float | None) -> list[str]:
     """The score lines of `summary.md`: what was scored, the threshold, and a
     Markdown table of the top-ranked sequences."""
     splits = ", ".join(sorted(set(table.splits.tolist())))
-    lines = [f"- {len(table.ids)} sequences scored ({splits}) from `{table.path.name}`; "
+    lines = [f"- {len(table.ids)} sequences scored ({splits}) from `{storage.name(table.path)}`; "
              f"median score {np.median(table.scores):.4g}, max {table.scores.max():.4g}"]
     if threshold is None:
         lines.append(f"- threshold: none ({SCORE_THRESHOLD_FILE} not in the model directory)")
@@ -437,11 +440,11 @@ def read_scores(path: str | Path) -> ScoreTable:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.is_file():
+    path = storage.as_path(path)
+    if not storage.isfile(path):
         raise records.DatasetError(f"{path}: no such score file")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
     except (pa.ArrowException, OSError) as error:
         raise records.DatasetError(f"{path}: not a Parquet file ({error})") from None
     missing = [name for name in SCORE_COLUMNS if name not in table.column_names]
@@ -464,7 +467,7 @@ def read_scores(path: str | Path) -> ScoreTable:
     return scores
 
 
-def top_sequences(table: ScoreTable, data_dir: Path, model_dir: Path,
+def top_sequences(table: ScoreTable, data_dir: str | Path, model_dir: str | Path,
                   metadata: DatasetMetadata) -> list[ScoredSequence]:
     """The `NUM_TOP_ANOMALIES` best-ranked records, rank 1 first, with their steps
     looked up in `data_dir` (in the splits the file names) and normalized as the
@@ -550,14 +553,14 @@ def _score_bins(scores: np.ndarray, count: int = 40) -> tuple[np.ndarray, bool]:
     return np.histogram_bin_edges(scores, bins=count), False
 
 
-def _one_batch(chosen: list[dict[str, Any]], model_dir: Path,
+def _one_batch(chosen: list[dict[str, Any]], model_dir: str | Path,
                metadata: DatasetMetadata) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`(x, mask, ids)` of the records in one batch padded to the longest, normalized
     as the model was trained (its data config and training statistics); rows
     sorted short to long (`ids` says which record each row is)."""
-    cfg = load_config(model_dir / CONFIG_FILE)
-    copy = model_dir / METADATA_COPY
-    trained_on = metadata_lib.read_file(copy) if copy.is_file() else metadata
+    cfg = read_config(model_dir)
+    copy = storage.join(model_dir, METADATA_COPY)
+    trained_on = metadata_lib.read_file(copy) if storage.isfile(copy) else metadata
     one_batch = dataclasses.replace(cfg.data, batch_size=len(chosen), sort_window=len(chosen),
                                     timestep_budget=0, length_grid=0, min_batch_efficiency=0.0)
     inputs, _, _ = next(input_pipeline.array_batches(
@@ -567,8 +570,8 @@ def _one_batch(chosen: list[dict[str, Any]], model_dir: Path,
     return inputs["x"].numpy(), inputs["mask"].numpy(), ids
 
 
-def _stored_threshold(model_dir: Path) -> float | None:
-    stored = _read_json(model_dir / SCORE_THRESHOLD_FILE)
+def _stored_threshold(model_dir: str | Path) -> float | None:
+    stored = read_json(model_dir, SCORE_THRESHOLD_FILE)
     return None if stored is None else float(stored["threshold"])
 
 
@@ -597,7 +600,7 @@ def _project(vectors: np.ndarray, method: str) -> tuple[np.ndarray, str]:
                 init="pca").fit_transform(vectors), ""
 
 
-def _all_embeddings(data_dir: Path, model_dir: Path,
+def _all_embeddings(data_dir: str | Path, model_dir: str | Path,
                     metadata: DatasetMetadata) -> embed.Embeddings:
     encoder = embed.load_encoder(model_dir)
     parts = [embed.compute_embeddings(data_dir, model_dir, split, encoder=encoder)
@@ -608,9 +611,9 @@ def _all_embeddings(data_dir: Path, model_dir: Path,
                             vectors=np.concatenate([p.vectors for p in parts]), split="all")
 
 
-def _bucket_boundaries(model_dir: Path, metadata: DatasetMetadata) -> list[int]:
+def _bucket_boundaries(model_dir: str | Path, metadata: DatasetMetadata) -> list[int]:
     """The boundaries training used: the config's, else the dataset's suggestion."""
-    configured = load_config(model_dir / CONFIG_FILE).data.bucket_boundaries
+    configured = read_config(model_dir).data.bucket_boundaries
     return list(configured or metadata.bucket_boundaries)
 
 
@@ -620,10 +623,8 @@ def _split_with_records(metadata: DatasetMetadata, split: str) -> str:
     return "train"
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path)
-    return path
+def _save(figure: Figure, path: str) -> str | Path:
+    """Writes `figure` as a PNG to `path` (local or a URL), atomically."""
+    with storage.local_file(path) as local:
+        figure.savefig(local, format="png")
+    return storage.as_path(path)

@@ -46,7 +46,6 @@ PR-AUC of the scores beside the baselines. `run` is the whole command.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,19 +53,20 @@ from typing import Any
 
 import numpy as np
 
+from seqpipe import storage
 from seqpipe.commands import embed
-from seqpipe.config import ScoreConfig, load_config
+from seqpipe.config import ScoreConfig
 from seqpipe.dataset import records, sources
 from seqpipe.errors import SeqpipeError
 from seqpipe.training.model_dir import (
     AUTOENCODER_FILE,
-    CONFIG_FILE,
     SCORE_EVALUATION_FILE,
     SCORER_DIR,
     SUMMARY_FILE,
     THRESHOLD_FILE,
+    read_config,
+    read_json,
     training_metadata,
-    write_json_atomic,
 )
 
 RAW_SPLIT = embed.RAW_SPLIT
@@ -125,18 +125,18 @@ def load_scorer(model_dir: str | Path) -> Callable[..., dict[str, Any]]:
     """
     import tensorflow as tf
 
-    model_dir = Path(model_dir)
-    if (model_dir / SCORER_DIR).is_dir():
-        return tf.saved_model.load(str(model_dir / SCORER_DIR)).signatures["serving_default"]
-    if not (model_dir / AUTOENCODER_FILE).is_file():
+    if storage.isdir(storage.join(model_dir, SCORER_DIR)):
+        return tf.saved_model.load(storage.join(model_dir, SCORER_DIR)
+                                   ).signatures["serving_default"]
+    if not storage.isfile(storage.join(model_dir, AUTOENCODER_FILE)):
         raise records.DatasetError(f"{model_dir}: no exported scorer ({SCORER_DIR}/) and no "
                                    f"{AUTOENCODER_FILE}; train a model first (`seqpipe train`)")
     import keras
 
     from seqpipe.model import autoencoder as autoencoder_lib  # registers seqpipe's layers
 
-    model = keras.models.load_model(model_dir / AUTOENCODER_FILE, safe_mode=True)
-    reverse_target = load_config(model_dir / CONFIG_FILE).data.reverse_target
+    model = keras.models.load_model(storage.join(model_dir, AUTOENCODER_FILE), safe_mode=True)
+    reverse_target = read_config(model_dir).data.reverse_target
     return autoencoder_lib.scorer_module(model, reverse_target=reverse_target).serve
 
 
@@ -284,15 +284,13 @@ def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path) -> Thresh
 
 def weights_sha256(model_dir: str | Path) -> str | None:
     """The weights' digest `summary.json` records, or None without one."""
-    path = Path(model_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()).get("weights_sha256") if path.is_file() else None
+    return (read_json(model_dir, SUMMARY_FILE) or {}).get("weights_sha256")
 
 
-def write_threshold(model_dir: str | Path, threshold: Threshold) -> Path:
+def write_threshold(model_dir: str | Path, threshold: Threshold) -> str:
     """Stores `threshold` in `MODEL_DIR/score_threshold.json`, atomically."""
-    path = Path(model_dir) / THRESHOLD_FILE
-    write_json_atomic(path, dataclasses.asdict(threshold))
-    return path
+    return storage.write_json_atomic(storage.join(model_dir, THRESHOLD_FILE),
+                                     dataclasses.asdict(threshold))
 
 
 def read_threshold(model_dir: str | Path) -> Threshold | None:
@@ -302,11 +300,11 @@ def read_threshold(model_dir: str | Path) -> Threshold | None:
         ScoreError: it is unreadable, or it was calibrated on other weights
             than the model's (the digests of `summary.json` differ).
     """
-    path = Path(model_dir) / THRESHOLD_FILE
-    if not path.is_file():
+    path = storage.join(model_dir, THRESHOLD_FILE)
+    if not storage.isfile(path):
         return None
     try:
-        threshold = Threshold(**json.loads(path.read_text()))
+        threshold = Threshold(**storage.read_json(path))
     except (ValueError, TypeError) as error:
         raise ScoreError(f"{path}: not a threshold file seqpipe wrote ({error}); "
                          f"calibrate again (`--threshold-from val`)") from None
@@ -319,7 +317,7 @@ def read_threshold(model_dir: str | Path) -> Threshold | None:
 
 
 def write_parquet(scores: Scores, output: str | Path,
-                  threshold: Threshold | None = None) -> Path:
+                  threshold: Threshold | None = None) -> str | Path:
     """Writes the columns of the module docstring atomically (`is_anomaly` with a threshold)."""
     import pyarrow as pa
 
@@ -357,11 +355,11 @@ class Request:
         normal_labels: fnmatch patterns of the normal labels: evaluate.
     """
 
-    model_dir: Path
-    data_dir: Path | None = None
+    model_dir: str | Path
+    data_dir: str | Path | None = None
     split: str = "test"
     inputs: tuple[str, ...] = ()
-    output: Path | None = None
+    output: str | Path | None = None
     threshold_from: str | None = None
     normal_labels: tuple[str, ...] = ()
 
@@ -406,8 +404,8 @@ def run(request: Request, cfg: ScoreConfig,
     result.update(_write_outputs(request, scores, raw, threshold, echo))
     if request.normal_labels:
         evaluation = score_evaluation.evaluate_request(scores, request, cfg, raw)
-        path = Path(request.model_dir) / SCORE_EVALUATION_FILE
-        write_json_atomic(path, evaluation)
+        path = storage.write_json_atomic(
+            storage.join(request.model_dir, SCORE_EVALUATION_FILE), evaluation)
         echo(score_evaluation.format_evaluation(evaluation))
         echo(f"results: {path}")
         result["evaluation"] = evaluation
@@ -465,9 +463,9 @@ def _write_outputs(request: Request, scores: Scores, raw: embed.RawInput | None,
     return result
 
 
-def rejects_path(output: str | Path) -> Path:
+def rejects_path(output: str | Path) -> str | Path:
     """Where the rejections of raw input go: beside the output, `OUT.rejects.jsonl`."""
-    return Path(output).with_suffix(".rejects.jsonl")
+    return storage.with_suffix(output, ".rejects.jsonl")
 
 
 def _calibration_line(threshold: Threshold, path: str) -> str:

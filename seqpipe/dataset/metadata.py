@@ -54,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seqpipe import storage
 from seqpipe.dataset.records import METADATA_FILE, SCHEMA_VERSION, SPLITS, DatasetError
 
 
@@ -193,10 +194,10 @@ def read(data_dir: str | Path) -> DatasetMetadata:
         DatasetError: no directory, no metadata.json (an unfinished or foreign
             directory), invalid JSON, or content this code does not read.
     """
-    path = Path(data_dir) / METADATA_FILE
-    if not Path(data_dir).is_dir():
+    path = storage.join(data_dir, METADATA_FILE)
+    if not storage.isdir(data_dir):
         raise DatasetError(f"{data_dir}: no such dataset directory")
-    if not path.is_file():
+    if not storage.isfile(path):
         raise DatasetError(f"{data_dir}: no {METADATA_FILE}; not a finished seqpipe "
                            "dataset (run `seqpipe preprocess` to create one)")
     return read_file(path)
@@ -205,24 +206,20 @@ def read(data_dir: str | Path) -> DatasetMetadata:
 def read_file(path: str | Path) -> DatasetMetadata:
     """Reads a metadata file by its own path (e.g. a model directory's copy)."""
     try:
-        tree = json.loads(Path(path).read_text())
+        tree = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: not valid JSON: {error}") from None
     return DatasetMetadata.from_json(tree, str(path))
 
 
-def write_file(metadata: DatasetMetadata, path: str | Path) -> Path:
+def write_file(metadata: DatasetMetadata, path: str | Path) -> str:
     """Writes `metadata` as JSON to `path`, atomically (temp file, then rename)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(metadata.to_json(), indent=2))
-    temporary.replace(path)
-    return path
+    return storage.write_json_atomic(path, metadata.to_json())
 
 
-def write(metadata: DatasetMetadata, data_dir: str | Path) -> Path:
+def write(metadata: DatasetMetadata, data_dir: str | Path) -> str:
     """Writes `data_dir/metadata.json`: the last file of a dataset, its commit marker."""
-    return write_file(metadata, Path(data_dir) / METADATA_FILE)
+    return write_file(metadata, storage.join(data_dir, METADATA_FILE))
 
 
 def check_compatible(trained_on: DatasetMetadata, metadata: DatasetMetadata,
@@ -244,17 +241,15 @@ def check_compatible(trained_on: DatasetMetadata, metadata: DatasetMetadata,
 def listed_path(data_dir: str | Path, name: str) -> str:
     """The path of the listed file `name` ("/"-separated, relative) in `data_dir` (a
     local path or a URL such as `gs://bucket/data`)."""
-    if "://" in str(data_dir):
-        return f"{str(data_dir).rstrip('/')}/{name}"
-    return str(Path(data_dir, *name.split("/")))
+    return storage.join(data_dir, name)
 
 
 def check_files(data_dir: str | Path, metadata: DatasetMetadata,
                 names: Sequence[str] | None = None) -> dict[str, int]:
     """Checks listed files against `metadata`; returns their sizes by name.
 
-    Each file is looked up with `tf.io.gfile` (local paths and the file
-    systems TensorFlow reads: gs://, ram://, ...): it must exist and, when the
+    Each file is looked up through `seqpipe.storage` (local paths and the
+    file systems TensorFlow reads: gs://, ram://, ...): it must exist and, when the
     metadata records sizes (`files`), have the recorded size.
 
     Args:
@@ -266,8 +261,6 @@ def check_files(data_dir: str | Path, metadata: DatasetMetadata,
     Raises:
         DatasetError: naming the first file that is missing or has another size.
     """
-    import tensorflow as tf
-
     if names is None:
         names = (list(metadata.files) if metadata.files is not None else
                  [name for info in metadata.splits.values() for name in info.files])
@@ -275,8 +268,8 @@ def check_files(data_dir: str | Path, metadata: DatasetMetadata,
     for name in names:
         path = listed_path(data_dir, name)
         try:
-            sizes[name] = tf.io.gfile.stat(path).length
-        except tf.errors.NotFoundError:
+            sizes[name] = storage.size(path)
+        except FileNotFoundError:
             raise DatasetError(f"{path}: listed in {METADATA_FILE} but missing") from None
         listed = (metadata.files or {}).get(name)
         if listed is not None and listed.size != sizes[name]:

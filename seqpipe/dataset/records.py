@@ -182,12 +182,14 @@ def shard_prefix(split: str) -> str:
 
 
 def split_files(data_dir: str | Path, split: str) -> list[str]:
-    """The shard-named files of one split found in a local directory, sorted.
+    """The shard-named files of one split found in a directory (or URL prefix), sorted.
 
     A directory listing, for tools that look at files; readers read the
     files `metadata.json` lists (`seqpipe.dataset.metadata.check_files`).
     """
-    return sorted(str(p) for p in Path(data_dir).glob(f"{shard_prefix(split)}-*-of-*"))
+    from seqpipe import storage
+
+    return storage.glob(storage.join(data_dir, f"{shard_prefix(split)}-*-of-*"))
 
 
 def read_split(data_dir: str | Path, split: str,

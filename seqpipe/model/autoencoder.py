@@ -197,9 +197,9 @@ class ServingModule(tf.Module):
             tf.TensorSpec([None, None], tf.float32, name="mask"),
         ])
 
-    def export(self, path: str | Path) -> Path:
-        """Saves this object as a SavedModel whose `serving_default` is `serve`."""
-        path = Path(path)
+    def export(self, path: str | Path) -> str | Path:
+        """Saves this object as a SavedModel whose `serving_default` is `serve`, at `path`
+        (a local path or a URL TensorFlow writes: not made a `Path`, which breaks URLs)."""
         tf.saved_model.save(self, str(path),
                             signatures={SERVING_SIGNATURE: self.serve.get_concrete_function()})
         return path
@@ -249,7 +249,7 @@ def scorer_module(autoencoder: keras.Model, *, reverse_target: bool) -> ServingM
         reconstruction_errors, reverse_target=bool(reverse_target)))
 
 
-def export_encoder(encoder: keras.Model, path: str | Path) -> Path:
+def export_encoder(encoder: keras.Model, path: str | Path) -> str | Path:
     """Exports the encoder as a TF SavedModel with a `serving_default` signature.
 
     The signature takes `x` float32 `[batch, time, F]` and `mask` float32
@@ -260,12 +260,13 @@ def export_encoder(encoder: keras.Model, path: str | Path) -> Path:
         embedding = served(x=x, mask=mask)["embedding"]
 
     Returns:
-        `path`, as a `Path`.
+        `path`, as given.
     """
     return ServingModule(encoder, "seqpipe_encoder", _embedding).export(path)
 
 
-def export_scorer(autoencoder: keras.Model, path: str | Path, *, reverse_target: bool) -> Path:
+def export_scorer(autoencoder: keras.Model, path: str | Path, *,
+                  reverse_target: bool) -> str | Path:
     """Exports the reconstruction errors as a TF SavedModel with a `serving_default` signature.
 
     The signature takes `x` float32 `[batch, time, F]` (normalized with the
@@ -286,6 +287,6 @@ def export_scorer(autoencoder: keras.Model, path: str | Path, *, reverse_target:
             reconstruction put back in input order.
 
     Returns:
-        `path`, as a `Path`.
+        `path`, as given.
     """
     return scorer_module(autoencoder, reverse_target=reverse_target).export(path)

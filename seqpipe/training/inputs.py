@@ -80,7 +80,7 @@ class InputPlan:
         return lines
 
 
-def plan_inputs(data_dir: Path, cfg: Config, metadata: DatasetMetadata) -> InputPlan:
+def plan_inputs(data_dir: str | Path, cfg: Config, metadata: DatasetMetadata) -> InputPlan:
     """The run's `InputPlan`.
 
     Validation is held out of train only when the dataset has no `val`
@@ -134,7 +134,7 @@ class TrainingInputs:
     side of the holdout.
     """
 
-    def __init__(self, data_dir: Path, cfg: Config, metadata: DatasetMetadata,
+    def __init__(self, data_dir: str | Path, cfg: Config, metadata: DatasetMetadata,
                  strategy: tf.distribute.Strategy, plan: InputPlan | None = None):
         self.data_dir = data_dir
         self.cfg = cfg

@@ -45,15 +45,22 @@ Under `MultiWorkerMirroredStrategy` only the chief writes here; other workers
 write their checkpoints and logs into temporary directories they delete.
 Writers are `seqpipe.training.outputs` (exports, history, summary),
 `seqpipe.training.resume` (checkpoints, lock) and the commands named above.
-JSON files are replaced atomically (`write_json_atomic`).
+JSON files are replaced atomically (`seqpipe.storage.write_json_atomic`).
+
+A model directory is a local path or a URL of any file system TensorFlow
+writes (gs://, ram://, ...; `seqpipe.storage`): only the lock is weaker on a
+URL (`seqpipe.training.resume.model_dir_lock`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from seqpipe import storage
+from seqpipe.config import Config, from_dict
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.dataset.records import DatasetError
@@ -96,18 +103,24 @@ def training_metadata(model_dir: str | Path) -> DatasetMetadata:
         DatasetError: no such directory, not a trained model directory, or a
             copy `seqpipe.dataset.metadata` does not read.
     """
-    model_dir = Path(model_dir)
-    path = model_dir / METADATA_COPY
-    if not model_dir.is_dir():
+    path = storage.join(model_dir, METADATA_COPY)
+    if not storage.isdir(model_dir):
         raise DatasetError(f"{model_dir}: no such model directory")
-    if not path.is_file():
-        raise DatasetError(f"{model_dir}: not a trained model directory (no {path.name}); "
+    if not storage.isfile(path):
+        raise DatasetError(f"{model_dir}: not a trained model directory (no {METADATA_COPY}); "
                            "run `seqpipe train` first")
     return metadata_lib.read_file(path)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """`value` as JSON at `path`, replacing any earlier file in one rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2))
-    temporary.replace(path)
+def read_config(model_dir: str | Path) -> Config:
+    """The resolved config the training run wrote (`config.yaml`, from `dump_config`).
+
+    Read through `seqpipe.storage`, so the model directory may be a URL.
+    """
+    return from_dict(yaml.safe_load(storage.read_text(storage.join(model_dir, CONFIG_FILE))))
+
+
+def read_json(model_dir: str | Path, name: str) -> Any:
+    """The JSON file `name` of a model directory; None if it has none."""
+    path = storage.join(model_dir, name)
+    return storage.read_json(path) if storage.isfile(path) else None

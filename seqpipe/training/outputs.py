@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import shutil
 import sys
 import tempfile
@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from seqpipe import storage
 from seqpipe.config import Config, dump_config, to_dict
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -35,22 +36,25 @@ from seqpipe.training.model_dir import (
     METADATA_COPY,
     SCORER_DIR,
     SUMMARY_FILE,
-    write_json_atomic,
+    read_json,
 )
+
+# The file whose presence makes a directory a SavedModel: moved last.
+_SAVED_MODEL_FILE = "saved_model.pb"
 
 
 class RunOutputs:
     """The model dir's outputs of one run, and its progress lines.
 
     Args:
-        model_dir: the model directory.
+        model_dir: the model directory (a local path or a URL: `seqpipe.storage`).
         cfg: the run's configuration.
         chief: whether this process writes the model dir.
         verbose: progress bar (or log lines when not on a terminal) and messages.
     """
 
-    def __init__(self, model_dir: Path, cfg: Config, chief: bool, verbose: bool):
-        self.model_dir = model_dir
+    def __init__(self, model_dir: str | Path, cfg: Config, chief: bool, verbose: bool):
+        self.model_dir = str(model_dir)
         self.cfg = cfg
         self.chief = chief
         self.verbose = verbose
@@ -60,7 +64,7 @@ class RunOutputs:
     def directory(self, relative: str) -> str:
         """Where this process writes `relative`: in the model dir if chief, else a temp dir."""
         if self.chief:
-            return str(self.model_dir / relative)
+            return storage.join(self.model_dir, relative)
         directory = tempfile.mkdtemp(prefix=f"seqpipe-worker-{relative.replace('/', '-')}-")
         self._worker_dirs.append(directory)
         return directory
@@ -68,13 +72,12 @@ class RunOutputs:
     def write_run_inputs(self, metadata: DatasetMetadata) -> None:
         """`config.yaml` and `dataset_metadata.json`, written when the run starts."""
         if self.chief:
-            dump_config(self.cfg, self.model_dir / CONFIG_FILE)
-            metadata_lib.write_file(metadata, self.model_dir / METADATA_COPY)
+            dump_config(self.cfg, self._path(CONFIG_FILE))
+            metadata_lib.write_file(metadata, self._path(METADATA_COPY))
 
     def read_history(self) -> list[dict[str, Any]]:
         """The history written so far (none: empty)."""
-        path = self.model_dir / HISTORY_FILE
-        return json.loads(path.read_text()) if path.is_file() else []
+        return read_json(self.model_dir, HISTORY_FILE) or []
 
     def write_epoch(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """TensorBoard scalars of the epoch `record`; the `history` (ending with it) files."""
@@ -83,8 +86,8 @@ class RunOutputs:
                 if key in record:
                     tf.summary.scalar(key, record[key])
         if self.chief:
-            write_json_atomic(self.model_dir / HISTORY_FILE, history)
-            _write_history_csv(self.model_dir / HISTORY_CSV, history)
+            storage.write_json_atomic(self._path(HISTORY_FILE), history)
+            storage.write_text_atomic(self._path(HISTORY_CSV), _history_csv(history))
 
     def export(self, autoencoder: keras.Model, encoder: keras.Model,
                summary: dict[str, Any]) -> None:
@@ -92,19 +95,27 @@ class RunOutputs:
         (chief only)."""
         if not self.chief:
             return
-        autoencoder.save(self.model_dir / AUTOENCODER_FILE)
+        autoencoder.save(self._path(AUTOENCODER_FILE))  # Keras writes URLs through gfile
         self._export_staged(ENCODER_DIR, lambda path: export_encoder(encoder, path))
         self._export_staged(SCORER_DIR, lambda path: export_scorer(
             autoencoder, path, reverse_target=self.cfg.data.reverse_target))
-        write_json_atomic(self.model_dir / SUMMARY_FILE, {**summary, "config": to_dict(self.cfg)})
+        storage.write_json_atomic(self._path(SUMMARY_FILE),
+                                  {**summary, "config": to_dict(self.cfg)})
 
-    def _export_staged(self, name: str, export: Callable[[Path], Any]) -> None:
-        """`export(path)` into `.NAME.tmp/`, then renamed to `NAME/`: never half a SavedModel."""
-        staging = self.model_dir / f".{name}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
+    def _path(self, name: str) -> str:
+        return storage.join(self.model_dir, name)
+
+    def _export_staged(self, name: str, export: Callable[[str], Any]) -> None:
+        """`export(path)` into `.NAME.tmp/`, then moved to `NAME/` (`storage.move_tree`).
+
+        Locally a rename: never half a SavedModel. On a URL the files move one
+        by one, `saved_model.pb` last, so `NAME/` holds no loadable SavedModel
+        until the move is done.
+        """
+        staging = self._path(f".{name}.tmp")
+        storage.rmtree(staging)
         export(staging)
-        shutil.rmtree(self.model_dir / name, ignore_errors=True)
-        staging.rename(self.model_dir / name)
+        storage.move_tree(staging, self._path(name), last=(_SAVED_MODEL_FILE,))
 
     def close(self) -> None:
         """Deletes a worker's temporary directories."""
@@ -175,11 +186,11 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+def _history_csv(history: list[dict[str, Any]]) -> str:
+    """`history` as CSV text: one column per key any record has, one row per record."""
     columns = list(dict.fromkeys(key for record in history for key in record))
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    temporary.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()

@@ -30,14 +30,21 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from seqpipe.config import Config, load_config, to_dict
+from seqpipe import storage
+from seqpipe.config import Config, to_dict
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
-from seqpipe.processes import process_alive
-from seqpipe.training.model_dir import CONFIG_FILE, LOCK_FILE, METADATA_COPY, TrainingError
+from seqpipe.processes import owner_alive, owner_tag, process_alive
+from seqpipe.training.model_dir import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    METADATA_COPY,
+    TrainingError,
+    read_config,
+)
 
 
-def check_model_dir_compatible(model_dir: Path, metadata: DatasetMetadata,
+def check_model_dir_compatible(model_dir: str | Path, metadata: DatasetMetadata,
                                data_dir: str | Path, cfg: Config) -> None:
     """Refuses a model dir started on other data or with another model config.
 
@@ -45,13 +52,12 @@ def check_model_dir_compatible(model_dir: Path, metadata: DatasetMetadata,
     resuming (or continuing) with a different dataset shape or architecture
     fails here, before any step, instead of deep inside a checkpoint restore.
     """
-    previous = model_dir / METADATA_COPY
-    if previous.is_file():
+    previous = storage.join(model_dir, METADATA_COPY)
+    if storage.isfile(previous):
         metadata_lib.check_compatible(metadata_lib.read_file(previous), metadata,
                                       model_dir, data_dir)
-    previous_config = model_dir / CONFIG_FILE
-    if previous_config.is_file():
-        old_model = to_dict(load_config(previous_config).model)
+    if storage.isfile(storage.join(model_dir, CONFIG_FILE)):
+        old_model = to_dict(read_config(model_dir).model)
         changed = {k: (v, getattr(cfg.model, k)) for k, v in old_model.items()
                    if v != to_dict(cfg.model)[k]}
         if changed:
@@ -61,8 +67,15 @@ def check_model_dir_compatible(model_dir: Path, metadata: DatasetMetadata,
 
 
 @contextlib.contextmanager
-def model_dir_lock(model_dir: Path, chief: bool = True) -> Iterator[None]:
+def model_dir_lock(model_dir: str | Path, chief: bool = True) -> Iterator[None]:
     """Holds `model_dir`'s lock file, with this process's pid, for the block.
+
+    A local lock is created exclusively (`O_EXCL`): of two runs started at
+    once, one fails. File systems behind a URL (gs://, ram://...) have no
+    exclusive create, so there the lock is checked, then written: it stops a
+    run started while another is running, but two runs started within that
+    moment may both go ahead, and a lock written by another host counts as
+    alive (its pid cannot be checked here; delete it by hand after a crash).
 
     Args:
         model_dir: created if missing.
@@ -75,8 +88,12 @@ def model_dir_lock(model_dir: Path, chief: bool = True) -> Iterator[None]:
     if not chief:
         yield
         return
-    model_dir.mkdir(parents=True, exist_ok=True)
-    lock = model_dir / LOCK_FILE
+    storage.makedirs(model_dir)
+    lock = storage.join(model_dir, LOCK_FILE)
+    if storage.is_url(lock):
+        yield from _url_lock(model_dir, lock)
+        return
+    lock = Path(lock)
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -93,6 +110,19 @@ def model_dir_lock(model_dir: Path, chief: bool = True) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _url_lock(model_dir: str | Path, lock: str) -> Iterator[None]:
+    """`model_dir_lock` on a URL: the owner `PID@HOST` checked, then written."""
+    owner = storage.read_text(lock).strip() if storage.isfile(lock) else ""
+    if owner and owner_alive(owner):
+        raise TrainingError(f"{model_dir} is in use by another training run ({owner}); "
+                            "wait for it or use another --model-dir")
+    storage.write_text_atomic(lock, owner_tag())
+    try:
+        yield
+    finally:
+        storage.remove(lock)
 
 
 class RunState:

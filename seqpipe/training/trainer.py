@@ -32,6 +32,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from seqpipe import storage
 from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -83,7 +84,7 @@ def train(data_dir: str | Path, model_dir: str | Path, cfg: Config,
         TrainingError, records.DatasetError: before any step runs, when the
             data or the model directory do not fit.
     """
-    model_dir = Path(model_dir)
+    model_dir = str(model_dir)  # a local path or a URL (`seqpipe.storage`): not a Path
     metadata = metadata_lib.read(data_dir)
     check_model_dir_compatible(model_dir, metadata, data_dir, cfg)
     strategy = make_strategy(cfg.train.strategy)
@@ -118,8 +119,8 @@ class Trainer:
     def __init__(self, data_dir: str | Path, model_dir: str | Path, cfg: Config, *,
                  metadata: DatasetMetadata | None = None,
                  strategy: tf.distribute.Strategy | None = None, verbose: bool = True):
-        self.data_dir = Path(data_dir)
-        self.model_dir = Path(model_dir)
+        self.data_dir = str(data_dir)  # local paths or URLs (`seqpipe.storage`)
+        self.model_dir = str(model_dir)
         self.cfg = cfg
         self.metadata = metadata if metadata is not None else metadata_lib.read(data_dir)
         self.strategy = strategy if strategy is not None else make_strategy(cfg.train.strategy)
@@ -258,7 +259,7 @@ class Trainer:
                     f"{split} loss is not finite at epoch {epoch + 1}, step {skip + steps}; "
                     "lower train.learning_rate, keep train.clipnorm > 0 and "
                     "model.activation=tanh, and check the inputs (the last backup in "
-                    f"{self.model_dir / BACKUP_DIR} is from before this step)")
+                    f"{storage.join(self.model_dir, BACKUP_DIR)} is from before this step)")
             if training:
                 self.state.count_step(sse, count)
             progress(steps, total_sse / max(total_count, 1.0))
