@@ -120,6 +120,8 @@ def test_training_killed_repeatedly_resumes_and_finishes(small_dataset, small_ov
     assert (model / "encoder" / "saved_model.pb").is_file()
     import keras
 
+    import seqpipe.model.layers  # noqa: F401 - registers the layers the file names
+
     keras.models.load_model(model / "autoencoder.keras", safe_mode=True)
     print(f"training: {kills} kills, log {log.read_text()[-400:]}")
 
