@@ -9,31 +9,39 @@ runs, as subprocesses,
     python -m seqpipe train --data OUT --model-dir M --set train.epochs=1 \\
         --set model.units=16 --set data.batch_size=256 --quiet --json
 
-and prints, per size: wall seconds, records/s and timesteps/s of the job, the
-CPU seconds of its process tree (driver and SDK workers apart), the peak RSS of
-the whole process tree (the sum over the driver and every worker, sampled
-every `SAMPLE_SECONDS`) and of its largest process (the kernel's exact
-`VmHWM`), the output bytes; for training, the timesteps/s of the epoch (as
-the trainer measures it: the train split's steps, not the TensorFlow import
-or the validation pass), its wall seconds and peak RSS. Then the ratios of
-4x and 16x to 1x side by side. No thresholds: the numbers are the result.
+and prints, per size: wall seconds, records/s and timesteps/s of the job (also
+without its startup, which does not grow with the data), the CPU seconds of
+its process tree (exact, `RUSAGE_CHILDREN`), the peak RSS of the whole process
+tree (the sum over the driver and every SDK worker, sampled every
+`SAMPLE_SECONDS`) and of the driver and the largest worker apart (the kernel's
+exact `VmHWM`), the output MiB; for training, its wall seconds, the epoch's
+timesteps/s as the trainer measures it (the train split's steps: not the
+TensorFlow import, the tracing before the epoch nor the validation pass) and
+its peak RSS. Then the ratios of every size to the first, side by side. No
+thresholds: the numbers are the result.
 
 Inputs: file `k` holds `SynthConfig(seed=k)`'s first sequences with ids
 prefixed `f<k>-` (every sequence's draws depend only on its seed and index,
-so the files are independent and the ids unique). Size `m x base` reads the
-first `m x files_per_base` files (symlinked into one directory per size), so
-every size has the same records per file and the larger sizes contain the
-smaller. Files are written once into `--inputs-dir` in parallel processes and
-reused by later runs; generation time is printed but is not what is measured.
+so the files are independent and the ids unique). Every file holds
+`base / files_per_base` sequences; size `m x base` reads the first
+`m x files_per_base` files (symlinked into one directory per size), so the
+larger sizes contain the smaller. Files are written once into `--inputs-dir`
+(under `per-file-<n>/`) by `--gen-processes` processes and reused by later
+runs; generation time is printed but is not what is measured.
 
-Where the time goes: the job runs under a wrapper that turns on Beam's INFO
-log with timestamps; the runner logs when each fused stage starts, so the
-gaps give each stage's wall seconds (the last stage runs until the
-job's own summary line). The table of the largest size is printed.
+Where the time goes:
+- per stage: the job runs under a wrapper that logs, timestamped, each
+  bundle the Beam runner starts (its `run_bundle` debug log); bundles run one
+  at a time, so the gaps give each fused stage's wall seconds. `startup` is
+  everything before the first bundle; the first stage also starts the SDK
+  workers; the last one runs to the end of the process (the driver's shard
+  renames, metadata and commit).
+- per record: `per_record_costs` times the worker's per-record steps alone on
+  one input file; the workers' CPU per record beyond their sum is Beam's.
 
     nice python benchmarks/scale.py [--base 62500] [--multiples 1,4,16] \\
-        [--files-per-base 16] [--inputs-dir DIR] [--work-dir DIR] \\
-        [--train-set model.units=16 --train-set data.batch_size=256] \\
+        [--files-per-base 20] [--inputs-dir DIR] [--work-dir DIR] \\
+        [--gen-processes 2] [--pipeline-args "..."] [--train-set KEY=VALUE ...] \\
         [--no-train] [--json out.json]
 """
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import multiprocessing
 import os
@@ -89,21 +98,19 @@ def input_name(index: int) -> str:
     return f"raw-{index:05d}.jsonl.gz"
 
 
-def _write_input_file(job: tuple[Path, int, int]) -> int:
-    """Writes file `index` (seed `index`, `count` sequences) atomically; returns timesteps."""
+def _write_input_file(job: tuple[Path, int, int]) -> None:
+    """Writes file `index` (seed `index`, `count` sequences) atomically (a killed run
+    leaves no file that a later run would take as finished)."""
     from seqpipe import synthetic
     from seqpipe.config import SynthConfig
 
     path, index, count = job
     temporary = path.with_name(f".{path.name}.tmp")
-    timesteps = 0
     with gzip.open(temporary, "wt", encoding="utf-8", compresslevel=6) as handle:
         for record in synthetic.generate(SynthConfig(num_sequences=count, seed=index)):
             record["id"] = f"f{index:05d}-{record['id']}"
             handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-            timesteps += len(record["steps"])
     os.replace(temporary, path)
-    return timesteps
 
 
 def write_inputs(directory: Path, num_files: int, per_file: int, processes: int) -> float:
@@ -183,11 +190,15 @@ class TreeSampler:
         self.peak_tree_mib = max(self.peak_tree_mib, total)
 
     def summary(self) -> dict:
-        """Peak tree RSS, largest process peak, CPU seconds of the driver and of the rest."""
+        """Peak tree RSS; peaks of the largest process, the driver and every other process
+        (largest first); CPU seconds of the driver and of the rest."""
         root = self._root.pid
         return {"peak_tree_rss_mib": self.peak_tree_mib,
                 "peak_process_rss_mib": max(self.peak_by_pid.values(), default=0.0),
                 "driver_peak_rss_mib": self.peak_by_pid.get(root, 0.0),
+                "workers_peak_rss_mib": sorted(
+                    (peak for pid, peak in self.peak_by_pid.items() if pid != root),
+                    reverse=True),
                 "num_processes": len(self.peak_by_pid),
                 "driver_cpu_seconds": self.cpu_by_pid.get(root, 0.0),
                 "workers_cpu_seconds": sum(cpu for pid, cpu in self.cpu_by_pid.items()
@@ -235,8 +246,9 @@ def stage_seconds(log_path: Path, started: float, finished: float) -> dict[str, 
     """Wall seconds per fused stage from the bundle log (bundles run one at a time).
 
     `startup` is everything before the first bundle (imports, input listing,
-    pipeline construction, starting the SDK workers); the last bundle's time
-    runs to the end of the process (the shard renames, metadata and commit).
+    pipeline construction); the first bundle also starts the SDK workers; the
+    last bundle's time runs to the end of the process (the shard renames,
+    metadata and commit).
     """
     starts = []
     for line in log_path.read_text().splitlines():
@@ -251,6 +263,42 @@ def stage_seconds(log_path: Path, started: float, finished: float) -> dict[str, 
         last = starts[-1][1]
         seconds[f"{last} + commit"] = seconds.pop(last)
     return seconds
+
+
+def per_record_costs(path: Path) -> dict[str, float]:
+    """CPU microseconds per record of each step a worker takes, on one input file.
+
+    The job's own per-record functions, one step at a time in this process:
+    gunzip and split the lines, parse and validate (`sources.validate_json_line`),
+    assign the split and encode (`records.encode_sequence`), frame and checksum
+    (Beam's TFRecord codec, as `beam_jobs.write.PartWriter` writes); what the
+    job spends beyond their sum is the runner's.
+    """
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from seqpipe.dataset import records, sources
+
+    def encode(result: sources.Sequence) -> bytes:
+        sources.assign_split(result, 0.8, 0.1)
+        return records.encode_sequence(result.id, result.steps, result.label)
+
+    def timed(step, items):
+        start = time.process_time()
+        results = [step(item) for item in items]
+        return results, time.process_time() - start
+
+    start = time.process_time()
+    with gzip.open(path, "rb") as stream:
+        lines = stream.read().splitlines()
+    seconds = {"gunzip and split lines": time.process_time() - start}
+    parsed, seconds["parse and validate"] = timed(
+        lambda item: sources.validate_json_line(item[1], str(path), item[0]),
+        list(enumerate(lines, start=1)))
+    encoded, seconds["assign split and encode"] = timed(encode, parsed)
+    sink = io.BytesIO()
+    _, seconds["TFRecord framing and CRC"] = timed(
+        lambda data: _TFRecordUtil.write_record(sink, data), encoded)
+    return {step: 1e6 * value / len(lines) for step, value in seconds.items()}
 
 
 # --- one size -----------------------------------------------------------------------------
@@ -272,6 +320,7 @@ def measure_preprocess(pattern: str, output: Path, log_path: Path,
     result["records_per_second"] = result["records"] / result["seconds"]
     result["timesteps_per_second"] = result["timesteps"] / result["seconds"]
     result["records_per_cpu_second"] = result["records"] / result["cpu_seconds"]
+    result["largest_worker_rss_mib"] = max(result["workers_peak_rss_mib"], default=0.0)
     result["records_per_second_after_startup"] = result["records"] / max(
         result["seconds"] - result["stages"]["startup"], 1e-9)
     return result
@@ -330,6 +379,7 @@ PREPROCESS_COLUMNS = (  # (key, header, format)
     ("cpu_seconds", "cpu s", ".0f"),
     ("records_per_cpu_second", "rec/cpu-s", ".0f"), ("peak_tree_rss_mib", "tree MiB", ".0f"),
     ("peak_process_rss_mib", "max proc MiB", ".0f"), ("driver_peak_rss_mib", "driver MiB", ".0f"),
+    ("largest_worker_rss_mib", "worker MiB", ".0f"),
     ("output_mib", "out MiB", ".0f"))
 TRAIN_COLUMNS = (
     ("seconds", "s", ".0f"), ("train_timesteps_per_second", "epoch steps/s", ".0f"),
@@ -368,17 +418,20 @@ def ratios(rows: list[dict]) -> dict[str, list[float]]:
 def stage_table(rows: list[dict]) -> list[str]:
     """Each stage's share of the job's wall time, per size, side by side."""
     stages = list(dict.fromkeys(name for row in rows for name in row["preprocess"]["stages"]))
-    lines = ["share of the job's wall time per stage: " + " ".join(
+    title = "share of the job's wall time per stage:"
+    lines = [f"{title:<70} " + " ".join(
         f"{row['num_sequences']:>9}" for row in rows)]
     for stage in stages:
         shares = [row["preprocess"]["stages"].get(stage, 0.0) / row["preprocess"]["seconds"]
                   for row in rows]
-        lines.append(f"  {stage[:40]:<40} " + " ".join(f"{share:>9.1%}" for share in shares))
+        lines.append(f"  {stage[:68]:<68} " + " ".join(f"{share:>9.1%}" for share in shares))
     return lines
 
 
-def format_report(rows: list[dict], generation_seconds: float) -> str:
-    """The per-size tables, the ratios to the smallest size and the stage shares."""
+def format_report(rows: list[dict], generation_seconds: float,
+                  costs: dict[str, float]) -> str:
+    """The per-size tables, the ratios to the smallest size, the stage shares and the
+    per-record costs of the worker's steps."""
     lines = _table(rows, "preprocess", PREPROCESS_COLUMNS)
     if all("train" in row for row in rows):
         lines += _table(rows, "train", TRAIN_COLUMNS)
@@ -388,6 +441,13 @@ def format_report(rows: list[dict], generation_seconds: float) -> str:
     for label, values in ratios(rows).items():
         lines.append(f"  {label:<42}" + " ".join(f"{v:>6.2f}" for v in values))
     lines += stage_table(rows)
+    largest = rows[-1]["preprocess"]
+    job_us = 1e6 * largest["workers_cpu_seconds"] / largest["records"]
+    lines.append(f"workers' CPU per record at {rows[-1]['num_sequences']} sequences: "
+                 f"{job_us:.0f} us, of which the per-record steps alone (one file):")
+    lines += [f"  {step:<40} {us:>6.0f} us" for step, us in costs.items()]
+    lines.append(f"  {'the rest (Beam: data plane, coders, bundles)':<40} "
+                 f"{job_us - sum(costs.values()):>6.0f} us")
     lines.append(f"input generation (not measured above): {generation_seconds:.0f} s")
     return "\n".join(lines)
 
@@ -418,14 +478,16 @@ def main(argv: list[str] | None = None) -> None:
         generation = write_inputs(Path(args.inputs_dir), max(multiples) * args.files_per_base,
                                   per_file, args.gen_processes)
         rows = [measure_size(m * args.files_per_base, args, work) for m in multiples]
-    print(format_report(rows, generation))
+        costs = per_record_costs(Path(args.inputs_dir) / input_name(0))
+    print(format_report(rows, generation, costs))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"base": args.base, "multiples": multiples, "files_per_base": args.files_per_base,
              "pipeline_args": args.pipeline_args, "train_settings": [*TRAIN_SETTINGS,
                                                                      *args.train_set],
              "cpus": os.cpu_count(), "generation_seconds": generation,
-             "ratios": ratios(rows), "rows": rows}, indent=2) + "\n")
+             "ratios": ratios(rows), "per_record_microseconds": costs, "rows": rows},
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":
