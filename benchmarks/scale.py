@@ -338,7 +338,13 @@ def measure_train(data: Path, model_dir: Path, log_path: Path,
     result["train_timesteps_per_second"] = summary["timesteps_per_second"]
     result["valid_timesteps"] = sum(h["valid_timesteps"] for h in history(model_dir))
     result["epoch_seconds"] = sum(h["seconds"] for h in history(model_dir))
-    return result
+    return with_cpu_rate(result)
+
+
+def with_cpu_rate(train: dict) -> dict:
+    """Adds the epoch's timesteps per CPU second of the whole training process (its
+    import, tracing and export included), which a busy machine disturbs less."""
+    return {**train, "timesteps_per_cpu_second": train["valid_timesteps"] / train["cpu_seconds"]}
 
 
 def history(model_dir: Path) -> list[dict]:
@@ -383,6 +389,7 @@ PREPROCESS_COLUMNS = (  # (key, header, format)
     ("output_mib", "out MiB", ".0f"))
 TRAIN_COLUMNS = (
     ("seconds", "s", ".0f"), ("train_timesteps_per_second", "epoch steps/s", ".0f"),
+    ("cpu_seconds", "cpu s", ".0f"), ("timesteps_per_cpu_second", "steps/cpu-s", ".0f"),
     ("peak_tree_rss_mib", "peak MiB", ".0f"))
 RATIO_KEYS = (
     ("preprocess", "records_per_second", "preprocess records/s"),
@@ -391,6 +398,7 @@ RATIO_KEYS = (
     ("preprocess", "peak_tree_rss_mib", "preprocess peak RSS, tree"),
     ("preprocess", "peak_process_rss_mib", "preprocess peak RSS, largest process"),
     ("train", "train_timesteps_per_second", "train epoch timesteps/s"),
+    ("train", "timesteps_per_cpu_second", "train timesteps/CPU-s"),
     ("train", "peak_tree_rss_mib", "train peak RSS"))
 
 
@@ -452,6 +460,14 @@ def format_report(rows: list[dict], generation_seconds: float,
     return "\n".join(lines)
 
 
+def report_from_json(path: Path) -> str:
+    """`format_report` of the results a run wrote with `--json`."""
+    saved = json.loads(path.read_text())
+    rows = [{**row, "train": with_cpu_rate(row["train"])} if "train" in row else row
+            for row in saved["rows"]]
+    return format_report(rows, saved["generation_seconds"], saved["per_record_microseconds"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", type=int, default=62_500, help="sequences at 1x")
@@ -469,7 +485,12 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"more training overrides (always: {' '.join(TRAIN_SETTINGS)})")
     parser.add_argument("--no-train", action="store_true", help="preprocess only")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--report", default=None, metavar="JSON",
+                        help="print the report of a run's --json file again; run nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report_from_json(Path(args.report)))
+        return
     per_file = sequences_per_file(args.base, args.files_per_base)
     multiples = [int(m) for m in args.multiples.split(",")]
     with tempfile.TemporaryDirectory(prefix="seqpipe-scale-") as tmp:
