@@ -59,6 +59,14 @@ class CounterCombineFn(beam.CombineFn):
         return dict(accumulator)
 
 
+class CounterSumCombineFn(CounterCombineFn):
+    """Sums `{element: count}` dicts (the outputs of `CounterCombineFn`) -> one dict."""
+
+    def add_input(self, accumulator, element):
+        accumulator.update(element)
+        return accumulator
+
+
 class SumTuplesCombineFn(beam.CombineFn):
     """Element-wise sum of equal-length int tuples."""
 
@@ -248,23 +256,28 @@ class CountRecords(beam.PTransform):
 
     def expand(self, pcolls):
         read, written, rejects = pcolls
-        keys = (
-            read | "read_keys" >> beam.Map(_read_key),
-            written | "written_keys" >> beam.Map(_written_key),
-            written | "truncated_only" >> beam.Filter(_is_truncated)
+        keys = {
+            "read": read | "read_keys" >> beam.Map(_read_key),
+            "written": written | "written_keys" >> beam.Map(_written_key),
+            "truncated": written | "truncated_only" >> beam.Filter(_is_truncated)
             | "truncated_keys" >> beam.Map(_truncated_key),
-            rejects | "rejected_keys" >> beam.Map(_rejected_key),
-        )
-        return (keys
-                | "all_keys" >> beam.Flatten()
-                | "count_keys" >> beam.CombineGlobally(CounterCombineFn())
+            "rejected": rejects | "rejected_keys" >> beam.Map(_rejected_key),
+        }
+        # Each stream is counted where it is produced and only the small counters
+        # meet: flattening the per-record keys of four stages first makes a runner
+        # buffer every key between stages (on the DirectRunner, in the driver: memory
+        # that grows with the data, benchmarks/scale.py).
+        counters = tuple(
+            stream | f"count_{kind}_keys" >> beam.CombineGlobally(CounterCombineFn())
+            for kind, stream in keys.items())
+        return (counters
+                | "all_counters" >> beam.Flatten()
+                | "sum_counters" >> beam.CombineGlobally(CounterSumCombineFn())
                 | "count_rows" >> beam.Map(_count_rows))
 
 
 def _count_rows(counter: Mapping[tuple[str, str, str], int]) -> list[list[Any]]:
     return sorted([*key, n] for key, n in counter.items())
-
-
 
 
 def assemble_counts(rows: Sequence[Sequence[Any]], files: Sequence[str]) -> dict[str, Any]:
