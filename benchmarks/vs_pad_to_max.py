@@ -105,7 +105,8 @@ def make_data(kind: str, root: Path, seed: int, num_copies: int = 1) -> Data:
 
 
 def pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
-    x = np.zeros((len(sequences), length, NUM_FEATURES), np.float32)
+    """The sequences zero-padded after their steps to `length`, as the recipe feeds them."""
+    x = np.zeros((len(sequences), length, sequences[0].shape[-1]), np.float32)
     for i, s in enumerate(sequences):
         x[i, :len(s)] = s
     return x
@@ -123,23 +124,40 @@ class _EpochTimer(keras.callbacks.Callback):
         self.loss = (logs or {}).get("loss")
 
 
+def build_recipe(max_length: int, num_features: int, units: int = UNITS,
+                 decoder_units: int = DECODER_UNITS, activation: str = "relu",
+                 output_dense: bool = False) -> tuple[keras.Model, keras.Model]:
+    """The pad-to-max recipe, compiled (Adam, MSE over the whole padded tensor).
+
+    `Masking(0.0)` -> `LSTM(units)` -> `RepeatVector(max_length)` ->
+    `LSTM(decoder_units, return_sequences=True)`, then `Dense(num_features)`
+    with `output_dense` (the tutorials' output head; without it, as in the seed
+    question, `decoder_units` must be `num_features`).
+
+    Returns:
+        `(autoencoder, encoder)`: the encoder is the same masking and LSTM
+        layers (same weights) on inputs of any length.
+    """
+    inputs = keras.Input(shape=(max_length, num_features))
+    masking = keras.layers.Masking(mask_value=0.0)
+    lstm = keras.layers.LSTM(units, activation=activation)
+    repeated = keras.layers.RepeatVector(max_length)(lstm(masking(inputs)))
+    decoded = keras.layers.LSTM(decoder_units, activation=activation,
+                                return_sequences=True)(repeated)
+    if output_dense:
+        decoded = keras.layers.Dense(num_features)(decoded)
+    model = keras.Model(inputs, decoded)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    any_length = keras.Input(shape=(None, num_features))
+    return model, keras.Model(any_length, lstm(masking(any_length)))
+
+
 class Naive:
     """The seed question's model, trained with `fit` on arrays padded to 356."""
 
     def __init__(self, ds: Data, seed: int):
         keras.utils.set_random_seed(seed)
-        inputs = keras.Input(shape=(MAX_LENGTH, NUM_FEATURES))
-        masking = keras.layers.Masking(mask_value=0.0)
-        lstm = keras.layers.LSTM(UNITS, activation="relu")
-        encoded = lstm(masking(inputs))
-        repeated = keras.layers.RepeatVector(MAX_LENGTH)(encoded)
-        decoded = keras.layers.LSTM(DECODER_UNITS, activation="relu",
-                                    return_sequences=True)(repeated)
-        self.model = keras.Model(inputs, decoded)
-        self.model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
-        # The encoder sub-model, on any length (same layers, same weights).
-        any_length = keras.Input(shape=(None, NUM_FEATURES))
-        self.encoder = keras.Model(any_length, lstm(masking(any_length)))
+        self.model, self.encoder = build_recipe(MAX_LENGTH, NUM_FEATURES)
         self.x = pad(ds.sequences, MAX_LENGTH)
         self.real_timesteps = ds.real_timesteps
 

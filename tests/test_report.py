@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqpipe.commands import cli, embed, evaluate, report
+from seqpipe.commands import cli, embed, evaluate, report, score
 from seqpipe.config import EvalConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
@@ -206,8 +206,9 @@ def test_report_scores_flag_adds_the_figures_and_the_summary(tmp_path, tiny_data
     labels = [r["label"] for r in test_records] + [""]
     scores, _, ranks = _write_scores(tmp_path / "scores.parquet", ids, labels, lengths,
                                      with_flags=True)
-    threshold_file = model_dir / report.SCORE_THRESHOLD_FILE
-    threshold_file.write_text(json.dumps({"threshold": 0.5, "quantile": 0.99, "split": "val"}))
+    threshold_file = score.write_threshold(model_dir, score.Threshold(
+        threshold=0.5, method="quantile", quantile=0.99, split="val", num_records=10,
+        flagged_fraction=0.1, weights_sha256=score.weights_sha256(model_dir)))
     try:
         assert cli.main(["report", "--data", str(tiny_dataset), "--model-dir", str(model_dir),
                          "--output", str(tmp_path / "report"),

@@ -15,10 +15,11 @@ import pytest
 from literal_datasets import SEQS, write_dataset
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from seqpipe.commands import cli, embed, score, score_evaluation
+from seqpipe.commands import cli, embed, report, score, score_evaluation
 from seqpipe.config import ModelConfig, ScoreConfig, dump_config, load_config
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records, sources
+from seqpipe.input_pipeline import reading
 from seqpipe.model.autoencoder import build_autoencoder, export_scorer, scorer_module
 from seqpipe.model.losses import masked_step_errors
 from seqpipe.training.model_dir import (
@@ -29,6 +30,7 @@ from seqpipe.training.model_dir import (
     SCORER_DIR,
     SUMMARY_FILE,
     THRESHOLD_FILE,
+    training_metadata,
 )
 
 # A small model on the literal sequences' F=2, without the default pooling cost.
@@ -364,6 +366,7 @@ def test_evaluation_of_a_trained_model_against_the_baselines(tmp_path, tiny_data
     (["--data", "{data}", "--output", "{data}/x.parquet"], "inside --data"),
     (["--data", "{data}", "--output", "x.parquet", "--normal-label", "nothing*"],
      "no label matches"),
+    (["--data", "{data}", "--threshold-from", "val", "--plot"], "--plot draws the scores"),
 ])
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, tiny_dataset, tiny_model, raw_file,
                                  capsys, args, message):
@@ -388,6 +391,33 @@ def test_cli_refuses_a_stale_threshold_and_hints_without_one(tmp_path, tiny_data
     assert cli.main([*base, "--output", output]) == 2
     err = capsys.readouterr().err.strip()
     assert "calibrated on other weights" in err and "\n" not in err
+
+
+def test_plot_draws_beside_the_output_the_raw_steps_of_the_top_anomalies(tmp_path, tiny_model,
+                                                                        raw_file, capsys):
+    output = tmp_path / "new.parquet"
+    assert cli.main(["score", "--input", str(raw_file), "--model-dir", str(tiny_model),
+                     "--output", str(output), "--plot"]) == 0
+    paths = score.figure_paths(output)
+    assert paths == {"scores": tmp_path / "new.scores.png",
+                     "top_anomalies": tmp_path / "new.top_anomalies.png"}
+    assert f"figures: {paths['scores']}, {paths['top_anomalies']}" in capsys.readouterr().out
+    for path in paths.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    # What the top panel draws: the best-ranked raw records, normalized as in training.
+    raw = embed.read_raw([str(raw_file)], tiny_model)
+    trained_on = training_metadata(tiny_model)
+    top = report.top_sequences(report.read_scores(output), None, tiny_model, trained_on,
+                               scored_records=score.raw_records(raw))
+    rows = pq.read_table(output).to_pylist()
+    best = sorted(rows, key=lambda row: row["rank"])[:report.NUM_TOP_ANOMALIES]
+    assert [(s.id, s.rank) for s in top] == [(row["id"], row["rank"]) for row in best]
+    mean, std = reading.normalization_arrays(trained_on.feature_stats, trained_on.num_features)
+    steps_of = {sequence.id: sequence.steps for sequence in raw.sequences}
+    for sequence in top:
+        np.testing.assert_allclose(sequence.steps, (steps_of[sequence.id] - mean) / std,
+                                   rtol=1e-5, atol=1e-6)
+        assert sequence.length == len(steps_of[sequence.id])
 
 
 def test_a_model_dir_of_an_older_version_scores_from_its_keras_file(tmp_path, tiny_dataset,

@@ -9,7 +9,7 @@
     seqpipe score      --data data/ --model-dir runs/x --threshold-from val
     seqpipe score      --data data/ --model-dir runs/x --split test --output scores.parquet
                        [--normal-label 'normal*' ...]
-    seqpipe score      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet
+    seqpipe score      --input 'new/*.jsonl' --model-dir runs/x --output new.parquet [--plot]
     seqpipe evaluate   --data data/ --model-dir runs/x
     seqpipe report     --data data/ --model-dir runs/x [--scores scores.parquet]
     seqpipe quickstart [--workdir DIR]
@@ -341,6 +341,9 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normal-label", action="append", metavar="PATTERN",
                         help="labels matching this glob are normal, others anomalous "
                              "(repeatable): ROC-AUC and PR-AUC against the baselines")
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw the score histogram and the top anomalies beside "
+                             "--output (OUTPUT.scores.png, OUTPUT.top_anomalies.png)")
 
 
 def _score(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[str, Any]:
@@ -349,7 +352,8 @@ def _score(args: argparse.Namespace, cfg: Config, extra: Sequence[str]) -> dict[
     request = score.Request(
         model_dir=args.model_dir, data_dir=args.data, split=args.split,
         inputs=tuple(args.input or ()), output=args.output,
-        threshold_from=args.threshold_from, normal_labels=tuple(args.normal_label or ()))
+        threshold_from=args.threshold_from, normal_labels=tuple(args.normal_label or ()),
+        plot=args.plot)
     # With --json, stdout is the JSON alone; the human lines go to stderr.
     return score.run(request, cfg.score,
                      echo=(lambda line: print(line, file=sys.stderr)) if args.json else print)

@@ -2,22 +2,34 @@
 
     synth -> preprocess (Beam DirectRunner) -> train (bucketed tf.data, custom
     loop) -> embed (exported encoder) -> evaluate (SVM on embeddings vs the
-    pooled-statistics baseline)
+    pooled-statistics baseline) -> score (anomalies in new raw data) -> report
 
 Every stage is the real library call the individual commands make; the
-quickstart only chains them in one work directory and prints a summary:
+quickstart only chains them in one work directory and prints a summary.
+The anomaly stage does what a user does with new data: a fresh synthetic set
+(`ANOMALY_SEQUENCES` sequences, another seed, `ANOMALY_FRACTION` of them with
+an injected anomaly, `seqpipe synth --anomalies`) as raw JSON lines, the
+threshold calibrated on the val split, the new file scored as raw input with
+`--normal-label 'class_*'` (`seqpipe score`): the ROC-AUC of the
+reconstruction score beside the Isolation Forest and k-NN baselines, and the
+score's |Spearman| correlation with length.
 
     WORKDIR/raw/synthetic.jsonl      labeled raw sequences
+    WORKDIR/raw/anomalies.jsonl      new raw sequences, some anomalous
     WORKDIR/data/                    TFRecord shards, metadata.json, rejects/
     WORKDIR/model/                   checkpoints, autoencoder.keras, encoder/,
-                                     evaluation.json
-    WORKDIR/model/report/            PNG figures and summary.md (`seqpipe report`)
+                                     scorer/, evaluation.json, score_threshold.json,
+                                     score_evaluation.json
+    WORKDIR/model/report/            PNG figures (the score figures too) and
+                                     summary.md (`seqpipe report --scores`)
     WORKDIR/embeddings/test.parquet  test-split embeddings
+    WORKDIR/scores/anomalies.parquet the anomaly scores of the new raw sequences
     WORKDIR/quickstart.json          every number of the summary
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -31,7 +43,10 @@ from seqpipe.training.model_dir import EVALUATION_FILE, REPORT_DIR
 
 T = TypeVar("T")
 
-ARTEFACTS = ("raw", "data", "model", "embeddings", "quickstart.json")
+ARTEFACTS = ("raw", "data", "model", "embeddings", "scores", "quickstart.json")
+ANOMALY_SEQUENCES = 300
+ANOMALY_FRACTION = 0.1
+NORMAL_LABELS = ("class_*",)
 
 
 def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, Any]:
@@ -42,9 +57,9 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
     """
     workdir = Path(workdir)
     _prepare_workdir(workdir, overwrite)
-    paths = {name: workdir / name for name in ("raw", "data", "model", "embeddings")}
+    paths = {name: workdir / name for name in ("raw", "data", "model", "embeddings", "scores")}
     raw_file = paths["raw"] / "synthetic.jsonl"
-    steps = 6
+    steps = 7
     started = time.monotonic()
 
     from seqpipe import synthetic
@@ -69,18 +84,65 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
         paths["data"], paths["model"], cfg.eval))
     (paths["model"] / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
 
+    anomalies = _stage(6, steps, f"anomaly scores of {ANOMALY_SEQUENCES} new sequences",
+                       lambda: score_anomalies(cfg, paths))
+
     from seqpipe.commands import report
-    _stage(6, steps, "report figures", lambda: report.make_report(
-        paths["data"], paths["model"], paths["model"] / REPORT_DIR))
+    _stage(7, steps, "report figures", lambda: report.make_report(
+        paths["data"], paths["model"], paths["model"] / REPORT_DIR,
+        scores=anomalies["output"], scored_records=anomalies["scored_records"]))
 
     summary = _summary(synth, metadata, training, evaluation, time.monotonic() - started)
+    summary.update(_anomaly_summary(anomalies))
     summary["artefacts"] = {"raw": str(raw_file), "data": str(paths["data"]),
                             "model": str(paths["model"]), "embeddings": str(test_parquet),
+                            "scores": anomalies["output"],
                             "report": str(paths["model"] / REPORT_DIR),
                             "summary": str(workdir / "quickstart.json")}
     (workdir / "quickstart.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     return summary
+
+
+def score_anomalies(cfg: Config, paths: dict[str, Path]) -> dict[str, Any]:
+    """Writes a fresh synthetic set with anomalies and scores it as `seqpipe score` does.
+
+    Calibrates the threshold on the val split of `paths["data"]`, scores the
+    new raw file with `--normal-label 'class_*'` against the baselines, and
+    writes `paths["scores"]/anomalies.parquet`.
+
+    Returns:
+        `score.run`'s result, plus `synth` (the generator's summary) and
+        `scored_records` (the new raw records, for the report's figures).
+    """
+    from seqpipe import synthetic
+    from seqpipe.commands import embed, score
+
+    raw_file = paths["raw"] / "anomalies.jsonl"
+    synth = synthetic.write_jsonl(dataclasses.replace(
+        cfg.synth, num_sequences=ANOMALY_SEQUENCES, seed=cfg.synth.seed + 1,
+        anomaly_fraction=ANOMALY_FRACTION), raw_file)
+    request = score.Request(model_dir=paths["model"], data_dir=paths["data"],
+                            inputs=(str(raw_file),), output=paths["scores"] / "anomalies.parquet",
+                            threshold_from="val", normal_labels=NORMAL_LABELS)
+    result = score.run(request, cfg.score, echo=lambda line: None)
+    raw = embed.read_raw(request.inputs, request.model_dir)
+    return {**result, "synth": synth, "scored_records": score.raw_records(raw)}
+
+
+def _anomaly_summary(anomalies: dict[str, Any]) -> dict[str, Any]:
+    evaluation = anomalies["evaluation"]
+    methods = evaluation["methods"]
+    rho = methods["reconstruction"]["length_spearman"]
+    return {
+        "anomaly_records_scored": anomalies["num_records"],
+        "anomaly_records_anomalous": evaluation["num_anomalous"],
+        "anomaly_threshold": anomalies["threshold"]["threshold"],
+        "anomaly_records_flagged": anomalies["num_flagged"],
+        "anomaly_roc_auc": {method: result.get("roc_auc") for method, result in methods.items()},
+        "anomaly_pr_auc": {method: result.get("pr_auc") for method, result in methods.items()},
+        "anomaly_score_length_spearman_abs": None if rho is None else abs(rho),
+    }
 
 
 def _prepare_workdir(workdir: Path, overwrite: bool) -> None:
@@ -133,6 +195,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     def number(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
+    roc_auc = summary["anomaly_roc_auc"]
+
     rows = [
         ("records read / written / rejected",
          f"{summary['records_read']} / {summary['records_written']} / "
@@ -150,6 +214,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("1-NN DTW test accuracy (slow, small sets only)",
          number(summary["dtw_1nn_test_accuracy"])),
         ("chance (majority class)", number(summary["chance_accuracy"])),
+        ("new sequences scored / anomalous / above the val threshold",
+         f"{summary['anomaly_records_scored']} / {summary['anomaly_records_anomalous']} / "
+         f"{summary['anomaly_records_flagged']}"),
+        ("anomaly ROC-AUC: reconstruction score", number(roc_auc["reconstruction"])),
+        ("anomaly ROC-AUC: isolation forest, pooled statistics",
+         number(roc_auc["isolation_forest"])),
+        ("anomaly ROC-AUC: k-NN distance, embeddings", number(roc_auc["knn_embedding"])),
+        ("|Spearman| of the score with the length",
+         number(summary["anomaly_score_length_spearman_abs"])),
         ("wall time", f"{summary['wall_seconds']:.0f}s"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -47,7 +47,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from seqpipe import input_pipeline, storage
-from seqpipe.commands import embed
+from seqpipe.commands import embed, score
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -56,12 +56,12 @@ from seqpipe.training.model_dir import (
     EVALUATION_FILE,
     HISTORY_FILE,
     METADATA_COPY,
+    THRESHOLD_FILE,
     read_config,
     read_json,
 )
 
 SUMMARY_FILE = "summary.md"
-SCORE_THRESHOLD_FILE = "score_threshold.json"  # in the model directory, from `seqpipe score`
 DPI = 110
 NUM_RECONSTRUCTIONS = 4
 NUM_TOP_ANOMALIES = 4
@@ -126,7 +126,8 @@ class ScoredSequence:
 
 def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | Path,
                 *, split: str = "test", tsne: bool = False,
-                scores: str | Path | None = None) -> dict[str, str | Path]:
+                scores: str | Path | None = None,
+                scored_records: Sequence[dict[str, Any]] = ()) -> dict[str, str | Path]:
     """Draws every figure that the inputs allow and writes `summary.md`.
 
     Args:
@@ -139,6 +140,9 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
         tsne: also draw a t-SNE projection.
         scores: a `seqpipe score` Parquet file of this model: adds the score
             figures (the top anomalies' steps are looked up in `data_dir`).
+        scored_records: `{"id", "steps"}` of records scored from raw input
+            (`seqpipe score --input`, `score.raw_records`), whose steps the
+            dataset does not hold: the top anomalies among them are drawn too.
 
     Returns:
         `{name: path}` of every file written: `lengths`, `loss`,
@@ -149,6 +153,8 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
     Raises:
         records.DatasetError: missing data, a model that does not fit it, or a
             score file that is not a `seqpipe score` output of this data.
+        score.ScoreError: with `scores`, the stored threshold was calibrated
+            on other weights (`score.read_threshold`).
     """
     score_table = read_scores(scores) if scores is not None else None  # fail before work
     storage.makedirs(output_dir)
@@ -168,9 +174,12 @@ def make_report(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
         figures["embeddings_tsne"] = plot_projection(embeddings, "tsne")
     if evaluation:
         figures["confusion"] = plot_confusion(evaluation)
-    threshold = _stored_threshold(model_dir)
+    threshold = None
     if score_table is not None:
-        top = top_sequences(score_table, data_dir, model_dir, metadata)
+        stored = score.read_threshold(model_dir)
+        threshold = None if stored is None else stored.threshold
+        top = top_sequences(score_table, data_dir, model_dir, metadata,
+                            scored_records=scored_records)
         figures["scores"] = plot_score_histogram(score_table.scores, threshold,
                                                  score_table.labels)
         figures["top_anomalies"] = plot_top_anomalies(top, metadata.feature_names)
@@ -417,7 +426,7 @@ def format_scores(table: ScoreTable, threshold: float | None) -> list[str]:
     lines = [f"- {len(table.ids)} sequences scored ({splits}) from `{storage.name(table.path)}`; "
              f"median score {np.median(table.scores):.4g}, max {table.scores.max():.4g}"]
     if threshold is None:
-        lines.append(f"- threshold: none ({SCORE_THRESHOLD_FILE} not in the model directory)")
+        lines.append(f"- threshold: none ({THRESHOLD_FILE} not in the model directory)")
     else:
         lines.append(f"- threshold {threshold:.4g}: {int(np.sum(table.scores > threshold))} "
                      "sequences above")
@@ -467,19 +476,22 @@ def read_scores(path: str | Path) -> ScoreTable:
     return scores
 
 
-def top_sequences(table: ScoreTable, data_dir: str | Path, model_dir: str | Path,
-                  metadata: DatasetMetadata) -> list[ScoredSequence]:
+def top_sequences(table: ScoreTable, data_dir: str | Path | None, model_dir: str | Path,
+                  metadata: DatasetMetadata,
+                  scored_records: Sequence[dict[str, Any]] = ()) -> list[ScoredSequence]:
     """The `NUM_TOP_ANOMALIES` best-ranked records, rank 1 first, with their steps
-    looked up in `data_dir` (in the splits the file names) and normalized as the
-    model was trained; a record not found there (scored from raw input) has none.
+    looked up in `scored_records` (`{"id", "steps"}`: raw input) or in `data_dir`
+    (in the splits the file names; None: none is read) and normalized as the
+    model was trained; a record found in neither has none.
 
     Raises:
         records.DatasetError: a record found with another length than its score's.
     """
     top = table.top(NUM_TOP_ANOMALIES)
     wanted = {table.ids[row]: row for row in top}
-    found: dict[str, dict[str, Any]] = {}
-    for split in sorted(set(table.splits[top].tolist()) & set(metadata.splits)):
+    found = {record["id"]: record for record in scored_records if record["id"] in wanted}
+    splits = set(table.splits[top].tolist()) & set(metadata.splits) if data_dir else set()
+    for split in sorted(splits):
         found.update((record["id"], record) for record in records.read_split(
             data_dir, split, metadata) if record["id"] in wanted)
     for record_id, record in found.items():
@@ -568,11 +580,6 @@ def _one_batch(chosen: list[dict[str, Any]], model_dir: str | Path,
         feature_stats=trained_on.feature_stats))
     ids = [record_id.decode() for record_id in inputs["id"].numpy()]
     return inputs["x"].numpy(), inputs["mask"].numpy(), ids
-
-
-def _stored_threshold(model_dir: str | Path) -> float | None:
-    stored = read_json(model_dir, SCORE_THRESHOLD_FILE)
-    return None if stored is None else float(stored["threshold"])
 
 
 def _pick_records(split_records: list[dict[str, Any]]) -> list[dict[str, Any]]:

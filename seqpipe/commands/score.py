@@ -40,7 +40,10 @@ Calibration: `calibrate` takes the `ScoreConfig.quantile` of a split's scores
 `read_threshold` refuses a threshold calibrated on other weights.
 
 Evaluation with labels (`seqpipe.commands.score_evaluation`): ROC-AUC and
-PR-AUC of the scores beside the baselines. `run` is the whole command.
+PR-AUC of the scores beside the baselines. Figures (`write_figures`, `--plot`):
+the score histogram and the top anomalies over their per-step errors
+(`seqpipe.commands.report`), beside the output as `OUT.scores.png` and
+`OUT.top_anomalies.png`. `run` is the whole command.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import numpy as np
 from seqpipe import storage
 from seqpipe.commands import embed
 from seqpipe.config import ScoreConfig
+from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records, sources
 from seqpipe.errors import SeqpipeError
 from seqpipe.training.model_dir import (
@@ -353,6 +357,7 @@ class Request:
             `OUTPUT.rejects.jsonl`); None only when calibrating alone.
         threshold_from: calibrate on this split of `data_dir` first.
         normal_labels: fnmatch patterns of the normal labels: evaluate.
+        plot: draw the figures beside `output` (`write_figures`).
     """
 
     model_dir: str | Path
@@ -362,6 +367,7 @@ class Request:
     output: str | Path | None = None
     threshold_from: str | None = None
     normal_labels: tuple[str, ...] = ()
+    plot: bool = False
 
 
 def run(request: Request, cfg: ScoreConfig,
@@ -375,7 +381,8 @@ def run(request: Request, cfg: ScoreConfig,
     Returns:
         JSON-friendly: `output`, `num_records`, `rejected` and `rejects` (raw
         input), `threshold` (the `Threshold` used, or None), `num_flagged`,
-        `evaluation` (with `normal_labels`), `threshold_file`.
+        `evaluation` (with `normal_labels`), `threshold_file`, `figures`
+        (with `plot`: `{name: path}`).
 
     Raises:
         ScoreError: an impossible request (see the messages).
@@ -402,6 +409,10 @@ def run(request: Request, cfg: ScoreConfig,
 
         score_evaluation.anomalous(scores.labels, request.normal_labels)  # refused: no output
     result.update(_write_outputs(request, scores, raw, threshold, echo))
+    if request.plot:
+        figures = write_figures(request, raw, threshold)
+        result["figures"] = {name: str(path) for name, path in figures.items()}
+        echo(f"figures: {', '.join(result['figures'].values())}")
     if request.normal_labels:
         evaluation = score_evaluation.evaluate_request(scores, request, cfg, raw)
         path = storage.write_json_atomic(
@@ -424,6 +435,8 @@ def _check_request(request: Request) -> None:
                          "(--threshold-from)")
     if request.output is None and request.normal_labels:
         raise ScoreError("--normal-label evaluates the scores it writes: give --output")
+    if request.output is None and request.plot:
+        raise ScoreError("--plot draws the scores it writes: give --output")
 
 
 def _scored(request: Request, calibrated: Scores | None,
@@ -461,6 +474,43 @@ def _write_outputs(request: Request, scores: Scores, raw: embed.RawInput | None,
         echo(f"wrote {len(scores)} scores to {path}; {flagged} above the threshold "
              f"{threshold.threshold:.4g} (is_anomaly)")
     return result
+
+
+def write_figures(request: Request, raw: embed.RawInput | None,
+                  threshold: Threshold | None) -> dict[str, Path]:
+    """Draws the scores of `request.output` beside it (`figure_paths`).
+
+    `report.plot_score_histogram` (the threshold marked, when there is one)
+    and `report.plot_top_anomalies` of the best-ranked records, their steps
+    from `raw` (raw input) or from the split of `request.data_dir`.
+    """
+    from seqpipe.commands import report
+
+    table = report.read_scores(request.output)
+    metadata = (metadata_lib.read(request.data_dir) if request.data_dir is not None
+                else training_metadata(request.model_dir))
+    top = report.top_sequences(table, request.data_dir, Path(request.model_dir), metadata,
+                               scored_records=raw_records(raw) if raw is not None else ())
+    figures = {
+        "scores": report.plot_score_histogram(
+            table.scores, None if threshold is None else threshold.threshold, table.labels),
+        "top_anomalies": report.plot_top_anomalies(top, metadata.feature_names),
+    }
+    paths = figure_paths(request.output)
+    for name, figure in figures.items():
+        figure.savefig(paths[name])
+    return paths
+
+
+def figure_paths(output: str | Path) -> dict[str, Path]:
+    """Where `--plot` draws: `OUT.scores.png` and `OUT.top_anomalies.png` beside `OUT.parquet`."""
+    output = Path(output)
+    return {name: output.with_suffix(f".{name}.png") for name in ("scores", "top_anomalies")}
+
+
+def raw_records(raw: embed.RawInput) -> list[dict[str, Any]]:
+    """`{"id", "steps"}` of the kept sequences of raw input, as `report` looks records up."""
+    return [{"id": sequence.id, "steps": sequence.steps} for sequence in raw.sequences]
 
 
 def rejects_path(output: str | Path) -> str | Path:
