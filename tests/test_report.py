@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -214,7 +215,7 @@ def test_report_scores_flag_adds_the_figures_and_the_summary(tmp_path, tiny_data
                          "--output", str(tmp_path / "report"),
                          "--scores", str(tmp_path / "scores.parquet")]) == 0
     finally:
-        threshold_file.unlink()
+        Path(threshold_file).unlink()
     for name in ("scores", "top_anomalies"):
         path = tmp_path / "report" / f"{name}.png"
         assert str(path) in capsys.readouterr().out if name == "scores" else path.is_file()
