@@ -3,7 +3,8 @@
     lengths.png          length histogram of the dataset, bucket boundaries marked
     loss.png             training and validation loss per epoch (MODEL_DIR/history.json)
     reconstructions.png  a few sequences and their reconstructions, padding shaded
-                         (MODEL_DIR/autoencoder.keras, loaded in safe mode)
+                         (MODEL_DIR/autoencoder.keras, loaded in safe mode; a note
+                         instead when `train.objective: triplet` built no decoder)
     embeddings_pca.png   2-D PCA of the embeddings, coloured by label
     embeddings_tsne.png  the same with t-SNE (only with `tsne=True`: slower)
     confusion.png        test confusion matrices per method (MODEL_DIR/evaluation.json,
@@ -150,6 +151,12 @@ def plot_reconstructions(data_dir: Path, model_dir: Path, metadata: DatasetMetad
     from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
     cfg = load_config(model_dir / CONFIG_FILE)
+    if cfg.train.objective == "triplet":
+        figure = Figure(figsize=(8, 2), dpi=DPI, layout="constrained")
+        figure.text(0.5, 0.5, "no reconstructions: the model was trained with "
+                    "train.objective triplet (an encoder without decoder)",
+                    ha="center", va="center")
+        return figure
     copy = model_dir / METADATA_COPY
     trained_on = metadata_lib.read_file(copy) if copy.is_file() else metadata
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
