@@ -71,6 +71,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
                             "model.embedding_dim=0"),
     "pool+wide": ("model.pooling=[mean,max]", "model.embedding_dim=0"),
     "pool+steps500": ("model.pooling=[mean,max]", "train.min_steps=500"),
+    "triplet": ("train.objective=triplet",),
+    "both": ("train.objective=both",),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")

@@ -41,7 +41,8 @@ MIRRORED_STEP = textwrap.dedent("""
     trainers = {name: Trainer(data_dir, f"{work}/{name}", cfg, metadata=metadata,
                               strategy=strategy, verbose=False)
                 for name, strategy in strategies.items()}
-    trainers["mirrored"].autoencoder.set_weights(trainers["single"].autoencoder.get_weights())
+    trainers["mirrored"].objective.model.set_weights(
+        trainers["single"].objective.model.get_weights())
 
     # One global batch of 4 sequences of different lengths: the two replicas get
     # halves with different numbers of valid steps.
@@ -53,18 +54,20 @@ MIRRORED_STEP = textwrap.dedent("""
         strategy = strategies[name]
         distributed = next(iter(strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))))
-        sse, count = trainer.train_step(distributed)
-        results[name] = {"sse": float(sse), "count": float(count),
-                         "weights": [w.tolist() for w in trainer.autoencoder.get_weights()]}
+        totals = trainer.train_step(distributed)
+        results[name] = {**{key: float(value) for key, value in totals._asdict().items()},
+                         "weights": [w.tolist() for w in trainer.objective.model.get_weights()]}
     halves = [float(batch[2].numpy()[:2].sum()), float(batch[2].numpy()[2:].sum())]
     print(json.dumps({"results": results, "halves": halves}))
 """)
 
 
 @pytest.mark.slow
-def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset):
-    """Same start, same global batch: loss and updated weights agree to float precision."""
-    overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0"]
+@pytest.mark.parametrize("objective", ["reconstruction", "triplet", "both"])
+def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset, objective):
+    """Same start, same global batch: loss and updated weights agree to float precision.
+    The triplet term's negatives of each replica's anchors are the whole global batch's."""
+    overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0", f"train.objective={objective}"]
     result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(tiny_dataset),
                              str(tmp_path), *overrides],
                             capture_output=True, text=True, timeout=600)
@@ -72,8 +75,11 @@ def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset):
     output = json.loads(result.stdout.strip().splitlines()[-1])
     single, mirrored = output["results"]["single"], output["results"]["mirrored"]
     assert output["halves"][0] != output["halves"][1]  # uneven padding across replicas
-    assert mirrored["count"] == single["count"]
-    assert mirrored["sse"] == pytest.approx(single["sse"], rel=1e-6)
+    assert mirrored["num_values"] == single["num_values"]
+    assert mirrored["num_sequences"] == single["num_sequences"] == 4
+    assert mirrored["squared_error"] == pytest.approx(single["squared_error"], rel=1e-6)
+    assert mirrored["triplet"] == pytest.approx(single["triplet"], rel=1e-6)
+    assert (single["triplet"] > 0) == (objective != "reconstruction")
     for a, b in zip(single["weights"], mirrored["weights"], strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
 
@@ -140,12 +146,14 @@ def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
-def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("objective", ["reconstruction", "both"])
+def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset, objective):
     """Each step's global batch is the whole train split (one shard per worker, padded to
     different lengths, with different valid counts): the 2-worker run takes the steps of
-    one process to float rounding, so its losses and weights match tightly."""
+    one process to float rounding, so its losses and weights match tightly. With the
+    triplet term too: a sequence's crops do not depend on its worker or row."""
     whole_split = ("data.batch_size=512", "data.min_batch_efficiency=0", "train.epochs=6",
-                   "train.early_stopping_patience=0")
+                   "train.early_stopping_patience=0", f"train.objective={objective}")
     summaries = _run_two_workers(tiny_dataset, tmp_path / "multi", *whole_split)
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
     _run_single(tiny_dataset, tmp_path / "single", *whole_split)
