@@ -33,8 +33,8 @@ MIRRORED_STEP = textwrap.dedent("""
     from seqpipe.config import load_config
     from seqpipe.training.trainer import Trainer
 
-    data_dir, work = sys.argv[1], sys.argv[2]
-    cfg = load_config("tiny", sys.argv[3:])
+    data_dir, work, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = load_config("tiny", sys.argv[4:])
     metadata = metadata_lib.read(data_dir)
     strategies = {"single": tf.distribute.get_strategy(),
                   "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
@@ -44,10 +44,10 @@ MIRRORED_STEP = textwrap.dedent("""
     trainers["mirrored"].objective.model.set_weights(
         trainers["single"].objective.model.get_weights())
 
-    # One global batch of 4 sequences of different lengths: the two replicas get
-    # halves with different numbers of valid steps.
+    # One global batch of `rows` sequences of different lengths: the two replicas get
+    # parts with different numbers of valid steps (with 1 row, the second gets none).
     dataset = data.make_dataset(data_dir, "train", cfg.data, training=False, metadata=metadata)
-    batch = next(b for b in dataset.unbatch().padded_batch(4)
+    batch = next(b for b in dataset.unbatch().padded_batch(rows)
                  if b[2].numpy()[:2].sum() != b[2].numpy()[2:].sum())
     results = {}
     for name, trainer in trainers.items():
@@ -67,16 +67,33 @@ MIRRORED_STEP = textwrap.dedent("""
 def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset, objective):
     """Same start, same global batch: loss and updated weights agree to float precision.
     The triplet term's negatives of each replica's anchors are the whole global batch's."""
+    single, mirrored = _mirrored_step(tmp_path, tiny_dataset, objective, rows=4)
+    _assert_same_step(single, mirrored, objective, rows=4)
+
+
+@pytest.mark.slow
+def test_a_replica_without_data_joins_the_triplet_step(tmp_path, tiny_dataset):
+    """A global batch of one sequence: the second replica gets no rows, yet must join the
+    gathers of the triplet term (it steps on one all-padding row)."""
+    single, mirrored = _mirrored_step(tmp_path, tiny_dataset, "both", rows=1)
+    _assert_same_step(single, mirrored, "both", rows=1)
+
+
+def _mirrored_step(tmp_path, data_dir, objective: str, rows: int) -> tuple[dict, dict]:
+    """MIRRORED_STEP's single and mirrored results for a global batch of `rows`."""
     overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0", f"train.objective={objective}"]
-    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(tiny_dataset),
-                             str(tmp_path), *overrides],
+    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(data_dir),
+                             str(tmp_path), str(rows), *overrides],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
-    single, mirrored = output["results"]["single"], output["results"]["mirrored"]
     assert output["halves"][0] != output["halves"][1]  # uneven padding across replicas
+    return output["results"]["single"], output["results"]["mirrored"]
+
+
+def _assert_same_step(single: dict, mirrored: dict, objective: str, rows: int) -> None:
     assert mirrored["num_values"] == single["num_values"]
-    assert mirrored["num_sequences"] == single["num_sequences"] == 4
+    assert mirrored["num_sequences"] == single["num_sequences"] == rows
     assert mirrored["squared_error"] == pytest.approx(single["squared_error"], rel=1e-6)
     assert mirrored["triplet"] == pytest.approx(single["triplet"], rel=1e-6)
     assert (single["triplet"] > 0) == (objective != "reconstruction")
