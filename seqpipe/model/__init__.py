@@ -10,5 +10,7 @@ padded timesteps change neither the embedding nor the loss:
   embedding, decoder) and `export_encoder` (a SavedModel that serves without
   seqpipe);
 * `seqpipe.model.losses`: `masked_squared_error`, the reconstruction loss over
-  the real timesteps only, and its exact normalization.
+  the real timesteps only, and its exact normalization;
+* `seqpipe.model.objectives`: what training minimizes (`train.objective`):
+  reconstruction, the T-Loss triplet loss on sub-sequences, or both.
 """
