@@ -73,6 +73,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "pool+steps500": ("model.pooling=[mean,max]", "train.min_steps=500"),
     "triplet": ("train.objective=triplet",),
     "both": ("train.objective=both",),
+    "triplet+steps500": ("train.objective=triplet", "train.min_steps=500"),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")
