@@ -157,6 +157,7 @@ def test_a_resumed_run_takes_the_same_steps(tmp_path, tiny_dataset, tiny_config,
     assert all(totals[2] > 0 for totals in got)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["triplet", "both"])
 def test_training_lowers_the_loss(tmp_path, tiny_dataset, tiny_config, objective):
     """A short real run; with `triplet` the saved model is the encoder and the report
