@@ -72,6 +72,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "pool+steps500": ("model.pooling=[mean,max]", "train.min_steps=500"),
     "steps1000": ("train.min_steps=1000",),
     "no_holdout": ("train.validation_fraction=0",),
+    "triplet": ("train.objective=triplet",),
+    "both": ("train.objective=both",),
+    "triplet+steps500": ("train.objective=triplet", "train.min_steps=500"),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")

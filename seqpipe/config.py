@@ -333,6 +333,16 @@ class TrainConfig:
             faster once compiled, but every distinct batch shape compiles
             first, so it pays off only for long runs on large data (see
             benchmarks/README.md).
+        objective: what training minimizes (`seqpipe.model.objectives`):
+            `reconstruction`, the autoencoder's masked mean squared error;
+            `triplet`, the T-Loss triplet loss of the encoder's embeddings of
+            random sub-sequences (anchor, positive inside it, negatives from
+            the other sequences of the batch); no decoder is built; or
+            `both`, reconstruction + `triplet_weight` * triplet.
+        triplet_negatives: K, negatives per anchor of the triplet loss (the
+            weight of its negative term: the expected sum over K of the
+            batch's other sequences).
+        triplet_weight: the weight of the triplet term with `objective: both`.
     """
 
     epochs: int = 30
@@ -350,6 +360,9 @@ class TrainConfig:
     min_learning_rate: float = 1e-5
     log_every_steps: int = 100
     jit_compile: bool = False
+    objective: str = "reconstruction"
+    triplet_negatives: int = 5
+    triplet_weight: float = 1.0
 
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -371,6 +384,10 @@ class TrainConfig:
         _require(0.0 <= self.min_learning_rate <= self.learning_rate,
                  "train.min_learning_rate", "must be in [0, learning_rate]")
         _require(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0")
+        _require_choice(self.objective, ("reconstruction", "triplet", "both"),
+                        "train.objective")
+        _require(self.triplet_negatives >= 1, "train.triplet_negatives", "must be >= 1")
+        _require(self.triplet_weight >= 0, "train.triplet_weight", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,47 +33,70 @@ MIRRORED_STEP = textwrap.dedent("""
     from seqpipe.config import load_config
     from seqpipe.training.trainer import Trainer
 
-    data_dir, work = sys.argv[1], sys.argv[2]
-    cfg = load_config("tiny", sys.argv[3:])
+    data_dir, work, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = load_config("tiny", sys.argv[4:])
     metadata = metadata_lib.read(data_dir)
     strategies = {"single": tf.distribute.get_strategy(),
                   "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
     trainers = {name: Trainer(data_dir, f"{work}/{name}", cfg, metadata=metadata,
                               strategy=strategy, verbose=False)
                 for name, strategy in strategies.items()}
-    trainers["mirrored"].autoencoder.set_weights(trainers["single"].autoencoder.get_weights())
+    trainers["mirrored"].objective.model.set_weights(
+        trainers["single"].objective.model.get_weights())
 
-    # One global batch of 4 sequences of different lengths: the two replicas get
-    # halves with different numbers of valid steps.
+    # One global batch of `rows` sequences of different lengths: the two replicas get
+    # parts with different numbers of valid steps (with 1 row, the second gets none).
     dataset = data.make_dataset(data_dir, "train", cfg.data, training=False, metadata=metadata)
-    batch = next(b for b in dataset.unbatch().padded_batch(4)
+    batch = next(b for b in dataset.unbatch().padded_batch(rows)
                  if b[2].numpy()[:2].sum() != b[2].numpy()[2:].sum())
     results = {}
     for name, trainer in trainers.items():
         strategy = strategies[name]
         distributed = next(iter(strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))))
-        sse, count = trainer.train_step(distributed)
-        results[name] = {"sse": float(sse), "count": float(count),
-                         "weights": [w.tolist() for w in trainer.autoencoder.get_weights()]}
+        totals = trainer.train_step(distributed)
+        results[name] = {**{key: float(value) for key, value in totals._asdict().items()},
+                         "weights": [w.tolist() for w in trainer.objective.model.get_weights()]}
     halves = [float(batch[2].numpy()[:2].sum()), float(batch[2].numpy()[2:].sum())]
     print(json.dumps({"results": results, "halves": halves}))
 """)
 
 
 @pytest.mark.slow
-def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset):
-    """Same start, same global batch: loss and updated weights agree to float precision."""
-    overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0"]
-    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(tiny_dataset),
-                             str(tmp_path), *overrides],
+@pytest.mark.parametrize("objective", ["reconstruction", "triplet", "both"])
+def test_two_replicas_take_the_single_replica_step(tmp_path, tiny_dataset, objective):
+    """Same start, same global batch: loss and updated weights agree to float precision.
+    The triplet term's negatives of each replica's anchors are the whole global batch's."""
+    single, mirrored = _mirrored_step(tmp_path, tiny_dataset, objective, rows=4)
+    _assert_same_step(single, mirrored, objective, rows=4)
+
+
+@pytest.mark.slow
+def test_a_replica_without_data_joins_the_triplet_step(tmp_path, tiny_dataset):
+    """A global batch of one sequence: the second replica gets no rows, yet must join the
+    gathers of the triplet term (it steps on one all-padding row)."""
+    single, mirrored = _mirrored_step(tmp_path, tiny_dataset, "both", rows=1)
+    _assert_same_step(single, mirrored, "both", rows=1)
+
+
+def _mirrored_step(tmp_path, data_dir, objective: str, rows: int) -> tuple[dict, dict]:
+    """MIRRORED_STEP's single and mirrored results for a global batch of `rows`."""
+    overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0", f"train.objective={objective}"]
+    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(data_dir),
+                             str(tmp_path), str(rows), *overrides],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
-    single, mirrored = output["results"]["single"], output["results"]["mirrored"]
     assert output["halves"][0] != output["halves"][1]  # uneven padding across replicas
-    assert mirrored["count"] == single["count"]
-    assert mirrored["sse"] == pytest.approx(single["sse"], rel=1e-6)
+    return output["results"]["single"], output["results"]["mirrored"]
+
+
+def _assert_same_step(single: dict, mirrored: dict, objective: str, rows: int) -> None:
+    assert mirrored["num_values"] == single["num_values"]
+    assert mirrored["num_sequences"] == single["num_sequences"] == rows
+    assert mirrored["squared_error"] == pytest.approx(single["squared_error"], rel=1e-6)
+    assert mirrored["triplet"] == pytest.approx(single["triplet"], rel=1e-6)
+    assert (single["triplet"] > 0) == (objective != "reconstruction")
     for a, b in zip(single["weights"], mirrored["weights"], strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
 
@@ -140,12 +163,14 @@ def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
-def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("objective", ["reconstruction", "both"])
+def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset, objective):
     """Each step's global batch is the whole train split (one shard per worker, padded to
     different lengths, with different valid counts): the 2-worker run takes the steps of
-    one process to float rounding, so its losses and weights match tightly."""
+    one process to float rounding, so its losses and weights match tightly. With the
+    triplet term too: a sequence's crops do not depend on its worker or row."""
     whole_split = ("data.batch_size=512", "data.min_batch_efficiency=0", "train.epochs=6",
-                   "train.early_stopping_patience=0")
+                   "train.early_stopping_patience=0", f"train.objective={objective}")
     summaries = _run_two_workers(tiny_dataset, tmp_path / "multi", *whole_split)
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
     _run_single(tiny_dataset, tmp_path / "single", *whole_split)

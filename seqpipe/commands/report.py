@@ -3,7 +3,8 @@
     lengths.png          length histogram of the dataset, bucket boundaries marked
     loss.png             training and validation loss per epoch (MODEL_DIR/history.json)
     reconstructions.png  a few sequences and their reconstructions, padding shaded
-                         (MODEL_DIR/autoencoder.keras, loaded in safe mode)
+                         (MODEL_DIR/autoencoder.keras, loaded in safe mode; a note
+                         instead when `train.objective: triplet` built no decoder)
     embeddings_pca.png   2-D PCA of the embeddings, coloured by label
     embeddings_tsne.png  the same with t-SNE (only with `tsne=True`: slower)
     confusion.png        test confusion matrices per method (MODEL_DIR/evaluation.json,
@@ -246,6 +247,12 @@ def plot_reconstructions(data_dir: str | Path, model_dir: str | Path, metadata: 
     from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
     cfg = read_config(model_dir)
+    if cfg.train.objective == "triplet":
+        figure = Figure(figsize=(8, 2), dpi=DPI, layout="constrained")
+        figure.text(0.5, 0.5, "no reconstructions: the model was trained with "
+                    "train.objective triplet (an encoder without decoder)",
+                    ha="center", va="center")
+        return figure
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
     x, mask, _ = _one_batch(chosen, model_dir, metadata)  # chosen is sorted short to long
     path = storage.join(model_dir, AUTOENCODER_FILE)

@@ -13,4 +13,6 @@ padded timesteps change neither the embedding nor the loss:
 * `seqpipe.model.losses`: `masked_squared_error`, the reconstruction loss over
   the real timesteps only, and its exact normalization; `masked_step_errors`,
   the same errors per step and per sequence (anomaly scores).
+* `seqpipe.model.objectives`: what training minimizes (`train.objective`):
+  reconstruction, the T-Loss triplet loss on sub-sequences, or both.
 """

@@ -74,12 +74,15 @@ _RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6"}
 
 
-def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model, keras.Model]:
+def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
+                      ) -> tuple[keras.Model | None, keras.Model]:
     """Builds the autoencoder and its encoder, two functional models sharing weights.
 
     Args:
         cfg: the model section of the config.
         num_features: features per timestep (`F`).
+        decoder: False builds the encoder alone (nothing else is trained with
+            `train.objective: triplet`); the autoencoder is then None.
 
     Returns:
         `(autoencoder, encoder)`. Both take `{"x": [B, T, F], "mask": [B, T]}`;
@@ -102,6 +105,9 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
     embedding = summary
     if cfg.embedding_dim > 0:
         embedding = keras.layers.Dense(cfg.embedding_dim, name="embedding")(summary)
+    encoder = keras.Model(inputs, embedding, name="encoder")
+    if not decoder:
+        return None, encoder
 
     decoded = RepeatToLength(name="repeat_to_length")([embedding, sequence])
     for index in range(cfg.decoder_layers):
@@ -113,7 +119,6 @@ def build_autoencoder(cfg: ModelConfig, num_features: int) -> tuple[keras.Model,
     reconstruction = keras.layers.Dense(num_features, name="reconstruction")(decoded)
 
     autoencoder = keras.Model(inputs, reconstruction, name="autoencoder")
-    encoder = keras.Model(inputs, embedding, name="encoder")
     return autoencoder, encoder
 
 

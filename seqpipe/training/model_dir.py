@@ -2,7 +2,8 @@
 
 `seqpipe train` writes, the other commands read:
 
-    autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable
+    autoencoder.keras      the trained autoencoder (best weights), safe-mode loadable;
+                           the encoder alone with `train.objective: triplet`
     encoder/               SavedModel: serving_default(x, mask) -> {"embedding"}
                            (staged as .encoder.tmp/, then renamed)
     scorer/                SavedModel: serving_default(x, mask) -> {"step_error"

@@ -1,7 +1,7 @@
 """Resuming: a killed run, started again with the same command, finishes where it was.
 
-* The run's position (epoch, global step within it, the epoch's running sum of
-  squared errors and valid count, the best validation loss) is saved with the
+* The run's position (epoch, global step within it, the epoch's running loss
+  sums and counts, the best validation loss) is saved with the
   weights and the optimizer in one `tf.train.Checkpoint`; a
   `tf.train.CheckpointManager` keeps the last backup (every
   `train.checkpoint_every_steps` steps and at every epoch end) and another the
@@ -34,6 +34,7 @@ from seqpipe import storage
 from seqpipe.config import Config, to_dict
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
+from seqpipe.model.objectives import LossTotals
 from seqpipe.processes import owner_alive, owner_tag, process_alive
 from seqpipe.training.model_dir import (
     CONFIG_FILE,
@@ -57,7 +58,12 @@ def check_model_dir_compatible(model_dir: str | Path, metadata: DatasetMetadata,
         metadata_lib.check_compatible(metadata_lib.read_file(previous), metadata,
                                       model_dir, data_dir)
     if storage.isfile(storage.join(model_dir, CONFIG_FILE)):
-        old_model = to_dict(read_config(model_dir).model)
+        old = read_config(model_dir)
+        if old.train.objective != cfg.train.objective:
+            raise TrainingError(f"{model_dir} holds a model trained with train.objective "
+                                f"{old.train.objective!r}, not {cfg.train.objective!r}; "
+                                "use a new --model-dir")
+        old_model = to_dict(old.model)
         changed = {k: (v, getattr(cfg.model, k)) for k, v in old_model.items()
                    if v != to_dict(cfg.model)[k]}
         if changed:
@@ -133,6 +139,8 @@ class RunState:
         step_in_epoch: global steps of `epoch` done.
         epoch_sse, epoch_count: the running sum of squared errors and valid
             count of `epoch`'s steps.
+        epoch_triplet, epoch_sequences: the running sum of triplet losses and
+            sequence count (`train.objective` triplet or both).
         best_val_loss: the best monitored loss of the finished epochs.
         backup, best: the checkpoint managers of the backup and the best weights.
     """
@@ -144,12 +152,15 @@ class RunState:
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epoch_sse = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.epoch_count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_triplet = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_sequences = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
         self.checkpoint_every_steps = checkpoint_every_steps
         checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss,
-            epoch_sse=self.epoch_sse, epoch_count=self.epoch_count)
+            epoch_sse=self.epoch_sse, epoch_count=self.epoch_count,
+            epoch_triplet=self.epoch_triplet, epoch_sequences=self.epoch_sequences)
         self.backup = tf.train.CheckpointManager(checkpoint, backup_dir, max_to_keep=1)
         self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), best_dir,
                                                max_to_keep=1)
@@ -165,18 +176,22 @@ class RunState:
         """The records of `history` for epochs the restored backup has finished."""
         return [record for record in history if record["epoch"] < int(self.epoch)]
 
-    def count_step(self, sse: float, count: float) -> None:
-        """One more global step of the epoch; a backup when one is due."""
+    def count_step(self, totals: LossTotals) -> None:
+        """One more global step of the epoch, with its totals; a backup when one is due."""
         self.step_in_epoch.assign_add(1)
-        self.epoch_sse.assign_add(sse)
-        self.epoch_count.assign_add(count)
+        for variable, value in zip(self._epoch_totals, totals, strict=True):
+            variable.assign_add(value)
         every = self.checkpoint_every_steps
         if every and int(self.step_in_epoch) % every == 0:
             self.backup.save()
 
-    def epoch_loss(self) -> float:
-        """The masked mean of the current epoch's steps, resumed ones included."""
-        return float(self.epoch_sse) / max(float(self.epoch_count), 1.0)
+    def epoch_totals(self) -> LossTotals:
+        """The totals of the current epoch's steps, resumed ones included."""
+        return LossTotals(*(float(variable) for variable in self._epoch_totals))
+
+    @property
+    def _epoch_totals(self) -> tuple[tf.Variable, ...]:
+        return (self.epoch_sse, self.epoch_count, self.epoch_triplet, self.epoch_sequences)
 
     def keep_if_best(self, monitored: float) -> None:
         """Saves the weights as the best if `monitored` beats every earlier epoch."""
@@ -188,8 +203,8 @@ class RunState:
         """Moves to the start of the next epoch and backs that up."""
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
-        self.epoch_sse.assign(0.0)
-        self.epoch_count.assign(0.0)
+        for variable in self._epoch_totals:
+            variable.assign(0.0)
         self.backup.save()
 
     def restore_best(self) -> None:

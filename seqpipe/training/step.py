@@ -4,19 +4,22 @@ Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy`
 (keras-team/keras#20585), so the trainer runs its own step under
 `strategy.run`, the same code on one CPU, several local GPUs and many workers:
 
-* each replica computes the *sum* of squared errors over its valid entries,
-  its gradient, and the count of valid entries; counts and gradients are
-  all-reduced and the gradient divided by the global count: exactly the
-  gradient of the global masked mean (fairseq-style normalization), whatever
-  the number of replicas and however padding is spread among them. Replicas
-  whose input ran out first join the remaining steps with empty batches;
+* each replica computes the *sums* of its part of the batch and their counts
+  (`seqpipe.model.objectives.LossTotals`: squared errors over its valid
+  values for reconstruction, triplet losses over its sequences for
+  `train.objective: triplet`); the counts are all-reduced first and each
+  replica differentiates its sums divided by the *global* counts, and the
+  gradients are all-reduced: exactly the gradient of the global means
+  (fairseq-style normalization), whatever the number of replicas and however
+  padding is spread among them. Replicas whose input ran out first join the
+  remaining steps with empty batches;
 * gradients are clipped by their *global* norm (`train.clipnorm`) here, after
   the all-reduce, not by the optimizer: Keras clips each replica's partial
   gradient before its own all-reduce, which would change the result with the
   number of replicas.
 
-A step returns the global sum of squared errors and the global count of valid
-values, so an epoch's loss is the exact masked mean over the epoch.
+A step returns the global `LossTotals`, so an epoch's loss is the exact mean
+over the epoch (`objectives.objective_loss` of the epoch's totals).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config
-from seqpipe.model.losses import masked_squared_error
+from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 
 logger = logging.getLogger(__name__)
 
-Step = Callable[[tuple], tuple[tf.Tensor, tf.Tensor]]
+Step = Callable[[tuple], LossTotals]
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -102,67 +105,84 @@ def use_jit_compile(cfg: Config, strategy: tf.distribute.Strategy) -> bool:
     return True
 
 
-def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
+def make_train_step(strategy: tf.distribute.Strategy, objective: Objective,
                     optimizer: keras.optimizers.Optimizer, clipnorm: float,
                     jit_compile: bool = False) -> Step:
     """A `tf.function`: one global batch forward, backward and applied on every replica.
 
     Args:
-        strategy: the strategy `model` and `optimizer` were built under.
-        model: maps inputs `{"x", "mask"}` to predictions.
-        optimizer: applies the gradient of the global masked mean.
+        strategy: the strategy the models and `optimizer` were built under.
+        objective: what is minimized, and the model it trains.
+        optimizer: applies the gradient of the global means.
         clipnorm: the largest global norm of that gradient; 0: no clipping.
         jit_compile: compile the step with XLA.
 
     Returns:
-        `step(batch) -> (sse, count)`, the global sum and count.
+        `step(batch) -> LossTotals`, the global sums and counts.
     """
-    def replica_step(inputs, targets, weights):
-        """Sum of squared errors and its gradients here; normalized by the global count.
+    variables = objective.model.trainable_variables
 
-        d(sse / global_count) = d(sse) / global_count, so each replica takes the
-        gradient of its own sum and the division happens after the all-reduce.
+    def replica_step(inputs, targets, weights):
+        """This replica's sums, differentiated after dividing by the global counts.
+
+        d(sum / global_count) = d(sum) / global_count, so each replica's
+        gradient is its share of the gradient of the global mean, and the
+        shares add up in the all-reduce.
         """
         context = tf.distribute.get_replica_context()
-        variables = model.trainable_variables
+        num_values, num_sequences = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, objective.counts(targets, weights))
+        seed = objective.training_seed(optimizer.iterations)
 
-        def forward_backward():
+        def forward_backward(inputs, targets, weights):
             with tf.GradientTape() as tape:
-                predictions = model(inputs, training=True)
-                sse, count = masked_squared_error(targets, predictions, weights)
-            return sse, count, tape.gradient(sse, variables)
+                totals = objective.totals(inputs, targets, weights, seed, training=True)
+                loss = objective_loss(objective.cfg, totals._replace(
+                    num_values=num_values, num_sequences=num_sequences))
+            return totals, tape.gradient(loss, variables)
 
         def nothing():
-            return (tf.constant(0.0), tf.constant(0.0),
-                    [tf.zeros_like(variable) for variable in variables])
+            return (_zero_totals(), [tf.zeros_like(variable) for variable in variables])
 
-        sse, count, gradients = tf.cond(_has_data(weights), forward_backward, nothing)
-        global_count = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, count), 1.0)
+        totals, gradients = _on_replica_data(objective, strategy, forward_backward, nothing,
+                                             inputs, targets, weights)
         gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-        gradients = [gradient / global_count for gradient in gradients]
         if clipnorm:
             gradients, _ = tf.clip_by_global_norm(gradients, clipnorm)
         # The optimizer all-reduces (sums) replica gradients again: hand it 1/N each.
         scale = 1.0 / strategy.num_replicas_in_sync
         optimizer.apply_gradients(
             zip([gradient * scale for gradient in gradients], variables, strict=True))
-        return sse, count
+        return totals
 
     return _global_step(strategy, replica_step, jit_compile)
 
 
-def make_eval_step(strategy: tf.distribute.Strategy, model: keras.Model,
+def make_eval_step(strategy: tf.distribute.Strategy, objective: Objective,
                    jit_compile: bool = False) -> Step:
-    """A `tf.function`: the global sum of squared errors and count of one global batch."""
+    """A `tf.function`: the global `LossTotals` of one global batch (validation crops)."""
     def replica_step(inputs, targets, weights):
-        def evaluate():
-            predictions = model(inputs, training=False)
-            return masked_squared_error(targets, predictions, weights)
+        def evaluate(inputs, targets, weights):
+            return objective.totals(inputs, targets, weights, objective.validation_seed(),
+                                    training=False)
 
-        return tf.cond(_has_data(weights), evaluate,
-                       lambda: (tf.constant(0.0), tf.constant(0.0)))
+        return _on_replica_data(objective, strategy, evaluate, _zero_totals,
+                                inputs, targets, weights)
 
     return _global_step(strategy, replica_step, jit_compile)
+
+
+def _on_replica_data(objective: Objective, strategy: tf.distribute.Strategy,
+                     compute: Callable, nothing: Callable, inputs, targets, weights):
+    """`compute(inputs, targets, weights)`, or `nothing()` for an empty batch.
+
+    When `compute` calls collectives every replica must run it, so an empty
+    batch is padded to one row of one step, all padding: it adds nothing to
+    any sum or count (the models fail on zero rows or steps).
+    """
+    if objective.gathers_across(strategy):
+        return compute(*_at_least_one_step(inputs, targets, weights))
+    return tf.cond(_has_data(weights), lambda: compute(inputs, targets, weights), nothing)
 
 
 def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
@@ -170,9 +190,9 @@ def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
     @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def step(batch):
         inputs, targets, weights = batch
-        sse, count = strategy.run(replica_step, args=(inputs, targets, weights))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, sse, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None))
+        totals = strategy.run(replica_step, args=(inputs, targets, weights))
+        return LossTotals(*(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                            for value in totals))
 
     return step
 
@@ -206,3 +226,17 @@ def _has_data(weights: tf.Tensor) -> tf.Tensor:
     that every replica still joins the step's all-reduces.
     """
     return tf.size(weights) > 0
+
+
+def _at_least_one_step(inputs: dict, targets: tf.Tensor, weights: tf.Tensor):
+    """The batch padded to at least one row and one step (zeros, weight 0)."""
+    shape = tf.shape(weights)
+    rows, steps = tf.maximum(1 - shape[0], 0), tf.maximum(1 - shape[1], 0)
+    pad_3d = [[0, rows], [0, steps], [0, 0]]
+    pad_2d = [[0, rows], [0, steps]]
+    return ({"x": tf.pad(inputs["x"], pad_3d), "mask": tf.pad(inputs["mask"], pad_2d)},
+            tf.pad(targets, pad_3d), tf.pad(weights, pad_2d))
+
+
+def _zero_totals() -> LossTotals:
+    return LossTotals(*(tf.constant(0.0) for _ in LossTotals._fields))

@@ -37,6 +37,7 @@ from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.model.autoencoder import build_autoencoder
+from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 from seqpipe.training.inputs import TrainingInputs
 from seqpipe.training.model_dir import BACKUP_DIR, BEST_DIR, TrainingError
 from seqpipe.training.outputs import RunOutputs, run_summary, weights_digest
@@ -109,8 +110,13 @@ class Trainer:
         verbose: progress and messages on stdout.
 
     Attributes:
-        autoencoder, encoder, optimizer: built under the strategy's scope.
-        train_step, eval_step: `step(batch) -> (global sse, global count)`.
+        autoencoder, encoder, optimizer: built under the strategy's scope
+            (no autoencoder with `train.objective: triplet`).
+        objective: what training minimizes; `objective.model` is the model
+            trained, checkpointed and saved as `autoencoder.keras` (the
+            encoder when there is no autoencoder).
+        train_step, eval_step: `step(batch) -> LossTotals`, the global sums
+            and counts.
         inputs: the batches of each split and epoch (`TrainingInputs`).
         state: the run's position, backups and best weights (`RunState`).
         outputs: history, logs, exports (`RunOutputs`).
@@ -129,18 +135,20 @@ class Trainer:
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
-                cfg.model, self.metadata.num_features)
+                cfg.model, self.metadata.num_features,
+                decoder=cfg.train.objective != "triplet")
+            self.objective = Objective(cfg.train, self.autoencoder, self.encoder)
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
-            self.optimizer.build(self.autoencoder.trainable_variables)
+            self.optimizer.build(self.objective.model.trainable_variables)
         self.outputs = RunOutputs(self.model_dir, cfg, is_chief(self.strategy), verbose)
-        self.state = RunState(self.autoencoder, self.optimizer,
+        self.state = RunState(self.objective.model, self.optimizer,
                               self.outputs.directory(BACKUP_DIR),
                               self.outputs.directory(BEST_DIR),
                               cfg.train.checkpoint_every_steps)
         jit_compile = use_jit_compile(cfg, self.strategy)
-        self.train_step = make_train_step(self.strategy, self.autoencoder, self.optimizer,
+        self.train_step = make_train_step(self.strategy, self.objective, self.optimizer,
                                           cfg.train.clipnorm, jit_compile)
-        self.eval_step = make_eval_step(self.strategy, self.autoencoder, jit_compile)
+        self.eval_step = make_eval_step(self.strategy, self.objective, jit_compile)
         self.inputs = TrainingInputs(self.data_dir, cfg, self.metadata, self.strategy)
         for line in self.inputs.plan.describe():
             self.outputs.log(line)
@@ -160,8 +168,8 @@ class Trainer:
             padding_efficiency=self.inputs.padding_efficiency(),
             **self.inputs.plan.summary(),
             num_replicas=self.strategy.num_replicas_in_sync,
-            weights_sha256=weights_digest(self.autoencoder))
-        self.outputs.export(self.autoencoder, self.encoder, summary)
+            weights_sha256=weights_digest(self.objective.model))
+        self.outputs.export(self.objective.model, self.encoder, summary)
         return summary
 
     def train_epoch(self, epoch: int, skip: int = 0,
@@ -224,10 +232,10 @@ class Trainer:
         """Trains the rest of `epoch`, evaluates it; its history record."""
         skip = int(self.state.step_in_epoch)
         result = self.train_epoch(epoch, skip)
-        record = {"epoch": epoch, "loss": self.state.epoch_loss(),
+        totals = self.state.epoch_totals()
+        record = {"epoch": epoch, "loss": float(objective_loss(self.cfg.train, totals)),
                   "steps": result.num_steps + skip,
-                  "valid_timesteps": (int(float(self.state.epoch_count))
-                                      // self.metadata.num_features),
+                  "valid_timesteps": int(totals.num_values) // self.metadata.num_features,
                   "seconds": result.seconds,
                   "timesteps_per_second": result.num_valid_timesteps
                   / max(result.seconds, 1e-9)}
@@ -242,7 +250,7 @@ class Trainer:
         """Steps through `(split, epoch)` from `skip`: trains on `train`, evaluates others."""
         training = split == "train"
         step = self.train_step if training else self.eval_step
-        total_sse, total_count, steps = 0.0, 0.0, 0
+        sums, steps = LossTotals(0.0, 0.0, 0.0, 0.0), 0
         progress = self.outputs.progress(split, epoch)
         started = time.monotonic()
         trace_for_any_shape(step, self.strategy, self.cfg.data.batch_size,
@@ -250,21 +258,21 @@ class Trainer:
         if batches is None:
             batches = self.inputs.batches(split, epoch, skip)
         for batch in batches:
-            sse, count = (float(value) for value in step(batch))
-            total_sse += sse
-            total_count += count
+            totals = LossTotals(*(float(value) for value in step(batch)))
+            sums = LossTotals(*(a + b for a, b in zip(sums, totals, strict=True)))
             steps += 1
-            if not math.isfinite(total_sse):
+            loss = float(objective_loss(self.cfg.train, sums))
+            if not math.isfinite(loss):
                 raise TrainingError(
                     f"{split} loss is not finite at epoch {epoch + 1}, step {skip + steps}; "
                     "lower train.learning_rate, keep train.clipnorm > 0 and "
                     "model.activation=tanh, and check the inputs (the last backup in "
                     f"{storage.join(self.model_dir, BACKUP_DIR)} is from before this step)")
             if training:
-                self.state.count_step(sse, count)
-            progress(steps, total_sse / max(total_count, 1.0))
-        return EpochResult(loss=total_sse / max(total_count, 1.0), num_steps=steps,
-                           num_valid_timesteps=int(total_count) // self.metadata.num_features,
+                self.state.count_step(totals)
+            progress(steps, loss)
+        return EpochResult(loss=float(objective_loss(self.cfg.train, sums)), num_steps=steps,
+                           num_valid_timesteps=int(sums.num_values) // self.metadata.num_features,
                            seconds=time.monotonic() - started)
 
 
