@@ -179,8 +179,13 @@ def count_held_out(data_dir: str | Path, split: str, fraction: float, *,
                    metadata: DatasetMetadata | None = None) -> int:
     """How many records of `split` `Holdout(fraction, held_out=True)` keeps (one read of it)."""
     source = reading.split_source(data_dir, split, metadata)
-    pairs = reading.read_records(source).filter(Holdout(fraction, held_out=True).keeps)
-    return int(pairs.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
+    return count_elements(reading.read_records(source).filter(
+        Holdout(fraction, held_out=True).keeps))
+
+
+def count_elements(dataset: tf.data.Dataset) -> int:
+    """The elements of one pass over `dataset` (reads it; nothing is kept)."""
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
 
 
 def inference_batches(

@@ -108,7 +108,7 @@ def plan_inputs(data_dir: str | Path, cfg: Config, metadata: DatasetMetadata) ->
     passes = passes_per_epoch(cfg, math.ceil(train_records / cfg.data.batch_size))
     if passes > 1:
         trained = None if holdout is None else data.Holdout(holdout, held_out=False)
-        passes = passes_per_epoch(cfg, _count_batches(data.make_dataset(
+        passes = passes_per_epoch(cfg, data.count_elements(data.make_dataset(
             data_dir, "train", cfg.data, training=True, metadata=metadata, holdout=trained)))
     return InputPlan(train_records, val_records, holdout, passes)
 
@@ -117,11 +117,6 @@ def passes_per_epoch(cfg: Config, batches_per_pass: int) -> int:
     """Passes per epoch so that `train.epochs` epochs of `batches_per_pass` batches
     take at least `train.min_steps` steps."""
     return max(1, math.ceil(cfg.train.min_steps / (cfg.train.epochs * max(1, batches_per_pass))))
-
-
-def _count_batches(dataset: tf.data.Dataset) -> int:
-    """The batches of one pass over `dataset` (reads it)."""
-    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
 
 
 class TrainingInputs:
