@@ -8,8 +8,10 @@ sequences of 7..120 steps, 8 features) is preprocessed and seqpipe trains on
 it (`seqpipe.training.trainer.train`, the config as given). A fresh set with
 another seed and `--anomalies` of its sequences anomalous (`seqpipe synth
 --anomalies`: every length gets them at the same rate) is scored as new raw
-input (`seqpipe.commands.score.score_validated`). Beside it, on the same
-records:
+input (`seqpipe.commands.score.score_validated`), its scores calibrated for
+length as `seqpipe score` calibrates them (`score.calibrate_split`: the
+profile of the train split's errors); `seqpipe_error` is the same
+autoencoder's error uncalibrated. Beside them, on the same records:
 
 * `recipe`: the pad-to-max recipe (`vs_pad_to_max.build_recipe`: `Masking(0.0)`
   -> `LSTM(64, tanh)` -> `RepeatVector` -> `LSTM(64, tanh, return_sequences)`
@@ -38,9 +40,10 @@ keeps every record, and the command line a user runs does the rest (under
                                  --output MODEL/test_scores.parquet --normal-label CLASS
 
 for every class of every set in turn; the table is read from each
-`MODEL/score_evaluation.json`: ROC-AUC / PR-AUC of the reconstruction score,
-the Isolation Forest and the k-NN baseline, and the score's Spearman
-correlation with length.
+`MODEL/score_evaluation.json` (the score command calibrates on the train
+split first, the data having no val split): ROC-AUC / PR-AUC of the
+reconstruction score, of the uncalibrated error, of the Isolation Forest and
+of the k-NN baseline, and the score's Spearman correlation with length.
 
     nice python benchmarks/anomaly_scores.py synthetic [--config tiny] [--json syn.json]
     nice python benchmarks/anomaly_scores.py real \\
@@ -69,9 +72,9 @@ from seqpipe.config import Config, load_config  # noqa: E402
 
 NORMAL_PATTERN = "class_*"
 RECIPE_UNITS = 64
-METHODS = ("seqpipe", "recipe", "isolation_forest", "knn_embedding")
-REAL_METHODS = {"reconstruction": "seqpipe", "isolation_forest": "iforest",
-                "knn_embedding": "knn"}
+METHODS = ("seqpipe", "seqpipe_error", "recipe", "isolation_forest", "knn_embedding")
+REAL_METHODS = {"reconstruction": "seqpipe", "reconstruction_error": "error",
+                "isolation_forest": "iforest", "knn_embedding": "knn"}
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -115,13 +118,16 @@ def score_with_anomalies(work: Path, cfg: Config, data_dir: Path, model_dir: Pat
     print(json.dumps(synthetic.write_jsonl(test_cfg, raw_path)), flush=True)
     raw = embed.read_raw([str(raw_path)], model_dir)
     score.check_raw_schema(raw, str(raw_path), model_dir)
-    scores = score.score_validated(raw, model_dir)
+    threshold, _ = score.calibrate_split(data_dir, model_dir,
+                                         score.default_calibration_split(data_dir), cfg.score)
+    scores = score.score_validated(raw, model_dir).calibrated(threshold.profile)
     test_steps = [sequence.steps for sequence in raw.sequences]
     metadata = metadata_lib.read(data_dir)
     train_steps = [record["steps"] for record in records.read_split(data_dir, "train", metadata)]
     train_embeddings = embed.compute_embeddings(data_dir, model_dir, "train")
     return ScoredSet(labels=scores.labels, lengths=scores.lengths, scores={
         "seqpipe": scores.scores,
+        "seqpipe_error": scores.errors,
         "recipe": recipe_scores(data_dir, cfg, test_steps),
         "isolation_forest": score_evaluation.isolation_forest_scores(train_steps, test_steps),
         "knn_embedding": score_evaluation.knn_distances(

@@ -438,21 +438,27 @@ class ScoreConfig:
         quantile: `seqpipe score --threshold-from SPLIT` stores this quantile
             of that split's scores as the anomaly threshold: a record whose
             score is above it is flagged `is_anomaly`.
-        threshold: a fixed threshold to store instead of the quantile; null
-            (default) uses the quantile.
+        threshold: a fixed threshold on the score (an error over the typical
+            error at its length: 2.0 flags twice the typical error) to store
+            instead of the quantile; null (default) uses the quantile.
         knn: the k of the nearest-neighbour baseline (mean distance to the k
             nearest train-split embeddings).
+        records_per_knot: the calibration split's records per knot of the
+            length profile (`seqpipe.commands.score.LengthProfile`), which
+            divides each error by the typical error at its length.
     """
 
     quantile: float = 0.99
     threshold: float | None = None
     knn: int = 5
+    records_per_knot: int = 50
 
     def __post_init__(self):
         _require(0.0 < self.quantile < 1.0, "score.quantile", "must be in (0, 1)")
         _require(self.threshold is None or self.threshold >= 0.0, "score.threshold",
-                 "must be null (use the quantile) or >= 0 (scores are squared errors)")
+                 "must be null (use the quantile) or >= 0 (scores are error ratios)")
         _require(self.knn >= 1, "score.knn", "must be >= 1")
+        _require(self.records_per_knot >= 1, "score.records_per_knot", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,8 +61,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert summary["anomaly_records_anomalous"] == sum(
         not label.startswith("class_") for label in labels) > 0
     assert summary["anomaly_records_flagged"] == sum(row["is_anomaly"] for row in scores)
-    assert set(summary["anomaly_roc_auc"]) == {"reconstruction", "isolation_forest",
-                                               "knn_embedding"}
+    assert set(summary["anomaly_roc_auc"]) == {"reconstruction", "reconstruction_error",
+                                               "isolation_forest", "knn_embedding"}
     for value in [*summary["anomaly_roc_auc"].values(), *summary["anomaly_pr_auc"].values(),
                   summary["anomaly_score_length_spearman_abs"]]:
         assert 0.0 <= value <= 1.0

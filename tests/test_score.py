@@ -148,20 +148,23 @@ def _split_ids(data_dir, split):
     return [r["id"] for r in records.read_split(data_dir, split, metadata_lib.read(data_dir))]
 
 
-def _check_parquet(path, scores_by_id=None):
-    """The column contract on a written file; returns its rows."""
+def _check_parquet(path, profile=None):
+    """The column contract on a written file (scores calibrated by `profile`, if
+    given); returns its rows."""
     table = pq.read_table(path)
-    assert [(f.name, str(f.type)) for f in table.schema][:8] == [
+    assert [(f.name, str(f.type)) for f in table.schema][:9] == [
         ("id", "string"), ("label", "string"), ("split", "string"), ("length", "int32"),
-        ("score", "float"), ("step_error", "list<element: float>"), ("worst_step", "int32"),
-        ("rank", "int32")]
+        ("error", "float"), ("score", "float"), ("step_error", "list<element: float>"),
+        ("worst_step", "int32"), ("rank", "int32")]
     rows = table.to_pylist()
     assert len({row["id"] for row in rows}) == len(rows)
     for row in rows:
         errors = np.asarray(row["step_error"], np.float32)
         assert len(errors) == row["length"] and np.all(errors >= 0)
         assert row["worst_step"] == int(np.argmax(errors))
-        np.testing.assert_allclose(row["score"], errors.mean(dtype=np.float64), rtol=1e-5)
+        np.testing.assert_allclose(row["error"], errors.mean(dtype=np.float64), rtol=1e-5)
+        typical = 1.0 if profile is None else profile.expected([row["length"]])[0]
+        np.testing.assert_allclose(row["score"], row["error"] / typical, rtol=1e-5)
     by_rank = sorted(rows, key=lambda row: row["rank"])
     assert [row["rank"] for row in by_rank] == list(range(1, len(rows) + 1))
     assert by_rank == sorted(rows, key=lambda row: (-row["score"], row["id"]))
@@ -219,10 +222,17 @@ def test_threshold_round_trip_and_is_anomaly(tmp_path, tiny_dataset, own_model, 
     result = score.run(score.Request(model_dir=own_model, data_dir=tiny_dataset,
                                      threshold_from="val"), ScoreConfig(quantile=0.8), **quiet)
     val = score.score_split(tiny_dataset, own_model, "val")
+    train = score.score_split(tiny_dataset, own_model, "train")
     stored = score.read_threshold(own_model)
     assert stored == score.Threshold(**json.loads((own_model / THRESHOLD_FILE).read_text()))
     assert result["threshold"] == dataclasses.asdict(stored)
-    assert stored.threshold == pytest.approx(float(np.quantile(val.scores.astype(float), 0.8)))
+    # the profile is the train split's; the quantile is of the val split's calibrated scores
+    profile = score.LengthProfile.fit(train.lengths, train.errors,
+                                      ScoreConfig().records_per_knot)
+    np.testing.assert_allclose(stored.profile.lengths, profile.lengths, rtol=1e-12)
+    np.testing.assert_allclose(stored.profile.errors, profile.errors, rtol=1e-6)
+    val_scores = val.errors.astype(float) / profile.expected(val.lengths)
+    assert stored.threshold == pytest.approx(float(np.quantile(val_scores, 0.8)), rel=1e-5)
     assert (stored.method, stored.quantile, stored.split, stored.num_records) == (
         "quantile", 0.8, "val", len(val))
     assert stored.weights_sha256 == json.loads((own_model / SUMMARY_FILE).read_text())[
@@ -231,7 +241,7 @@ def test_threshold_round_trip_and_is_anomaly(tmp_path, tiny_dataset, own_model, 
     output = tmp_path / "flagged.parquet"
     score.run(score.Request(model_dir=own_model, inputs=(str(raw_file),), output=output),
               ScoreConfig(), **quiet)
-    rows = pq.read_table(output).to_pylist()
+    rows = _check_parquet(output, stored.profile)
     assert [row["is_anomaly"] for row in rows] == [row["score"] > stored.threshold
                                                    for row in rows]
     assert 0 < sum(row["is_anomaly"] for row in rows) < len(rows)
@@ -275,8 +285,8 @@ def _scores(labels, values, lengths, split="test"):
     n = len(labels)
     return score.Scores(ids=np.asarray([f"r{i:02d}" for i in range(n)]),
                         labels=np.asarray(labels), lengths=np.asarray(lengths, np.int32),
-                        split=split, scores=np.asarray(values, np.float32),
-                        step_errors=np.empty(n, object))
+                        split=split, errors=np.asarray(values, np.float32),
+                        scores=np.asarray(values, np.float32), step_errors=np.empty(n, object))
 
 
 def test_aucs_are_sklearn_on_the_same_arrays():
@@ -343,14 +353,19 @@ def test_evaluation_of_a_trained_model_against_the_baselines(tmp_path, tiny_data
     assert cli.main(["score", "--model-dir", str(own_model), "--data", str(tiny_dataset),
                      "--output", str(output), "--normal-label", "class_0",
                      "--normal-label", "class_1", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed, printed_lines = json.loads(captured.out), captured.err
     stored = json.loads((own_model / SCORE_EVALUATION_FILE).read_text())
     assert printed["evaluation"] == stored
     rows = pq.read_table(output).to_pylist()
     truth = [row["label"] not in ("class_0", "class_1") for row in rows]
-    values = [row["score"] for row in rows]
     methods = stored["methods"]
-    assert methods["reconstruction"]["roc_auc"] == pytest.approx(roc_auc_score(truth, values))
+    # calibrated on first use: the score, and the uncalibrated error beside it
+    assert "calibrated: a length profile of" in printed_lines
+    assert (own_model / THRESHOLD_FILE).is_file()
+    for method, column in (("reconstruction", "score"), ("reconstruction_error", "error")):
+        values = [row[column] for row in rows]
+        assert methods[method]["roc_auc"] == pytest.approx(roc_auc_score(truth, values))
     for method in ("isolation_forest", "knn_embedding"):
         assert 0.0 <= methods[method]["roc_auc"] <= 1.0
         assert methods[method]["num_records"] == len(rows)
@@ -379,13 +394,16 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, tiny_dataset, tiny_model
 
 
 def test_cli_refuses_a_stale_threshold_and_hints_without_one(tmp_path, tiny_dataset, own_model,
-                                                             capsys):
+                                                             raw_file, capsys):
     output = str(tmp_path / "x.parquet")
-    base = ["score", "--model-dir", str(own_model), "--data", str(tiny_dataset)]
-    assert cli.main([*base, "--output", output]) == 0
+    assert cli.main(["score", "--model-dir", str(own_model), "--input", str(raw_file),
+                     "--output", output]) == 0
     assert "--threshold-from val" in capsys.readouterr().out  # the hint
-    assert cli.main([*base, "--threshold-from", "val"]) == 0
+    assert not (own_model / THRESHOLD_FILE).exists()
+    base = ["score", "--model-dir", str(own_model), "--data", str(tiny_dataset)]
+    assert cli.main([*base, "--output", output]) == 0  # calibrates on first use
     assert "stored in" in capsys.readouterr().out
+    assert score.read_threshold(own_model).split == "val"
     summary = json.loads((own_model / SUMMARY_FILE).read_text())
     (own_model / SUMMARY_FILE).write_text(json.dumps({**summary, "weights_sha256": "f" * 64}))
     assert cli.main([*base, "--output", output]) == 2
@@ -432,5 +450,52 @@ def test_a_model_dir_of_an_older_version_scores_from_its_keras_file(tmp_path, ti
 
 
 def test_score_config_defaults():
-    assert load_config("default").score == ScoreConfig(quantile=0.99, threshold=None, knn=5)
+    assert load_config("default").score == ScoreConfig(quantile=0.99, threshold=None, knn=5,
+                                                        records_per_knot=50)
     assert load_config("default", ["score.threshold=0.5"]).score.threshold == 0.5
+
+
+# --- the length profile ---------------------------------------------------------------------
+
+def test_length_profile_knots_interpolation_and_flat_ends():
+    lengths = np.arange(1, 9)
+    profile = score.LengthProfile.fit(lengths, errors=lengths.astype(float), records_per_knot=2)
+    # four groups [1,2] [3,4] [5,6] [7,8]: each knot the geometric mean of its two lengths
+    expected_knots = [np.sqrt(2), np.sqrt(12), np.sqrt(30), np.sqrt(56)]
+    np.testing.assert_allclose(profile.lengths, expected_knots, rtol=1e-12)
+    np.testing.assert_allclose(profile.errors, expected_knots, rtol=1e-12)
+    # error == length is a straight line in log-log: reproduced between the knots
+    np.testing.assert_allclose(profile.expected([2, 3, 5, 7]), [2, 3, 5, 7], rtol=1e-12)
+    # flat beyond the ends
+    np.testing.assert_allclose(profile.expected([1, 100]), [np.sqrt(2), np.sqrt(56)], rtol=1e-12)
+
+
+def test_length_profile_medians_ties_zeros_and_knot_limit():
+    # one length: one knot whatever the bins, at the median error (the outlier does not move it)
+    profile = score.LengthProfile.fit(np.full(9, 10), [1, 2, 3, 4, 5, 6, 7, 8, 900.0], 3)
+    assert profile.lengths == pytest.approx((10.0,))
+    # three groups of 3, medians 2, 5, 8 in log: the knot is their geometric mean
+    assert profile.errors == pytest.approx((np.exp(np.mean(np.log([2, 5, 8]))),))
+    # an error of exactly 0 counts as the smallest positive one
+    zero = score.LengthProfile.fit(np.array([4, 4, 4]), np.array([0.0, 0.5, 2.0]), 3)
+    assert zero.errors == pytest.approx((0.5,))
+    # never more than 32 knots, never fewer than one
+    many = score.LengthProfile.fit(np.arange(1, 1001), np.ones(1000), 1)
+    assert len(many.lengths) == 32 and len(score.LengthProfile.fit([5], [1.0], 50).lengths) == 1
+
+
+def test_calibrated_scores_do_not_grow_with_length_where_errors_do():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 400, size=2000)
+    errors = 0.01 * lengths * rng.lognormal(0.0, 0.5, size=2000)  # error grows with length
+    scores = _scores(["class_0"] * 2000, errors, lengths)
+    profile = score.LengthProfile.fit(lengths, errors, records_per_knot=50)
+    calibrated = scores.calibrated(profile)
+    assert spearman_of(scores.scores, lengths) > 0.7
+    assert abs(spearman_of(calibrated.scores, lengths)) < 0.05
+    np.testing.assert_array_equal(calibrated.errors, scores.errors)
+    assert scores.calibrated(None).scores is scores.errors
+
+
+def spearman_of(values, lengths):
+    return score_evaluation.spearman(np.asarray(values), np.asarray(lengths))

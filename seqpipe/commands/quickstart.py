@@ -217,7 +217,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("new sequences scored / anomalous / above the val threshold",
          f"{summary['anomaly_records_scored']} / {summary['anomaly_records_anomalous']} / "
          f"{summary['anomaly_records_flagged']}"),
-        ("anomaly ROC-AUC: reconstruction score", number(roc_auc["reconstruction"])),
+        ("anomaly ROC-AUC: reconstruction score (length-calibrated)",
+         number(roc_auc["reconstruction"])),
+        ("anomaly ROC-AUC: reconstruction error, uncalibrated",
+         number(roc_auc.get("reconstruction_error"))),
         ("anomaly ROC-AUC: isolation forest, pooled statistics",
          number(roc_auc["isolation_forest"])),
         ("anomaly ROC-AUC: k-NN distance, embeddings", number(roc_auc["knn_embedding"])),

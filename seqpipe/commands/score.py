@@ -10,10 +10,17 @@ needs only the model directory, not the training code.
 * `step_error[t]`: the mean over features of the squared error at input step
   `t`, in the training data's normalized units, exactly 0 on padding (never
   part of a score);
-* `score`: the mean of a sequence's step errors over its real steps: the
+* `error`: the mean of a sequence's step errors over its real steps: the
   training loss (`seqpipe.model.losses`) of a batch holding that sequence
   alone. It does not depend on how records are batched or padded, nor on the
   lengths of their neighbours (up to float rounding).
+* `score`: `error` divided by the typical error of a sequence of the same
+  length (`LengthProfile`, fitted on the calibration split). Padding plays no
+  part in `error`, but a fixed-size bottleneck still reconstructs long
+  sequences less well than short ones, so raw errors rank long normal
+  sequences above short anomalous ones; the ratio does not (1.0: as well
+  reconstructed as a typical sequence of its length). Without a calibration
+  in the model directory `score` is `error`.
 
 Sources, as `seqpipe.commands.embed` reads them (the same batching,
 normalization with the TRAINING data's statistics, validation, rejections and
@@ -28,16 +35,21 @@ once (a split: in batch order; raw input: in input order):
     label       string          "" when unlabeled
     split       string          the split's name, or "raw" for --input
     length      int32           real steps
-    score       float32         mean of step_error
+    error       float32         mean of step_error (masked MSE, normalized units)
+    score       float32         error / typical error at this length (= error uncalibrated)
     step_error  list<float32>   exactly `length` values, one per input step
     worst_step  int32           argmax of step_error (the first, on ties)
     rank        int32           1 = highest score; ties broken by id (ascending)
     is_anomaly  bool            score > threshold; only when a threshold is stored
 
-Calibration: `calibrate` takes the `ScoreConfig.quantile` of a split's scores
-(or the fixed `ScoreConfig.threshold`) and `write_threshold` stores it in
+Calibration (`calibrate`, `seqpipe score --threshold-from SPLIT`): the
+`LengthProfile` is fitted on the train split's errors (the largest split, the
+most knots); the threshold is the `ScoreConfig.quantile` of SPLIT's scores
+(or the fixed `ScoreConfig.threshold`). `write_threshold` stores both in
 `MODEL_DIR/score_threshold.json` with the weights' SHA-256 of `summary.json`;
-`read_threshold` refuses a threshold calibrated on other weights.
+`read_threshold` refuses a calibration made on other weights. `run`
+calibrates on first use: scoring with `--data` when the model directory has
+no calibration calibrates on the val split (train when val is empty) first.
 
 Evaluation with labels (`seqpipe.commands.score_evaluation`): ROC-AUC and
 PR-AUC of the scores beside the baselines. Figures (`write_figures`, `--plot`):
@@ -91,17 +103,27 @@ class Scores(embed.KeyedRecords):
     """Anomaly scores of one split, row-aligned with their records.
 
     Attributes:
-        scores: float32 `[N]`, each sequence's mean step error.
+        errors: float32 `[N]`, each sequence's mean step error.
+        scores: float32 `[N]`, `errors` over the typical error at each
+            length (`calibrated`); `errors` until then.
         step_errors: `[N]` object array of float32 arrays, one value per real step.
     """
 
+    errors: np.ndarray
     scores: np.ndarray
     step_errors: np.ndarray
 
     @classmethod
     def empty(cls, split: str) -> Scores:
-        return cls(**embed.empty_keys(split), scores=np.zeros(0, np.float32),
-                   step_errors=np.empty(0, object))
+        return cls(**embed.empty_keys(split), errors=np.zeros(0, np.float32),
+                   scores=np.zeros(0, np.float32), step_errors=np.empty(0, object))
+
+    def calibrated(self, profile: LengthProfile | None) -> Scores:
+        """These records with `scores = errors / profile.expected(lengths)` (no profile: errors)."""
+        if profile is None:
+            return dataclasses.replace(self, scores=self.errors)
+        ratios = self.errors.astype(np.float64) / profile.expected(self.lengths)
+        return dataclasses.replace(self, scores=ratios.astype(np.float32))
 
     @property
     def worst_steps(self) -> np.ndarray:
@@ -228,7 +250,8 @@ def _score_batches(scorer, batches, split: str,
         per_record = np.empty(len(step_errors), object)
         for row, length in enumerate(inputs["length"].numpy()):
             per_record[row] = step_errors[row, :length]
-        return {"scores": served[_SCORE_OUTPUT].numpy(), "step_errors": per_record}
+        errors = served[_SCORE_OUTPUT].numpy()
+        return {"errors": errors, "scores": errors, "step_errors": per_record}
 
     collected = embed.collect(batches, outputs, progress)
     return Scores.empty(split) if collected is None else Scores(split=split, **collected)
@@ -247,6 +270,59 @@ def progress_printer(every: int = PROGRESS_EVERY) -> Callable[[int], None]:
 
 
 @dataclasses.dataclass(frozen=True)
+class LengthProfile:
+    """The typical error of a sequence as a function of its length, from one split.
+
+    The split's records, sorted by length, are cut into `bins` groups of
+    (nearly) equal size; each group gives one knot: the median log length and
+    the median log error of its records. Between knots the log error is
+    interpolated linearly in log length; beyond the first and last knot it is
+    flat. Medians, so the anomalies the calibration split holds do not move
+    it; log-log, as errors and lengths both spread over orders of magnitude.
+
+    Attributes:
+        lengths: the knots' lengths, strictly increasing.
+        errors: the typical error at each knot (> 0).
+    """
+
+    lengths: tuple[float, ...]
+    errors: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, lengths: np.ndarray, errors: np.ndarray, records_per_knot: int) -> LengthProfile:
+        """The profile of `errors` (`[N]`, N >= 1) over `lengths`, with about
+        `records_per_knot` records a knot (at least one knot, at most 32).
+
+        Errors of exactly 0 (a perfectly reconstructed sequence) count as the
+        smallest positive error of the split, so the log is defined.
+        """
+        errors = np.asarray(errors, np.float64)
+        positive = errors[errors > 0]
+        floor = positive.min() if len(positive) else 1.0
+        order = np.argsort(lengths, kind="stable")
+        log_lengths = np.log(np.asarray(lengths, np.float64)[order])
+        log_errors = np.log(np.maximum(errors[order], floor))
+        bins = int(np.clip(len(errors) // max(records_per_knot, 1), 1, _MAX_PROFILE_KNOTS))
+        knots: dict[float, list[float]] = {}
+        for group in np.array_split(np.arange(len(errors)), bins):
+            knots.setdefault(float(np.median(log_lengths[group])), []).append(
+                float(np.median(log_errors[group])))
+        centres = sorted(knots)
+        return cls(lengths=tuple(float(np.exp(c)) for c in centres),
+                   errors=tuple(float(np.exp(np.mean(knots[c]))) for c in centres))
+
+    def expected(self, lengths: np.ndarray) -> np.ndarray:
+        """float64 `[N]`: the typical error at each of `lengths`."""
+        log_lengths = np.log(np.maximum(np.asarray(lengths, np.float64), 1.0))
+        return np.exp(np.interp(log_lengths, np.log(self.lengths), np.log(self.errors)))
+
+
+# Enough knots to follow the error's growth over the lengths seen; few enough
+# that each knot's median is steady.
+_MAX_PROFILE_KNOTS = 32
+
+
+@dataclasses.dataclass(frozen=True)
 class Threshold:
     """An anomaly threshold stored in a model directory (`score_threshold.json`).
 
@@ -259,6 +335,8 @@ class Threshold:
         flagged_fraction: the fraction of them above the threshold.
         weights_sha256: the model weights' digest from `summary.json` (None
             if the model dir has none).
+        length_profile: `LengthProfile` fields, which turn errors into scores
+            (None in a file written before profiles: scores are then errors).
     """
 
     threshold: float
@@ -268,22 +346,53 @@ class Threshold:
     num_records: int
     flagged_fraction: float
     weights_sha256: str | None
+    length_profile: dict[str, list[float]] | None = None
+
+    @property
+    def profile(self) -> LengthProfile | None:
+        """The stored `LengthProfile`, or None."""
+        if self.length_profile is None:
+            return None
+        return LengthProfile(lengths=tuple(self.length_profile["lengths"]),
+                             errors=tuple(self.length_profile["errors"]))
 
 
-def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path) -> Threshold:
-    """The threshold `cfg` asks for, from the scores of one split.
+def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path,
+              profile_scores: Scores | None = None) -> Threshold:
+    """The length profile and the threshold `cfg` asks for.
 
-    `cfg.threshold` if set (fixed), else the `cfg.quantile` quantile of the
-    scores (linear interpolation, `numpy.quantile`).
+    The profile (`LengthProfile.fit`, `cfg.records_per_knot`) is fitted on
+    `profile_scores`' errors (default: `scores`; `run` passes the train
+    split's, as the largest split gives the most knots) and turns the errors
+    of `scores` into scores; the threshold is `cfg.threshold` if set (fixed),
+    else the `cfg.quantile` quantile of those scores (linear interpolation,
+    `numpy.quantile`).
     """
-    values = scores.scores.astype(np.float64)
+    source = scores if profile_scores is None else profile_scores
+    profile = LengthProfile.fit(source.lengths, source.errors, cfg.records_per_knot)
+    values = scores.calibrated(profile).scores.astype(np.float64)
     if cfg.threshold is not None:
         value, method, quantile = float(cfg.threshold), "fixed", None
     else:
         value, method, quantile = float(np.quantile(values, cfg.quantile)), "quantile", cfg.quantile
     return Threshold(threshold=value, method=method, quantile=quantile, split=scores.split,
                      num_records=len(scores), flagged_fraction=float(np.mean(values > value)),
-                     weights_sha256=weights_sha256(model_dir))
+                     weights_sha256=weights_sha256(model_dir),
+                     length_profile={"lengths": list(profile.lengths),
+                                     "errors": list(profile.errors)})
+
+
+def calibrate_split(data_dir: str | Path, model_dir: str | Path, split: str, cfg: ScoreConfig,
+                    progress: Callable[[int], None] | None = None) -> tuple[Threshold, Scores]:
+    """`calibrate` on `split` of `data_dir`, the profile fitted on its train split.
+
+    Returns:
+        The threshold (not stored) and `split`'s scores, uncalibrated.
+    """
+    scores = score_split(data_dir, model_dir, split, progress=progress)
+    train = scores if split == "train" else score_split(data_dir, model_dir, "train",
+                                                        progress=progress)
+    return calibrate(scores, cfg, model_dir, profile_scores=train), scores
 
 
 def weights_sha256(model_dir: str | Path) -> str | None:
@@ -331,6 +440,7 @@ def write_parquet(scores: Scores, output: str | Path,
               else np.zeros(0, np.float32)).astype(np.float32)
     columns = {
         **embed.key_columns(scores),
+        "error": pa.array(scores.errors.astype(np.float32), pa.float32()),
         "score": pa.array(scores.scores.astype(np.float32), pa.float32()),
         "step_error": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
                                                pa.array(values, pa.float32())),
@@ -389,21 +499,25 @@ def run(request: Request, cfg: ScoreConfig,
         records.DatasetError, FileNotFoundError: as `score_split`, `score_raw`.
     """
     _check_request(request)
+    if request.normal_labels and request.data_dir is not None and not request.inputs:
+        _check_normal_labels(request)
     result: dict[str, Any] = {}
     progress = progress_printer()
     calibrated = None
-    if request.threshold_from:
-        calibrated = score_split(request.data_dir, request.model_dir, request.threshold_from,
-                                 progress=progress)
-        threshold = calibrate(calibrated, cfg, request.model_dir)
+    threshold = None if request.threshold_from else read_threshold(request.model_dir)
+    calibrate_on = request.threshold_from or (
+        default_calibration_split(request.data_dir)
+        if threshold is None and request.data_dir is not None else None)
+    if calibrate_on:
+        threshold, calibrated = calibrate_split(request.data_dir, request.model_dir,
+                                                calibrate_on, cfg, progress=progress)
         result["threshold_file"] = str(write_threshold(request.model_dir, threshold))
         echo(_calibration_line(threshold, result["threshold_file"]))
-    else:
-        threshold = read_threshold(request.model_dir)
     result["threshold"] = None if threshold is None else dataclasses.asdict(threshold)
     if request.output is None:
         return result
     scores, raw = _scored(request, calibrated, progress)
+    scores = scores.calibrated(None if threshold is None else threshold.profile)
     if request.normal_labels:
         from seqpipe.commands import score_evaluation
 
@@ -423,6 +537,12 @@ def run(request: Request, cfg: ScoreConfig,
     return result
 
 
+def default_calibration_split(data_dir: str | Path) -> str:
+    """The split `run` calibrates on when the model dir has no calibration:
+    val, or train when val has no records."""
+    return "val" if metadata_lib.read(data_dir).num_records("val") else "train"
+
+
 def _check_request(request: Request) -> None:
     if request.data_dir is None and not request.inputs:
         raise ScoreError("score needs --data (a dataset whose --split it scores) or --input "
@@ -437,6 +557,16 @@ def _check_request(request: Request) -> None:
         raise ScoreError("--normal-label evaluates the scores it writes: give --output")
     if request.output is None and request.plot:
         raise ScoreError("--plot draws the scores it writes: give --output")
+
+
+def _check_normal_labels(request: Request) -> None:
+    """Refuses `--normal-label` patterns that the dataset's labels make pointless,
+    before anything is calibrated or scored (`score_evaluation.anomalous`)."""
+    from seqpipe.commands import score_evaluation
+
+    labels = metadata_lib.read(request.data_dir).labels
+    if labels:
+        score_evaluation.anomalous(labels, request.normal_labels)
 
 
 def _scored(request: Request, calibrated: Scores | None,
@@ -465,9 +595,10 @@ def _write_outputs(request: Request, scores: Scores, raw: embed.RawInput | None,
     path = write_parquet(scores, request.output, threshold)
     result.update(output=str(path), num_records=len(scores))
     if threshold is None:
-        echo(f"wrote {len(scores)} scores to {path}; no anomaly threshold in "
-             f"{request.model_dir}, so no is_anomaly column: calibrate with `seqpipe score "
-             f"--model-dir {request.model_dir} --data DATA --threshold-from val`")
+        echo(f"wrote {len(scores)} scores to {path}; no calibration in {request.model_dir}, "
+             f"so the scores are the errors, uncorrected for length, and there is no "
+             f"is_anomaly column: calibrate with `seqpipe score --model-dir "
+             f"{request.model_dir} --data DATA --threshold-from val`")
     else:
         flagged = int(np.sum(scores.scores > threshold.threshold))
         result["num_flagged"] = flagged
@@ -521,5 +652,8 @@ def rejects_path(output: str | Path) -> str | Path:
 def _calibration_line(threshold: Threshold, path: str) -> str:
     how = (f"the {threshold.quantile:g} quantile" if threshold.method == "quantile"
            else "fixed (score.threshold)")
-    return (f"threshold {threshold.threshold:.4g} ({how}; {threshold.flagged_fraction:.1%} of "
-            f"{threshold.num_records} {threshold.split} records above it) stored in {path}")
+    knots = len(threshold.length_profile["lengths"]) if threshold.length_profile else 0
+    return (f"calibrated: a length profile of {knots} knots (train split) and the threshold "
+            f"{threshold.threshold:.4g} ({how} of the {threshold.num_records} "
+            f"{threshold.split} records' scores; {threshold.flagged_fraction:.1%} above it), "
+            f"stored in {path}")

@@ -16,7 +16,10 @@ record an anomaly score (higher: more anomalous) and is scored the same way:
 
 The methods:
 
-* `reconstruction`: the autoencoder's score (`seqpipe.commands.score`);
+* `reconstruction`: the autoencoder's score (`seqpipe.commands.score`: the
+  error over the typical error at the record's length);
+* `reconstruction_error`: the error alone, uncalibrated for length (shown
+  when the scores are calibrated, so the correction is seen at work);
 * `isolation_forest`: `sklearn.ensemble.IsolationForest` (`random_state=0`)
   fitted on the pooled per-feature statistics (`evaluate.pooled_statistics`,
   raw values) of the TRAIN split of the reference dataset (`--data`, the
@@ -47,6 +50,7 @@ from seqpipe.dataset import records
 
 METHOD_TITLES = {
     "reconstruction": "reconstruction score",
+    "reconstruction_error": "reconstruction error, not length-calibrated",
     "isolation_forest": "isolation forest, pooled stats (baseline)",
     "knn_embedding": "k-NN distance, embeddings (baseline)",
 }
@@ -144,6 +148,9 @@ def evaluate_scores(scores: Scores, normal_labels: Sequence[str],
     prevalence = float(is_anomalous.mean())
     methods: dict[str, dict[str, Any]] = {
         "reconstruction": detection_scores(is_anomalous, scores.scores, scores.lengths)}
+    if not np.array_equal(scores.scores, scores.errors):
+        methods["reconstruction_error"] = detection_scores(is_anomalous, scores.errors,
+                                                           scores.lengths)
     for method, values in baselines.items():
         methods[method] = ({"skipped": values} if isinstance(values, str)
                            else detection_scores(is_anomalous, values, scores.lengths))
