@@ -281,14 +281,16 @@ def test_another_architecture_is_refused_on_resume(trained, tmp_path, tiny_datas
 
 
 @pytest.mark.slow
-def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
-    """The seed question's settings (relu LSTMs, 100 units) on long-tailed 7..356 data."""
+def test_naive_relu_settings_train_without_nan(tmp_path):
+    """The seed question's settings (relu LSTMs, 100 units) on long-tailed 7..356 data
+    (fewer sequences than the default synthetic set, the same lengths)."""
     from beam_jobs.preprocess import preprocess
     from seqpipe import synthetic
     from seqpipe.config import load_config
 
     cfg = load_config("default", ["model.activation=relu", "model.units=100",
-                                  "model.embedding_dim=0", "train.epochs=10",
+                                  "model.embedding_dim=0", "train.epochs=5",
+                                  "synth.num_sequences=500",
                                   "train.early_stopping_patience=0", "train.min_steps=0",
                                   "train.checkpoint_every_steps=0"])
     raw = tmp_path / "raw.jsonl"
@@ -296,7 +298,7 @@ def test_naive_relu_settings_train_300_steps_without_nan(tmp_path):
     preprocess([str(raw)], str(tmp_path / "data"), cfg.preprocess)
     summary = train.train(tmp_path / "data", tmp_path / "model", cfg, verbose=False)
     history = json.loads((tmp_path / "model" / HISTORY_FILE).read_text())
-    assert sum(h["steps"] for h in history) >= 300
+    assert sum(h["steps"] for h in history) >= 80  # 5 epochs of 20 batches
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in history)
     assert summary["final_loss"] < history[0]["loss"]
 
