@@ -10,7 +10,7 @@ another seed and `--anomalies` of its sequences anomalous (`seqpipe synth
 --anomalies`: every length gets them at the same rate) is scored as new raw
 input (`seqpipe.commands.score.score_validated`), its scores calibrated for
 length as `seqpipe score` calibrates them (`score.calibrate_split`: the
-profile of the train split's errors); `seqpipe_error` is the same
+profile of the train and val splits' errors); `seqpipe_error` is the same
 autoencoder's error uncalibrated. Beside them, on the same records:
 
 * `recipe`: the pad-to-max recipe (`vs_pad_to_max.build_recipe`: `Masking(0.0)`
@@ -41,7 +41,8 @@ keeps every record, and the command line a user runs does the rest (under
 
 for every class of every set in turn; the table is read from each
 `MODEL/score_evaluation.json` (the score command calibrates on the train
-split first, the data having no val split): ROC-AUC / PR-AUC of the
+split first, the data having no val split: train errors give the length
+profile, train scores the threshold): ROC-AUC / PR-AUC of the
 reconstruction score, of the uncalibrated error, of the Isolation Forest and
 of the k-NN baseline, and the score's Spearman correlation with length.
 

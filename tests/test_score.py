@@ -226,8 +226,9 @@ def test_threshold_round_trip_and_is_anomaly(tmp_path, tiny_dataset, own_model, 
     stored = score.read_threshold(own_model)
     assert stored == score.Threshold(**json.loads((own_model / THRESHOLD_FILE).read_text()))
     assert result["threshold"] == dataclasses.asdict(stored)
-    # the profile is the train split's; the quantile is of the val split's calibrated scores
-    profile = score.LengthProfile.fit(train.lengths, train.errors,
+    # the profile is the train and val splits'; the quantile is of val's calibrated scores
+    profile = score.LengthProfile.fit(np.concatenate([train.lengths, val.lengths]),
+                                      np.concatenate([train.errors, val.errors]),
                                       ScoreConfig().records_per_knot)
     np.testing.assert_allclose(stored.profile.lengths, profile.lengths, rtol=1e-12)
     np.testing.assert_allclose(stored.profile.errors, profile.errors, rtol=1e-6)

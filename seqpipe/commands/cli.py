@@ -336,10 +336,11 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="Parquet file to write (rejections of --input go "
                                          "to OUTPUT.rejects.jsonl)")
     parser.add_argument("--threshold-from", choices=("train", "val"),
-                        help="calibrate first: the length profile on the train split of "
-                             "--data, the threshold (score.quantile or score.threshold) on this "
-                             "split, stored in the model dir (without it, the first run with "
-                             "--data calibrates on val, or train when val is empty)")
+                        help="calibrate first: the length profile on the train and val "
+                             "splits of --data, the threshold (score.quantile or "
+                             "score.threshold) on this split, stored in the model dir "
+                             "(without it, the first run with --data calibrates on val, or "
+                             "train when val is empty)")
     parser.add_argument("--normal-label", action="append", metavar="PATTERN",
                         help="labels matching this glob are normal, others anomalous "
                              "(repeatable): ROC-AUC and PR-AUC against the baselines")

@@ -44,7 +44,7 @@ from seqpipe.training.model_dir import EVALUATION_FILE, REPORT_DIR
 T = TypeVar("T")
 
 ARTEFACTS = ("raw", "data", "model", "embeddings", "scores", "quickstart.json")
-ANOMALY_SEQUENCES = 300
+ANOMALY_SEQUENCES = 1000
 ANOMALY_FRACTION = 0.1
 NORMAL_LABELS = ("class_*",)
 

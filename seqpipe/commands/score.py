@@ -43,9 +43,9 @@ once (a split: in batch order; raw input: in input order):
     is_anomaly  bool            score > threshold; only when a threshold is stored
 
 Calibration (`calibrate`, `seqpipe score --threshold-from SPLIT`): the
-`LengthProfile` is fitted on the train split's errors (the largest split, the
-most knots); the threshold is the `ScoreConfig.quantile` of SPLIT's scores
-(or the fixed `ScoreConfig.threshold`). `write_threshold` stores both in
+`LengthProfile` is fitted on the train and val splits' errors (the most
+records, the most knots); the threshold is the `ScoreConfig.quantile` of
+SPLIT's scores (or the fixed `ScoreConfig.threshold`). `write_threshold` stores both in
 `MODEL_DIR/score_threshold.json` with the weights' SHA-256 of `summary.json`;
 `read_threshold` refuses a calibration made on other weights. `run`
 calibrates on first use: scoring with `--data` when the model directory has
@@ -317,6 +317,9 @@ class LengthProfile:
         return np.exp(np.interp(log_lengths, np.log(self.lengths), np.log(self.errors)))
 
 
+# The splits the length profile is fitted on: every record the model may have
+# seen in training or validation, never test.
+PROFILE_SPLITS = ("train", "val")
 # Enough knots to follow the error's growth over the lengths seen; few enough
 # that each knot's median is steady.
 _MAX_PROFILE_KNOTS = 32
@@ -358,18 +361,20 @@ class Threshold:
 
 
 def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path,
-              profile_scores: Scores | None = None) -> Threshold:
+              profile_scores: Sequence[Scores] = ()) -> Threshold:
     """The length profile and the threshold `cfg` asks for.
 
     The profile (`LengthProfile.fit`, `cfg.records_per_knot`) is fitted on
-    `profile_scores`' errors (default: `scores`; `run` passes the train
-    split's, as the largest split gives the most knots) and turns the errors
-    of `scores` into scores; the threshold is `cfg.threshold` if set (fixed),
-    else the `cfg.quantile` quantile of those scores (linear interpolation,
-    `numpy.quantile`).
+    the errors of `profile_scores` together (default: `scores`; `run` passes
+    the train and val splits', the most records, the most knots) and turns
+    the errors of `scores` into scores; the threshold is `cfg.threshold` if
+    set (fixed), else the `cfg.quantile` quantile of those scores (linear
+    interpolation, `numpy.quantile`).
     """
-    source = scores if profile_scores is None else profile_scores
-    profile = LengthProfile.fit(source.lengths, source.errors, cfg.records_per_knot)
+    fitted_on = list(profile_scores) or [scores]
+    profile = LengthProfile.fit(np.concatenate([s.lengths for s in fitted_on]),
+                                np.concatenate([s.errors for s in fitted_on]),
+                                cfg.records_per_knot)
     values = scores.calibrated(profile).scores.astype(np.float64)
     if cfg.threshold is not None:
         value, method, quantile = float(cfg.threshold), "fixed", None
@@ -384,15 +389,18 @@ def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path,
 
 def calibrate_split(data_dir: str | Path, model_dir: str | Path, split: str, cfg: ScoreConfig,
                     progress: Callable[[int], None] | None = None) -> tuple[Threshold, Scores]:
-    """`calibrate` on `split` of `data_dir`, the profile fitted on its train split.
+    """`calibrate` on `split` of `data_dir`, the profile fitted on its train and
+    val splits (`PROFILE_SPLITS`, those with records).
 
     Returns:
         The threshold (not stored) and `split`'s scores, uncalibrated.
     """
     scores = score_split(data_dir, model_dir, split, progress=progress)
-    train = scores if split == "train" else score_split(data_dir, model_dir, "train",
-                                                        progress=progress)
-    return calibrate(scores, cfg, model_dir, profile_scores=train), scores
+    metadata = metadata_lib.read(data_dir)
+    profile_scores = [scores if name == split else score_split(data_dir, model_dir, name,
+                                                                progress=progress)
+                      for name in PROFILE_SPLITS if metadata.num_records(name)]
+    return calibrate(scores, cfg, model_dir, profile_scores=profile_scores), scores
 
 
 def weights_sha256(model_dir: str | Path) -> str | None:
@@ -653,7 +661,7 @@ def _calibration_line(threshold: Threshold, path: str) -> str:
     how = (f"the {threshold.quantile:g} quantile" if threshold.method == "quantile"
            else "fixed (score.threshold)")
     knots = len(threshold.length_profile["lengths"]) if threshold.length_profile else 0
-    return (f"calibrated: a length profile of {knots} knots (train split) and the threshold "
-            f"{threshold.threshold:.4g} ({how} of the {threshold.num_records} "
+    return (f"calibrated: a length profile of {knots} knots (train and val splits) and the "
+            f"threshold {threshold.threshold:.4g} ({how} of the {threshold.num_records} "
             f"{threshold.split} records' scores; {threshold.flagged_fraction:.1%} above it), "
             f"stored in {path}")
