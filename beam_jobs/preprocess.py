@@ -32,8 +32,9 @@ Decisions (details where they are made):
 - feature count: the most common width; other widths are rejected
   (`beam_jobs.validate`).
 - duplicate ids: the copy from the smallest (file, line or byte offset) is
-  kept, the others are rejected; only a small `validate.Candidate` per record
-  is grouped, never whole sequences.
+  kept, the others are rejected; only the small `validate.Candidate`s whose
+  id hash repeats are grouped, never whole sequences, so the job's memory
+  does not grow with the data (`beam_jobs.validate`).
 - one pass: each worker parses, validates, encodes and writes the records it
   read into its own part files (`write.WriteCandidates`); the records never go
   through the runner. The rare part that holds a record the dataset-level
@@ -173,7 +174,7 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
     parts, candidates, record_rejects = results | "write_candidates" >> (
         write.WriteCandidates(parts_dir, cfg.train_fraction, cfg.val_fraction,
                               cfg.compression))
-    written, drops, num_features = candidates | "check_dataset" >> validate.CheckDataset()
+    drops, num_features = (candidates, parts) | "check_dataset" >> validate.CheckDataset()
     parts, dataset_rejects = (parts, drops, num_features) | "drop_rejected" >> (
         write.DropRejected(parts_dir, cfg.compression))
     rejects = (record_rejects, dataset_rejects) | "all_rejects" >> beam.Flatten()
@@ -185,7 +186,7 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
         FileSystems.join(staging_dir, commit.REJECTS_DIR, "rejects"))
 
     summary = dict(parts | "compute_stats" >> statistics.ComputeStats())
-    summary["counts"] = (results, written, rejects) | "count_records" >> (
+    summary["counts"] = (results, candidates, drops, rejects) | "count_records" >> (
         statistics.CountRecords())
     summary["num_features"] = num_features
     summary["shard_parts"] = shards | "shard_part_dicts" >> beam.Map(write.shard_part_dict)

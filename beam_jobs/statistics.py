@@ -249,35 +249,51 @@ def _rejected_key(rejection: sources.Rejection):
 
 
 class CountRecords(beam.PTransform):
-    """(read results, written `Candidate`s, rejects) -> [[kind, source, reason, n]].
+    """(read results, `Candidate`s, `(part, Drop)` pairs, rejects) -> [[kind, source, reason, n]].
 
     `kind` is `read`, `written`, `truncated` or `rejected` (with its reason).
+    Written (and truncated) records are the candidates written to parts less
+    the ones the dataset checks dropped (which are among the rejects).
     """
 
     def expand(self, pcolls):
-        read, written, rejects = pcolls
+        read, candidates, drops, rejects = pcolls
         keys = {
             "read": read | "read_keys" >> beam.Map(_read_key),
-            "written": written | "written_keys" >> beam.Map(_written_key),
-            "truncated": written | "truncated_only" >> beam.Filter(_is_truncated)
+            "written": candidates | "written_keys" >> beam.Map(_written_key),
+            "truncated": candidates | "truncated_only" >> beam.Filter(_is_truncated)
             | "truncated_keys" >> beam.Map(_truncated_key),
             "rejected": rejects | "rejected_keys" >> beam.Map(_rejected_key),
+            "dropped": drops | "dropped_keys" >> beam.FlatMap(_dropped_keys),
         }
         # Each stream is counted where it is produced and only the small counters
         # meet: flattening the per-record keys of four stages first makes a runner
         # buffer every key between stages (on the DirectRunner, in the driver: memory
         # that grows with the data, benchmarks/scale.py).
-        counters = tuple(
+        counters = [
             stream | f"count_{kind}_keys" >> beam.CombineGlobally(CounterCombineFn())
-            for kind, stream in keys.items())
-        return (counters
+            for kind, stream in keys.items()]
+        counters[-1] = counters[-1] | "uncount_dropped" >> beam.Map(_negated)
+        return (tuple(counters)
                 | "all_counters" >> beam.Flatten()
                 | "sum_counters" >> beam.CombineGlobally(CounterSumCombineFn())
                 | "count_rows" >> beam.Map(_count_rows))
 
 
+def _dropped_keys(part_and_drop):
+    """The keys a dropped candidate had been counted under when it was written."""
+    candidate = part_and_drop[1].candidate
+    yield _written_key(candidate)
+    if candidate.truncated:
+        yield _truncated_key(candidate)
+
+
+def _negated(counter: Mapping[Any, int]) -> dict[Any, int]:
+    return {key: -n for key, n in counter.items()}
+
+
 def _count_rows(counter: Mapping[tuple[str, str, str], int]) -> list[list[Any]]:
-    return sorted([*key, n] for key, n in counter.items())
+    return sorted([*key, n] for key, n in counter.items() if n)
 
 
 def assemble_counts(rows: Sequence[Sequence[Any]], files: Sequence[str]) -> dict[str, Any]:

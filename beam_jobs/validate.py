@@ -16,6 +16,16 @@ dead-letter output (`REJECTS`: `seqpipe.dataset.sources.Rejection`s, written to
   `duplicate_id`). Their verdicts are `Drop`s, which
   `beam_jobs.write.DropRejected` removes from the part files already written.
 
+Memory: no per-record element crosses a stage boundary, so the job's memory
+does not grow with the data on a runner that holds such elements (the
+DirectRunner holds them in its driver). The candidates are only combined where
+they are produced (their widths, their ids' 64-bit hashes: `RepeatedHashesFn`
+keeps 8 bytes a record, and outputs the hashes seen twice); each part's
+candidates are also logged beside it (`beam_jobs.write.PartWriter`), and only
+the parts that may hold a rejected record (records of several widths, or any
+part once some id hash repeats) read their log back, grouping by id just the
+candidates whose hash repeats.
+
 Split assignment (the record's own `split`, else a stable hash of its id,
 `sources.assign_split`) happens where each record is written
 (`beam_jobs.write.WriteCandidates`).
@@ -30,8 +40,10 @@ not read back from these counters, so they are the same on every runner.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_jobs.statistics import CounterCombineFn
@@ -66,7 +78,9 @@ class Candidate:
         part, index: the name of the part file holding it (`write.ShardPart.name`)
             and its 0-based position there.
 
-    One travels through the runner per record (`CandidateCoder` keeps it small).
+    One is logged per record beside its part (`beam_jobs.write.PartWriter`);
+    only candidates that may be rejected travel through the runner
+    (`CandidateCoder` keeps them small).
     """
 
     id: str
@@ -84,15 +98,14 @@ class Candidate:
 class CandidateCoder(beam.coders.Coder):
     """A `Candidate` as the plain tuple of its fields: half the bytes of pickling it.
 
-    The runner holds every candidate of the data set once (grouped by id), so
-    their size is the job's memory per record outside the workers.
+    The candidates whose id hash repeats are grouped by id through the runner.
     """
 
     def __init__(self):
         self._fields = beam.coders.FastPrimitivesCoder()
 
     def encode(self, value: Candidate) -> bytes:
-        return self._fields.encode(tuple(getattr(value, f) for f in _CANDIDATE_FIELDS))
+        return self._fields.encode(tuple(getattr(value, f) for f in CANDIDATE_FIELDS))
 
     def decode(self, encoded: bytes) -> Candidate:
         return Candidate(*self._fields.decode(encoded))
@@ -101,7 +114,7 @@ class CandidateCoder(beam.coders.Coder):
         return True
 
 
-_CANDIDATE_FIELDS = tuple(field.name for field in dataclasses.fields(Candidate))
+CANDIDATE_FIELDS = tuple(field.name for field in dataclasses.fields(Candidate))
 beam.coders.registry.register_coder(Candidate, CandidateCoder)
 
 
@@ -118,12 +131,8 @@ def _width(candidate: Candidate) -> int:
     return candidate.width
 
 
-def _by_id(candidate: Candidate):
-    return candidate.id, candidate
-
-
 class _JudgeCopiesFn(beam.DoFn):
-    """(id, candidates) -> kept candidates; `(part, Drop)` for the rejected copies."""
+    """(id, candidates) -> `(part, Drop)` for each rejected copy."""
 
     def process(self, element, num_features: int):
         sequence_id, copies = element
@@ -131,34 +140,120 @@ class _JudgeCopiesFn(beam.DoFn):
         verdicts = sources.dataset_verdicts(
             sequence_id, [(sources.origin(c), c.width) for c in copies], num_features)
         for candidate, verdict in zip(copies, verdicts, strict=True):
-            if verdict is None:
-                yield candidate
-            else:
-                yield beam.pvalue.TaggedOutput(DROPS, (candidate.part,
-                                                       Drop(candidate, *verdict)))
+            if verdict is not None:
+                yield candidate.part, Drop(candidate, *verdict)
 
 
 class CheckDataset(beam.PTransform):
-    """candidates -> (kept candidates, (part, Drop) pairs, num_features singleton).
+    """(candidates, parts) -> ((part, Drop) pairs, num_features singleton).
 
     The dataset-level checks, on `Candidate`s only (never the steps): the
     feature count is `sources.dataset_feature_count` of all widths (the most
     common one), and `sources.dataset_verdicts` judges the copies of each id
     (other widths are `wrong_feature_count`; of duplicated ids the copy with
-    the smallest origin is kept).
+    the smallest origin is kept). `parts` are the `beam_jobs.write.ShardPart`s
+    the candidates were written to, each with its candidate log.
     """
 
-    def expand(self, candidates):
+    def expand(self, pcolls):
+        candidates, parts = pcolls
         num_features = (candidates
                         | "widths" >> beam.Map(_width)
                         | "count_widths" >> beam.CombineGlobally(CounterCombineFn())
                         | "most_common_width" >> beam.Map(sources.dataset_feature_count))
-        judged = (candidates
-                  | "key_by_id" >> beam.Map(_by_id).with_output_types(tuple[str, Candidate])
+        repeated = (candidates
+                    | "id_hashes" >> beam.Map(_candidate_hash)
+                    | "repeated_hashes" >> beam.CombineGlobally(RepeatedHashesFn()))
+        # The parts come from the stage that writes the candidates these side inputs
+        # combine: a stage boundary (the parts are few) keeps the runner from fusing
+        # the reader into the stage it waits for.
+        read = (parts
+                | "after_the_writes" >> beam.Reshuffle()
+                | "read_candidate_logs" >> beam.ParDo(
+                    _SuspectsFn(), beam.pvalue.AsSingleton(repeated),
+                    beam.pvalue.AsSingleton(num_features)).with_outputs(DROPS, main="suspects"))
+        judged = (read.suspects
                   | "group_copies" >> beam.GroupByKey()
                   | "judge_copies" >> beam.ParDo(
-                      _JudgeCopiesFn(), beam.pvalue.AsSingleton(num_features))
-                  .with_outputs(DROPS, main="kept"))
-        return judged.kept, judged[DROPS], num_features
+                      _JudgeCopiesFn(), beam.pvalue.AsSingleton(num_features)))
+        drops = (read[DROPS], judged) | "all_drops" >> beam.Flatten()
+        return drops, num_features
+
+
+def id_hash(sequence_id: str) -> int:
+    """A stable 64-bit hash of an id, independent of the one used for splits."""
+    return int.from_bytes(hashlib.sha256(sequence_id.encode("utf-8")).digest()[8:16], "big")
+
+
+def _candidate_hash(candidate: Candidate) -> int:
+    return id_hash(candidate.id)
+
+
+class RepeatedHashesFn(beam.CombineFn):
+    """64-bit hashes -> the sorted tuple of those seen more than once.
+
+    The accumulator holds each distinct hash once in a sorted uint64 array (8
+    bytes a record; new hashes wait in a short list until `PENDING` of them
+    are merged in) and the set of repeated ones.
+    """
+
+    PENDING = 65536
+
+    def create_accumulator(self):
+        return [np.zeros(0, np.uint64), set(), []]
+
+    def add_input(self, accumulator, element):
+        accumulator[2].append(element)
+        if len(accumulator[2]) >= self.PENDING:
+            accumulator = self._absorb(accumulator, np.asarray(accumulator[2], np.uint64))
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            merged[1] |= accumulator[1]
+            merged = self._absorb(merged, np.concatenate(
+                [accumulator[0], np.asarray(accumulator[2], np.uint64)]))
+        return merged
+
+    def compact(self, accumulator):
+        return self._absorb(accumulator, np.asarray(accumulator[2], np.uint64))
+
+    def extract_output(self, accumulator):
+        return tuple(sorted(int(h) for h in self.compact(accumulator)[1]))
+
+    @staticmethod
+    def _absorb(accumulator, hashes: np.ndarray):
+        """The accumulator with `hashes` merged into its distinct ones; pending emptied."""
+        seen, repeated, _ = accumulator
+        every = np.sort(np.concatenate([seen, hashes]), kind="stable")
+        again = every[1:] == every[:-1]
+        repeated = repeated | {int(h) for h in every[1:][again]}
+        return [every[np.concatenate([[True], ~again])] if len(every) else every, repeated, []]
+
+
+class _SuspectsFn(beam.DoFn):
+    """part -> `(id, Candidate)` of its candidates whose id hash repeats; `(part, Drop)`
+    of its other candidates of another width than the dataset's.
+
+    A part whose records all have the dataset's width is not read while no
+    id hash repeats (the common case: no log is read back).
+    """
+
+    def process(self, part, repeated: tuple[int, ...], num_features: int):
+        from beam_jobs.write import read_candidate_log
+
+        if not repeated and part.width == num_features:
+            return
+        repeated_hashes = frozenset(repeated)
+        for candidate in read_candidate_log(part):
+            if id_hash(candidate.id) in repeated_hashes:
+                yield candidate.id, candidate
+            elif candidate.width != num_features:
+                verdict = sources.dataset_verdicts(
+                    candidate.id, [(sources.origin(candidate), candidate.width)],
+                    num_features)[0]
+                yield beam.pvalue.TaggedOutput(DROPS, (candidate.part,
+                                                       Drop(candidate, *verdict)))
 
 

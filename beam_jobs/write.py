@@ -1,8 +1,8 @@
 """Writing: part files in one pass, the rewrite after the dataset checks, shards, rejects.
 
     Sequence | Rejection ──write_candidates──▶ part files (written by the worker
-        that read the record: split assigned, record encoded) + a small
-        `Candidate` per record + rejects
+        that read the record: split assigned, record encoded), each with a log
+        of its records' `Candidate`s + a `Candidate` stream + rejects
     parts + drops ──drop_rejected──▶ final parts (only the few parts holding a
         record that `beam_jobs.validate.CheckDataset` rejected are rewritten)
         [──reshard──▶ exactly `num_shards` per split]
@@ -12,8 +12,9 @@
 Why one pass: with the records themselves flowing from stage to stage, every
 dataset-level check (it needs all records before any can be written) made the
 DirectRunner hold and re-send the whole data set through its single runner
-process, which then bounded both speed and memory. Now only `Candidate`s
-(`validate.CandidateCoder`) and per-part summaries travel; the statistics of
+process, which then bounded both speed and memory. Now the candidates are
+only combined where they are written (`beam_jobs.validate.CheckDataset`) and
+per-part summaries travel; the statistics of
 each part are accumulated while it is written. Part files are TFRecords
 framed with Beam's TFRecord codec and `records.encode_sequence`'s
 hand-written protobuf, so workers never import TensorFlow, and hashed
@@ -49,11 +50,20 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.statistics import DatasetStatsCombineFn, SumTuplesCombineFn
-from beam_jobs.validate import REJECTS, Candidate, Drop, count, count_rejected
+from beam_jobs.validate import (
+    CANDIDATE_FIELDS,
+    REJECTS,
+    Candidate,
+    Drop,
+    count,
+    count_rejected,
+    id_hash,
+)
 from seqpipe.dataset import records, sources
 from seqpipe.dataset.sources import Rejection, Sequence
 
 CANDIDATES = "candidates"
+CANDIDATE_LOG_SUFFIX = ".candidates"
 # Automatic shard count: one shard per TARGET_SHARD_BYTES of encoded records,
 # at least MIN_SHARDS (parallel reads by a few workers) and at most one per record.
 TARGET_SHARD_BYTES = 64 * 2**20
@@ -73,6 +83,9 @@ class ShardPart:
             (the (source, line) of the first record, or the shard index).
         stats: the `statistics.DatasetStatsCombineFn` accumulator of its records (None
             for resharded files, whose statistics their input parts carry).
+        width: the feature count of its records; 0 when they have several.
+        candidate_log: the path of its records' `Candidate`s, one JSON list of
+            their fields a line ("" when none were logged).
     """
 
     split: str
@@ -82,17 +95,14 @@ class ShardPart:
     sha256: str | None = None
     order: tuple = ()
     stats: Any = dataclasses.field(default=None, compare=False, repr=False)
+    width: int = 0
+    candidate_log: str = ""
 
     @property
     def name(self) -> str:
         """The file name, unique within the parts directory."""
         return self.path.rsplit("/", 1)[-1]
 
-
-
-def id_hash(sequence_id: str) -> int:
-    """A stable 64-bit hash of an id, independent of the one used for splits."""
-    return int.from_bytes(hashlib.sha256(sequence_id.encode("utf-8")).digest()[8:16], "big")
 
 
 def num_shards_for(num_records: int, num_bytes: int, configured: int = 0) -> int:
@@ -188,6 +198,8 @@ class PartWriter:
         self._stats_fn = DatasetStatsCombineFn()
         self._stats = self._stats_fn.create_accumulator()
         self._pending: list[tuple[str, Sequence]] = []
+        self._mixed_widths = False
+        self._candidate_log = None
 
     def write(self, data: bytes, sequence: Sequence, order: tuple = ()) -> int:
         """Appends one encoded record; returns its index in the file."""
@@ -195,7 +207,7 @@ class PartWriter:
         self._order = self._order or order
         self._width = self._width or sequence.num_features
         if sequence.num_features != self._width:
-            self._stats, self._pending = None, []
+            self._stats, self._pending, self._mixed_widths = None, [], True
         if self._stats is not None:
             self._pending.append((self.split, sequence))
             if len(self._pending) >= self.STATS_BATCH:
@@ -209,13 +221,35 @@ class PartWriter:
             self._stats = self._stats_fn.add_inputs(self._stats, self._pending)
         self._pending = []
 
+    def log_candidate(self, candidate: Candidate) -> None:
+        """Appends the candidate of a record written here to the part's candidate log
+        (`PATH.candidates` beside the part, created with the first one)."""
+        if self._candidate_log is None:
+            self._candidate_log = FileSystems.create(self.path + CANDIDATE_LOG_SUFFIX)
+        fields = [getattr(candidate, name) for name in CANDIDATE_FIELDS]
+        self._candidate_log.write(json.dumps(fields).encode("utf-8") + b"\n")
+
     def close(self, order: tuple = ()) -> ShardPart:
-        """Closes the file; the part that describes it."""
+        """Closes the file (and its candidate log); the part that describes it."""
         num_bytes, sha256 = self._file.finish()
         self._flush_stats()
+        log = ""
+        if self._candidate_log is not None:
+            self._candidate_log.close()
+            log = self.path + CANDIDATE_LOG_SUFFIX
         return ShardPart(split=self.split, path=self.path, num_records=self.num_records,
                          num_bytes=num_bytes, sha256=sha256, order=order or self._order,
-                         stats=self._stats)
+                         stats=self._stats, width=0 if self._mixed_widths else self._width,
+                         candidate_log=log)
+
+
+def read_candidate_log(part: ShardPart):
+    """The `Candidate`s `PartWriter.log_candidate` logged for `part`, in write order."""
+    if not part.candidate_log:
+        return
+    with FileSystems.open(part.candidate_log) as log:
+        for line in log:
+            yield Candidate(*json.loads(line))
 
 
 def _windowed(value):
@@ -249,11 +283,13 @@ class _WriteCandidatesFn(beam.DoFn):
             slot, PartWriter(self._parts_dir, split, self._compression))
         data = records.encode_sequence(result.id, result.steps, result.label)
         index = writer.write(data, result, order=sources.origin(result)[:3])
-        yield beam.pvalue.TaggedOutput(CANDIDATES, Candidate(
+        candidate = Candidate(
             id=result.id, source=result.source, line=result.line, label=result.label,
             split_field=result.split, width=result.num_features,
             truncated=bool(result.truncated_from), part=writer.name, index=index,
-            offset=result.offset))
+            offset=result.offset)
+        writer.log_candidate(candidate)
+        yield beam.pvalue.TaggedOutput(CANDIDATES, candidate)
         if writer.record_bytes >= TARGET_SHARD_BYTES:
             yield self._open.pop(slot).close()
 

@@ -47,7 +47,8 @@ def test_compute_stats_and_count_records_are_exact(tmp_path, monkeypatch):
         read_results = p | "read" >> beam.Create([*train, *test, rejection])
         rejects = p | "rejects" >> beam.Create([rejection])
         written_pc = p | "written" >> beam.Create(written)
-        counts = (read_results, written_pc, rejects) | statistics.CountRecords()
+        no_drops = p | "no_drops" >> beam.Create([])
+        counts = (read_results, written_pc, no_drops, rejects) | statistics.CountRecords()
         assert_that(counts, equal_to([[["read", "f", "", 4], ["read", "s", "", 1],
                                        ["rejected", "f", "empty", 1],
                                        ["truncated", "f", "", 1],
@@ -89,3 +90,23 @@ def test_suggested_boundaries_pad_least_for_the_bucket_count():
     ten = {length: 1 for length in range(1, 11)}
     assert len(statistics.suggested_boundaries(ten)) == statistics.SUGGESTED_NUM_BUCKETS == 8
     assert statistics.suggested_boundaries({}) == []
+
+
+def test_count_records_subtracts_the_dropped_candidates():
+    def candidate(sequence_id, source, truncated=False):
+        return validate.Candidate(sequence_id, source, 1, "", None, 2, truncated, "p", 0)
+
+    written = [candidate("a", "f"), candidate("b", "f", truncated=True),
+               candidate("b", "g", truncated=True), candidate("c", "g")]
+    drops = [("p", validate.Drop(written[2], "duplicate_id", "b again"))]
+    rejected = [Rejection("duplicate_id", "b again", "g", 1, "{}")]
+    read = [seq("a", source="f"), seq("b", source="f"), seq("b", source="g"),
+            seq("c", source="g")]
+    with BeamTestPipeline() as p:
+        counts = ((p | "read" >> beam.Create(read), p | "written" >> beam.Create(written),
+                   p | "drops" >> beam.Create(drops), p | "rejects" >> beam.Create(rejected))
+                  | statistics.CountRecords())
+        assert_that(counts, equal_to([[["read", "f", "", 2], ["read", "g", "", 2],
+                                       ["rejected", "g", "duplicate_id", 1],
+                                       ["truncated", "f", "", 1],
+                                       ["written", "f", "", 2], ["written", "g", "", 1]]]))

@@ -25,12 +25,15 @@ def test_write_check_and_drop_route_every_record(tmp_path):
         results = p | beam.Create(literal)
         parts, candidates, record_rejects = results | write.WriteCandidates(
             parts_dir, 1.0, 0.0)
-        kept, drops, num_features = candidates | validate.CheckDataset()
+        drops, num_features = (candidates, parts) | validate.CheckDataset()
         final, dataset_rejects = (parts, drops, num_features) | write.DropRejected(
             parts_dir)
-        assert_that(kept | "describe_kept" >> beam.Map(lambda c: (c.id, c.source, c.line)),
-                    equal_to([("ok1", "s", 1), ("ok2", "s", 1), ("dup", "a", 5),
-                              ("cut", "s", 1)]), label="kept")
+        assert_that(drops | "describe_drops" >> beam.Map(
+            lambda pd: (pd[1].candidate.id, pd[1].candidate.source, pd[1].candidate.line,
+                        pd[1].reason, pd[0] == pd[1].candidate.part)),
+                    equal_to([("narrow", "s", 2, "wrong_feature_count", True),
+                              ("dup", "b", 1, "duplicate_id", True),
+                              ("dup", "a", 7, "duplicate_id", True)]), label="drops")
         reasons = ((record_rejects, dataset_rejects) | beam.Flatten()
                    | beam.Map(lambda r: (r.reason, r.source, r.line)))
         assert_that(reasons, equal_to([("wrong_feature_count", "s", 2),
@@ -53,9 +56,41 @@ def test_rejected_duplicate_keeps_its_record_and_the_kept_copy_its_steps(tmp_pat
     with BeamTestPipeline() as p:
         parts, candidates, _ = (p | beam.Create([later, kept_copy])
                                 | write.WriteCandidates(str(tmp_path), 1.0, 0.0))
-        _, drops, num_features = candidates | validate.CheckDataset()
+        drops, num_features = (candidates, parts) | validate.CheckDataset()
         final, rejects = (parts, drops, num_features) | write.DropRejected(str(tmp_path))
         assert_that(rejects | beam.Map(lambda r: (r.reason, r.record)), equal_to([(
             "duplicate_id", sources.to_json_line(later))]), label="rejects")
         contents = final | beam.FlatMap(part_records)
         assert_that(contents, equal_to([("d", kept_copy.steps.tolist())]), label="kept")
+
+
+def test_repeated_hashes_across_bundles_and_compactions(monkeypatch):
+    monkeypatch.setattr(validate.RepeatedHashesFn, "PENDING", 3)  # compactions mid-bundle
+    fn = validate.RepeatedHashesFn()
+    first, second = fn.create_accumulator(), fn.create_accumulator()
+    for value in (5, 1, 9, 1, 2**64 - 1):
+        first = fn.add_input(first, value)
+    for value in (9, 4, 2**64 - 1, 2**64 - 1, 7):
+        second = fn.add_input(second, value)
+    merged = fn.merge_accumulators([first, second, fn.create_accumulator()])
+    assert fn.extract_output(merged) == (1, 9, 2**64 - 1)
+    np.testing.assert_array_equal(fn.compact(merged)[0],
+                                  np.array([1, 4, 5, 7, 9, 2**64 - 1], np.uint64))
+    assert fn.extract_output(fn.create_accumulator()) == ()
+
+
+def test_without_repeated_ids_no_candidate_log_is_read(tmp_path, monkeypatch):
+    """Single-width parts and no repeated id hash: nothing is read back, nothing dropped."""
+    opened = []
+    original = write.read_candidate_log
+    monkeypatch.setattr(write, "read_candidate_log",
+                        lambda part: opened.append(part.name) or original(part))
+    literal = [seq(f"r{i}", line=i) for i in range(20)]
+    with BeamTestPipeline() as p:
+        parts, candidates, _ = (p | beam.Create(literal)
+                                | write.WriteCandidates(str(tmp_path), 1.0, 0.0))
+        drops, num_features = (candidates, parts) | validate.CheckDataset()
+        assert_that(drops, equal_to([]), label="no_drops")
+        assert_that(parts | beam.Map(lambda part: (part.width, bool(part.candidate_log))),
+                    lambda widths: set(widths) == {(2, True)}, label="widths")
+    assert opened == []

@@ -6,7 +6,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from beam_helpers import part_records, seq, written_part
 
-from beam_jobs import write
+from beam_jobs import validate, write
 
 
 def test_write_candidates_rolls_parts_over_at_the_target_size(tmp_path, monkeypatch):
@@ -35,7 +35,7 @@ def test_reshard_writes_exactly_num_shards_in_hashed_id_order(tmp_path):
     for path in (tmp_path / "a").iterdir():
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes()
         ids = [r[0] for r in part_records(write.ShardPart("train", str(path), 0, 0))]
-        assert ids == sorted(ids, key=lambda i: (write.id_hash(i), i))
+        assert ids == sorted(ids, key=lambda i: (validate.id_hash(i), i))
 
 
 def test_num_shards_for():
