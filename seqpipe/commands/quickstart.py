@@ -9,7 +9,8 @@ quickstart only chains them in one work directory and prints a summary.
 The anomaly stage does what a user does with new data: a fresh synthetic set
 (`ANOMALY_SEQUENCES` sequences, another seed, `ANOMALY_FRACTION` of them with
 an injected anomaly, `seqpipe synth --anomalies`) as raw JSON lines, the
-threshold calibrated on the val split, the new file scored as raw input with
+length profile fitted on the train and val splits and the threshold on val
+(`seqpipe score --threshold-from val`), the new file scored as raw input with
 `--normal-label 'class_*'` (`seqpipe score`): the ROC-AUC of the
 reconstruction score beside the Isolation Forest and k-NN baselines, and the
 score's |Spearman| correlation with length.
@@ -107,7 +108,7 @@ def run(workdir: str | Path, cfg: Config, overwrite: bool = False) -> dict[str, 
 def score_anomalies(cfg: Config, paths: dict[str, Path]) -> dict[str, Any]:
     """Writes a fresh synthetic set with anomalies and scores it as `seqpipe score` does.
 
-    Calibrates the threshold on the val split of `paths["data"]`, scores the
+    Calibrates on the val split of `paths["data"]` (`--threshold-from val`), scores the
     new raw file with `--normal-label 'class_*'` against the baselines, and
     writes `paths["scores"]/anomalies.parquet`.
 
