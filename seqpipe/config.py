@@ -451,7 +451,7 @@ class ScoreConfig:
     quantile: float = 0.99
     threshold: float | None = None
     knn: int = 5
-    records_per_knot: int = 50
+    records_per_knot: int = 25
 
     def __post_init__(self):
         _require(0.0 < self.quantile < 1.0, "score.quantile", "must be in (0, 1)")

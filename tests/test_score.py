@@ -226,7 +226,9 @@ def test_threshold_round_trip_and_is_anomaly(tmp_path, tiny_dataset, own_model, 
     stored = score.read_threshold(own_model)
     assert stored == score.Threshold(**json.loads((own_model / THRESHOLD_FILE).read_text()))
     assert result["threshold"] == dataclasses.asdict(stored)
-    # the profile is the train and val splits'; the quantile is of val's calibrated scores
+    # the profile is the train and val splits' (too few val records for the val split
+    # alone); the quantile is of val's calibrated scores
+    assert score.profile_splits(tiny_dataset, ScoreConfig()) == ("train", "val")
     profile = score.LengthProfile.fit(np.concatenate([train.lengths, val.lengths]),
                                       np.concatenate([train.errors, val.errors]),
                                       ScoreConfig().records_per_knot)
@@ -452,7 +454,7 @@ def test_a_model_dir_of_an_older_version_scores_from_its_keras_file(tmp_path, ti
 
 def test_score_config_defaults():
     assert load_config("default").score == ScoreConfig(quantile=0.99, threshold=None, knn=5,
-                                                        records_per_knot=50)
+                                                        records_per_knot=25)
     assert load_config("default", ["score.threshold=0.5"]).score.threshold == 0.5
 
 
@@ -500,3 +502,12 @@ def test_calibrated_scores_do_not_grow_with_length_where_errors_do():
 
 def spearman_of(values, lengths):
     return score_evaluation.spearman(np.asarray(values), np.asarray(lengths))
+
+
+def test_a_large_enough_val_split_alone_gives_the_profile(tiny_dataset):
+    num_val = metadata_lib.read(tiny_dataset).num_records("val")
+    assert num_val >= score.MIN_HELD_OUT_KNOTS
+    enough = ScoreConfig(records_per_knot=num_val // score.MIN_HELD_OUT_KNOTS)
+    assert score.profile_splits(tiny_dataset, enough) == ("val",)
+    too_few = ScoreConfig(records_per_knot=num_val // score.MIN_HELD_OUT_KNOTS + 1)
+    assert score.profile_splits(tiny_dataset, too_few) == ("train", "val")

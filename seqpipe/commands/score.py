@@ -43,9 +43,10 @@ once (a split: in batch order; raw input: in input order):
     is_anomaly  bool            score > threshold; only when a threshold is stored
 
 Calibration (`calibrate`, `seqpipe score --threshold-from SPLIT`): the
-`LengthProfile` is fitted on the train and val splits' errors (the most
-records, the most knots); the threshold is the `ScoreConfig.quantile` of
-SPLIT's scores (or the fixed `ScoreConfig.threshold`). `write_threshold` stores both in
+`LengthProfile` is fitted on the val split's errors when it is large enough,
+else on the train and val splits' (`profile_splits`); the threshold is the
+`ScoreConfig.quantile` of SPLIT's scores (or the fixed
+`ScoreConfig.threshold`). `write_threshold` stores both in
 `MODEL_DIR/score_threshold.json` with the weights' SHA-256 of `summary.json`;
 `read_threshold` refuses a calibration made on other weights. `run`
 calibrates on first use: scoring with `--data` when the model directory has
@@ -317,9 +318,10 @@ class LengthProfile:
         return np.exp(np.interp(log_lengths, np.log(self.lengths), np.log(self.errors)))
 
 
-# The splits the length profile is fitted on: every record the model may have
-# seen in training or validation, never test.
-PROFILE_SPLITS = ("train", "val")
+# Held-out errors give the truest profile (a model rebuilds the sequences it was
+# trained on better than new ones, the long and rare ones most), so the val split
+# alone gives it when it has records for this many knots; else train and val do.
+MIN_HELD_OUT_KNOTS = 4
 # Enough knots to follow the error's growth over the lengths seen; few enough
 # that each knot's median is steady.
 _MAX_PROFILE_KNOTS = 32
@@ -389,18 +391,26 @@ def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path,
 
 def calibrate_split(data_dir: str | Path, model_dir: str | Path, split: str, cfg: ScoreConfig,
                     progress: Callable[[int], None] | None = None) -> tuple[Threshold, Scores]:
-    """`calibrate` on `split` of `data_dir`, the profile fitted on its train and
-    val splits (`PROFILE_SPLITS`, those with records).
+    """`calibrate` on `split` of `data_dir`, the profile fitted on `profile_splits`.
 
     Returns:
         The threshold (not stored) and `split`'s scores, uncalibrated.
     """
     scores = score_split(data_dir, model_dir, split, progress=progress)
-    metadata = metadata_lib.read(data_dir)
     profile_scores = [scores if name == split else score_split(data_dir, model_dir, name,
                                                                 progress=progress)
-                      for name in PROFILE_SPLITS if metadata.num_records(name)]
+                      for name in profile_splits(data_dir, cfg)]
     return calibrate(scores, cfg, model_dir, profile_scores=profile_scores), scores
+
+
+def profile_splits(data_dir: str | Path, cfg: ScoreConfig) -> tuple[str, ...]:
+    """The splits the length profile is fitted on (never test): val alone when it
+    holds `MIN_HELD_OUT_KNOTS` knots of `cfg.records_per_knot` records, else
+    train and val (those with records)."""
+    metadata = metadata_lib.read(data_dir)
+    if metadata.num_records("val") >= MIN_HELD_OUT_KNOTS * cfg.records_per_knot:
+        return ("val",)
+    return tuple(name for name in ("train", "val") if metadata.num_records(name))
 
 
 def weights_sha256(model_dir: str | Path) -> str | None:
@@ -661,7 +671,7 @@ def _calibration_line(threshold: Threshold, path: str) -> str:
     how = (f"the {threshold.quantile:g} quantile" if threshold.method == "quantile"
            else "fixed (score.threshold)")
     knots = len(threshold.length_profile["lengths"]) if threshold.length_profile else 0
-    return (f"calibrated: a length profile of {knots} knots (train and val splits) and the "
+    return (f"calibrated: a length profile of {knots} knots and the "
             f"threshold {threshold.threshold:.4g} ({how} of the {threshold.num_records} "
             f"{threshold.split} records' scores; {threshold.flagged_fraction:.1%} above it), "
             f"stored in {path}")
