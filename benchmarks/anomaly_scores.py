@@ -11,7 +11,10 @@ another seed and `--anomalies` of its sequences anomalous (`seqpipe synth
 input (`seqpipe.commands.score.score_validated`), its scores calibrated for
 length as `seqpipe score` calibrates them (`score.calibrate_split`: the
 profile of the train and val splits' errors); `seqpipe_error` is the same
-autoencoder's error uncalibrated. Beside them, on the same records:
+autoencoder's error uncalibrated, and `profile_train` / `profile_val` /
+`profile_train+val` the error over a length profile fitted on that source
+(the calibration picks one: `score.profile_splits`). Beside them, on the
+same records:
 
 * `recipe`: the pad-to-max recipe (`vs_pad_to_max.build_recipe`: `Masking(0.0)`
   -> `LSTM(64, tanh)` -> `RepeatVector` -> `LSTM(64, tanh, return_sequences)`
@@ -73,7 +76,8 @@ from seqpipe.config import Config, load_config  # noqa: E402
 
 NORMAL_PATTERN = "class_*"
 RECIPE_UNITS = 64
-METHODS = ("seqpipe", "seqpipe_error", "recipe", "isolation_forest", "knn_embedding")
+METHODS = ("seqpipe", "seqpipe_error", "profile_train", "profile_val", "profile_train+val",
+           "recipe", "isolation_forest", "knn_embedding")
 REAL_METHODS = {"reconstruction": "seqpipe", "reconstruction_error": "error",
                 "isolation_forest": "iforest", "knn_embedding": "knn"}
 
@@ -122,6 +126,7 @@ def score_with_anomalies(work: Path, cfg: Config, data_dir: Path, model_dir: Pat
     threshold, _ = score.calibrate_split(data_dir, model_dir,
                                          score.default_calibration_split(data_dir), cfg.score)
     scores = score.score_validated(raw, model_dir).calibrated(threshold.profile)
+    by_profile = profile_alternatives(data_dir, model_dir, cfg, scores)
     test_steps = [sequence.steps for sequence in raw.sequences]
     metadata = metadata_lib.read(data_dir)
     train_steps = [record["steps"] for record in records.read_split(data_dir, "train", metadata)]
@@ -129,12 +134,31 @@ def score_with_anomalies(work: Path, cfg: Config, data_dir: Path, model_dir: Pat
     return ScoredSet(labels=scores.labels, lengths=scores.lengths, scores={
         "seqpipe": scores.scores,
         "seqpipe_error": scores.errors,
+        **by_profile,
         "recipe": recipe_scores(data_dir, cfg, test_steps),
         "isolation_forest": score_evaluation.isolation_forest_scores(train_steps, test_steps),
         "knn_embedding": score_evaluation.knn_distances(
             train_embeddings.vectors, embed.embed_validated(raw, model_dir).vectors,
             cfg.score.knn),
     })
+
+
+def profile_alternatives(data_dir: Path, model_dir: Path, cfg: Config,
+                         scores) -> dict[str, np.ndarray]:
+    """`scores`' errors over the length profile of each source the calibration could use:
+    the train split alone, the val split alone, both (`score.profile_splits` picks one)."""
+    from seqpipe.commands import score
+
+    errors = {split: score.score_split(data_dir, model_dir, split) for split in ("train", "val")}
+    sources = {"train": ["train"], "val": ["val"], "train+val": ["train", "val"]}
+    rows = {}
+    for name, splits in sources.items():
+        profile = score.LengthProfile.fit(
+            np.concatenate([errors[split].lengths for split in splits]),
+            np.concatenate([errors[split].errors for split in splits]),
+            cfg.score.records_per_knot)
+        rows[f"profile_{name}"] = scores.calibrated(profile).scores
+    return rows
 
 
 def recipe_scores(data_dir: Path, cfg: Config, test_steps: list[np.ndarray]) -> np.ndarray:
