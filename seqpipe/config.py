@@ -118,6 +118,17 @@ class PreprocessConfig:
             long-format (CSV/Parquet) inputs.
         feature_columns: feature column names of long-format inputs; empty
             means every column not named above.
+        missing: `keep` (default): NaN, JSON null, empty CSV cells and Parquet
+            nulls inside a sequence are missing entries, stored as NaN in the
+            record (`seqpipe.dataset.records`) and left out of the statistics;
+            `reject`: such a record is rejected (`non_numeric` / `non_finite`),
+            as before missing values were supported. +-Infinity is always
+            `non_finite`.
+        max_missing_fraction: with `keep`, a record with more than this
+            fraction of its entries (length x features) missing is rejected
+            (`too_many_missing`), and one with every entry missing always is
+            (`all_missing`). The default 0.5 keeps a record while at least
+            half of it is observed.
     """
 
     input_format: str = "auto"
@@ -133,8 +144,13 @@ class PreprocessConfig:
     label_column: str = "label"
     split_column: str = "split"
     feature_columns: tuple[str, ...] = ()
+    missing: str = "keep"
+    max_missing_fraction: float = 0.5
 
     def __post_init__(self):
+        _require_choice(self.missing, ("keep", "reject"), "preprocess.missing")
+        _require(0.0 <= self.max_missing_fraction <= 1.0, "preprocess.max_missing_fraction",
+                 "must be in [0, 1]")
         _require_choice(self.input_format, ("auto", "jsonl", "csv", "parquet"),
                         "preprocess.input_format")
         _require_choice(self.too_long, ("reject", "truncate"), "preprocess.too_long")

@@ -292,6 +292,9 @@ def normalization_arrays(stats: FeatureStats,
                          num_features: int) -> tuple[np.ndarray, np.ndarray]:
     """`(mean, std)` float32 arrays from a dataset's `feature_stats`; a std of 0 becomes 1.
 
+    A feature never observed in the train split (None mean and std) is left as
+    it is: mean 0, std 1.
+
     Raises:
         records.DatasetError: `stats` lacks `mean`/`std` of `num_features` values.
     """
@@ -300,9 +303,9 @@ def normalization_arrays(stats: FeatureStats,
         raise records.DatasetError(
             f"normalize needs feature_stats.mean and .std of length {num_features} in the "
             f"metadata; Received: mean={mean!r}, std={std!r}")
-    std = np.asarray(std, np.float32)
+    std = np.array([1.0 if value is None else value for value in std], np.float32)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    return np.asarray(mean, np.float32), std
+    return np.array([0.0 if value is None else value for value in mean], np.float32), std
 
 
 def normalize(steps, normalization: tuple[np.ndarray, np.ndarray] | None):
