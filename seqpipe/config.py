@@ -214,6 +214,15 @@ class DataConfig:
             length.
         deterministic: fixed order and no shuffling (tests, evaluation).
         seed: shuffle seed.
+        observed_mask: `auto` (default): batches carry `inputs["observed"]`
+            (1 observed, 0 missing or padding, per entry) and the model takes
+            it as extra input features when the training data has missing
+            entries (its metadata says so); `always`: also on complete data.
+            Complete data under `auto` gives exactly the batches and the
+            model of before (`seqpipe.input_pipeline`).
+        fill: what a missing entry's `x` holds, after normalization: `zero`
+            (default: 0, the train mean) or `forward` (the last observation
+            of that feature in the same sequence, 0 before the first).
     """
 
     batching: str = "sorted_window"
@@ -230,9 +239,13 @@ class DataConfig:
     reverse_target: bool = True
     deterministic: bool = False
     seed: int = 0
+    observed_mask: str = "auto"
+    fill: str = "zero"
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _require_choice(self.observed_mask, ("auto", "always"), "data.observed_mask")
+        _require_choice(self.fill, ("zero", "forward"), "data.fill")
         _require_choice(self.batching, ("sorted_window", "buckets"), "data.batching")
         _require(self.timestep_budget >= -1, "data.timestep_budget",
                  "must be -1 (auto), 0 (none) or > 0")
