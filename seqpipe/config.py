@@ -66,6 +66,10 @@ class SynthConfig:
             anomaly (labelled `anomaly_<kind>`; `seqpipe.synthetic` describes the
             kinds); 0 gives exactly the output without anomalies. Needs
             `num_classes >= 3` (with 2 classes a swap gives the other class).
+        missing_fraction: the probability that each entry (timestep x feature)
+            is removed (written as JSON null: a missing entry, kept by
+            `preprocess.missing: keep`), independently per entry and channel;
+            0 (default) gives exactly the output without missing entries.
         seed: random seed; the same seed gives byte-identical output.
     """
 
@@ -78,10 +82,13 @@ class SynthConfig:
     zero_step_fraction: float = 0.2
     noise: float = 0.1
     anomaly_fraction: float = 0.0
+    missing_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
         _require(self.num_sequences > 0, "synth.num_sequences", "must be > 0")
+        _require(0.0 <= self.missing_fraction < 1.0, "synth.missing_fraction",
+                 "must be in [0, 1)")
         _require(self.num_features > 0, "synth.num_features", "must be > 0")
         _require(1 <= self.min_length <= self.max_length, "synth.min_length",
                  "must satisfy 1 <= min_length <= max_length")

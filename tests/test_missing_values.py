@@ -321,3 +321,30 @@ def test_job_summary_names_the_missing_fraction(kept):
     assert "train         3 records           8 timesteps" in summary
     assert "missing 25.0% (most in a feature)" in summary
     assert "missing 40.0% (most in a feature)" in summary
+
+
+# ---------------------------------------------------------------- synthetic gaps
+
+
+def test_synthetic_missing_fraction_removes_entries_and_changes_nothing_else():
+    from seqpipe import synthetic
+    from seqpipe.config import SynthConfig
+
+    cfg = SynthConfig(num_sequences=40, max_length=30, anomaly_fraction=0.2, num_classes=3)
+    clean = list(synthetic.generate(cfg))
+    gappy = list(synthetic.generate(SynthConfig(**{**cfg.__dict__, "missing_fraction": 0.3})))
+    removed = total = 0
+    for before, after in zip(clean, gappy, strict=True):
+        assert (before["id"], before["label"]) == (after["id"], after["label"])
+        for row_before, row_after in zip(before["steps"], after["steps"], strict=True):
+            for value, kept in zip(row_before, row_after, strict=True):
+                assert kept is None or kept == value
+                removed += kept is None
+                total += 1
+    assert 0.25 < removed / total < 0.35
+    again = list(synthetic.generate(SynthConfig(**{**cfg.__dict__, "missing_fraction": 0.3})))
+    assert again == gappy  # deterministic
+    result = sources.validate_json_line(json.dumps(gappy[0]), missing="keep",
+                                        max_missing_fraction=0.9)
+    assert np.isnan(result.steps).sum() == sum(v is None for row in gappy[0]["steps"]
+                                               for v in row)
