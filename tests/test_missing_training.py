@@ -249,26 +249,39 @@ def test_pooled_statistics_are_nan_aware_over_observed_entries():
 # ---------------------------------------------------------------- the chain
 
 
-@pytest.mark.slow
-def test_train_embed_score_evaluate_on_data_with_gaps(tmp_path, tiny_config):
+@pytest.fixture(scope="module")
+def gappy_dataset(tmp_path_factory, tiny_config):
+    """The tiny synthetic data with 20% of its entries removed, preprocessed (keep)."""
     from beam_jobs.preprocess import preprocess
     from seqpipe import synthetic
+
+    root = tmp_path_factory.mktemp("gappy")
+    raw = root / "gappy.jsonl"
+    synthetic.write_jsonl(dataclasses.replace(tiny_config.synth, missing_fraction=0.2), raw)
+    preprocess([str(raw)], str(root / "data"), tiny_config.preprocess)
+    return root / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["reconstruction", "both"])
+def test_two_replicas_take_the_single_replica_step_on_data_with_gaps(tmp_path, gappy_dataset,
+                                                                     objective):
+    """The observed entries' global count: replicas with different numbers of observed
+    entries take the single-replica step (tests/test_distributed.py's harness)."""
+    from test_distributed import _assert_same_step, _mirrored_step
+
+    single, mirrored = _mirrored_step(tmp_path, gappy_dataset, objective, rows=4)
+    _assert_same_step(single, mirrored, objective, rows=4)
+
+
+@pytest.mark.slow
+def test_train_embed_score_evaluate_on_data_with_gaps(tmp_path, tiny_config, gappy_dataset):
     from seqpipe.commands import embed, evaluate, score
+    from seqpipe.dataset import metadata as metadata_lib
     from seqpipe.training.trainer import train
 
-    raw = tmp_path / "raw.jsonl"
-    synthetic.write_jsonl(tiny_config.synth, raw)
-    rng = np.random.default_rng(0)
-    lines = []
-    for line in raw.read_text().splitlines():
-        record = json.loads(line)
-        record["steps"] = [[None if rng.random() < 0.2 else v for v in row]
-                           for row in record["steps"]]
-        lines.append(json.dumps(record))
-    gappy = tmp_path / "gappy.jsonl"
-    gappy.write_text("\n".join(lines) + "\n")
-    data_dir = tmp_path / "data"
-    metadata = preprocess([str(gappy)], str(data_dir), tiny_config.preprocess)
+    data_dir = gappy_dataset
+    metadata = metadata_lib.read(data_dir)
     assert metadata.counts.rejected == 0 and metadata.has_missing
     cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data,
                                                                    fill="forward"))
@@ -282,5 +295,6 @@ def test_train_embed_score_evaluate_on_data_with_gaps(tmp_path, tiny_config):
     assert np.isfinite(scores.scores).all()
     result = evaluate.evaluate_model(data_dir, model_dir, cfg.eval)
     assert 0.0 <= result["pooled_statistics"]["test_accuracy"] <= 1.0
-    raw_embeddings, rejections = embed.embed_raw(str(gappy), model_dir)
+    raw = next(data_dir.parent.glob("*.jsonl"))
+    raw_embeddings, rejections = embed.embed_raw(str(raw), model_dir)
     assert not rejections and np.isfinite(raw_embeddings.vectors).all()
