@@ -37,8 +37,8 @@ Reason codes (`REASONS`), in the order they are checked:
     duplicate_id         (dataset level) the id was already kept from another record
     duplicate_time       (long format) two rows of one id share a time value
 
-The two missing-value reasons are checked last, on the steps that are kept
-(after `too_long=truncate`), by `check_missing`.
+The two missing-value reasons are checked after the length limits, on the
+steps that are kept (after `too_long=truncate`), by `check_missing`.
 
 Missing entries (`missing`, the `preprocess.missing` policy; the pure
 functions default to `reject`, the Beam job passes the config's, whose
@@ -47,9 +47,9 @@ a `NaN`/`nan` CSV cell, and a Parquet null or NaN are a *missing entry* of
 that feature at that step, stored as NaN in `steps` (the record contract,
 `records`); +-Infinity stays `non_finite`. A record is still rejected when
 all its entries are missing (`all_missing`) or when more than
-`max_missing_fraction` of them are (`too_many_missing`). With `reject`,
-today's behaviour: null and empty cells are `non_numeric`, NaN is
-`non_finite`. Times, ids, labels and splits are never missing entries.
+`max_missing_fraction` of them are (`too_many_missing`). With `reject`, the
+behaviour from before missing entries were kept: null and empty cells are
+`non_numeric`, NaN is `non_finite`. Times, ids, labels and splits are never missing entries.
 
 Long format (CSV or Parquet: one row per timestep; `parse_csv_row`,
 `parse_parquet_row`, both through `parse_long_row`, then `assemble_rows`): a
