@@ -33,7 +33,8 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
 
     Args:
         summary: the pipeline's side file (`counts`, `split_sizes`,
-            `length_counts`, `feature_moments`, `label_counts`, `num_features`).
+            `length_counts`, `feature_moments`, `label_counts`, `split_missing`,
+            `num_features`).
         shards: `commit.Commit.move_shards`'s result.
         cfg: the `preprocess` config the job ran with (stored as `config`).
         inputs, files: the input patterns as given and the files they matched.
@@ -53,7 +54,7 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
         "num_features": summary["num_features"],
         "feature_names": list(names),
         "compression": cfg.compression,
-        "splits": _splits(summary["split_sizes"], shards),
+        "splits": _splits(summary["split_sizes"], shards, summary["split_missing"]),
         "length_stats": statistics.length_stats(length_counts),
         "feature_stats": summary["feature_moments"],
         "bucket_boundaries": statistics.suggested_boundaries(length_counts, num_buckets),
@@ -74,10 +75,15 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
     return DatasetMetadata.from_json(tree)
 
 
-def _splits(split_sizes: Sequence[Sequence[Any]],
-            shards: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The metadata's `splits`; checks the counted records against the written shards."""
+def _splits(split_sizes: Sequence[Sequence[Any]], shards: Mapping[str, Mapping[str, Any]],
+            split_missing: Sequence[Sequence[Any]]) -> dict[str, dict[str, Any]]:
+    """The metadata's `splits`; checks the counted records against the written shards.
+
+    A split with records gets its `missing_fraction` per feature: missing
+    entries / timesteps.
+    """
     sizes = {split: size for split, size in split_sizes}
+    missing = {split: gaps for split, gaps in split_missing}
     splits = {}
     for split in records.SPLITS:
         num_records, num_timesteps = sizes.get(split, (0, 0))
@@ -87,6 +93,9 @@ def _splits(split_sizes: Sequence[Sequence[Any]],
         splits[split] = {"num_records": num_records, "num_timesteps": num_timesteps,
                          "num_shards": shards[split]["num_shards"],
                          "files": shards[split]["files"]}
+        if num_records:
+            splits[split]["missing_fraction"] = [gaps / num_timesteps
+                                                 for gaps in missing[split]]
     return splits
 
 

@@ -47,8 +47,14 @@ Decisions (details where they are made):
 - all records rejected: the dataset is still written (0 records, `rejects/`,
   metadata.json with the counts, `tfds_readable` false) so the rejects can be
   inspected next to the counts; the summary says so.
+- missing entries (`preprocess.missing: keep`, the default): NaN, null and
+  empty cells inside a sequence are kept as NaN in the record; a record with
+  every entry missing or more than `max_missing_fraction` of them is
+  rejected (`all_missing`, `too_many_missing`); `reject` rejects every
+  record with a gap, as before.
 - statistics: lengths over every written record (exact quantiles); features
-  (population std) over the train split only; `bucket_boundaries` for
+  (population std) over the train split's observed entries only, missing
+  fraction per feature and split; `bucket_boundaries` for
   `data.num_buckets` buckets (`statistics.SUGGESTED_NUM_BUCKETS` when 0).
 - output: any Beam file system (local, gs://, s3://, hdfs://, or one of
   your own named in `--beam_plugins`); a failed run leaves the output as it
@@ -206,7 +212,9 @@ def format_summary(result: DatasetMetadata, output_dir: str, seconds: float) -> 
             lines.append(f"    rejected {reason:<20} {n}")
     for split, info in result.splits.items():
         lines.append(f"  {split:<5} {info.num_records:>9} records "
-                     f"{info.num_timesteps:>11} timesteps {info.num_shards:>4} shards")
+                     f"{info.num_timesteps:>11} timesteps {info.num_shards:>4} shards"
+                     + (f"  missing {max(info.missing_fraction):.1%} (most in a feature)"
+                        if info.has_missing else ""))
     lines.append(f"  features {result.num_features}, lengths "
                  f"{result.length_stats.min}..{result.length_stats.max}, "
                  f"buckets {list(result.bucket_boundaries)}")

@@ -11,7 +11,8 @@ label and split; see `seqpipe.dataset.sources`), told apart by suffix
 globs, several inputs and `.gz` (not for Parquet) welcome.
 
 Every reader parses and checks each record on its own with the pure
-functions of `seqpipe.dataset.sources` (parsing, length limits) and counts it
+functions of `seqpipe.dataset.sources` (parsing, length limits, missing
+entries: `preprocess.missing`, `max_missing_fraction`) and counts it
 (`seqpipe/read`, `seqpipe/truncated`; `beam_jobs.validate.count`); the
 dataset-level checks come after (`beam_jobs.validate`). A new input format is
 one more reader PTransform that turns file paths into `Sequence | Rejection`
@@ -111,7 +112,8 @@ def _format_of_suffix(path: str) -> str:
 
 def make_reader(input_format: str, cfg: config_lib.PreprocessConfig) -> beam.PTransform:
     """The reader PTransform of one input format: paths -> `Sequence | Rejection`."""
-    limits = (cfg.min_length, cfg.max_length, cfg.too_long)
+    limits = (cfg.min_length, cfg.max_length, cfg.too_long, cfg.missing,
+              cfg.max_missing_fraction)
     if input_format == "jsonl":
         return ReadJsonLines(*limits)
     if input_format == "csv":
@@ -218,9 +220,11 @@ class _PlanRangesFn(beam.DoFn):
 class _ReadJsonLinesFn(beam.DoFn):
     """Reads one `FileRange` of a JSONL file; validates every non-blank line in it."""
 
-    def __init__(self, min_length: int, max_length: int, too_long: str):
+    def __init__(self, min_length: int, max_length: int, too_long: str, missing: str,
+                 max_missing_fraction: float):
         self._limits = {"min_length": min_length, "max_length": max_length,
-                        "too_long": too_long}
+                        "too_long": too_long, "missing": missing,
+                        "max_missing_fraction": max_missing_fraction}
 
     def process(self, file_range: FileRange):
         lines = (self._whole_file(file_range.path) if file_range.end is None
@@ -288,9 +292,11 @@ class ReadJsonLines(beam.PTransform):
     """
 
     def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject",
+                 missing: str = sources.REJECT,
+                 max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION,
                  split_bytes: int | None = None):
         super().__init__()
-        self._limits = (min_length, max_length, too_long)
+        self._limits = (min_length, max_length, too_long, missing, max_missing_fraction)
         self._split_bytes = split_bytes or SPLIT_BYTES
 
     def expand(self, paths):
@@ -303,8 +309,9 @@ class ReadJsonLines(beam.PTransform):
 class _ReadCsvRowsFn(beam.DoFn):
     """Reads one (optionally compressed) long-format CSV file: a `Row | Rejection` per row."""
 
-    def __init__(self, fmt: sources.LongFormat):
+    def __init__(self, fmt: sources.LongFormat, missing: str):
         self._fmt = fmt
+        self._missing = missing
 
     def setup(self):
         # A field longer than the csv module's default limit (128 KiB) must become
@@ -320,7 +327,7 @@ class _ReadCsvRowsFn(beam.DoFn):
             for fields in reader:
                 if any(field.strip() for field in fields):
                     yield sources.parse_csv_row(fields, header, self._fmt, path,
-                                                reader.line_num)
+                                                reader.line_num, missing=self._missing)
 
 
 class _KeyRowsFn(beam.DoFn):
@@ -334,10 +341,12 @@ class _KeyRowsFn(beam.DoFn):
             yield result.id, result
 
 
-def _assemble(element, min_length: int, max_length: int, too_long: str):
+def _assemble(element, min_length: int, max_length: int, too_long: str,
+              max_missing_fraction: float):
     _, rows = element
     count("read")
-    result = sources.assemble_rows(rows, min_length, max_length, too_long)
+    result = sources.assemble_rows(rows, min_length, max_length, too_long,
+                                   max_missing_fraction)
     if isinstance(result, Sequence) and result.truncated_from:
         count("truncated")
     return result
@@ -350,9 +359,10 @@ class AssembleLongRows(beam.PTransform):
     (`sources.assemble_rows`); a row rejected on its own is one record.
     """
 
-    def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject"):
+    def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject",
+                 max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION):
         super().__init__()
-        self._limits = (min_length, max_length, too_long)
+        self._limits = (min_length, max_length, too_long, max_missing_fraction)
 
     def expand(self, rows):
         keyed = (rows
@@ -366,13 +376,16 @@ class AssembleLongRows(beam.PTransform):
 
 
 class _ReadLong(beam.PTransform):
-    """Base of the long-format readers: the column names and the length limits."""
+    """Base of the long-format readers: the column names, the length limits and the
+    missing-entry policy (`missing`, `max_missing_fraction`: `sources`)."""
 
     def __init__(self, fmt: sources.LongFormat, min_length: int = 1, max_length: int = 0,
-                 too_long: str = "reject"):
+                 too_long: str = "reject", missing: str = sources.REJECT,
+                 max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION):
         super().__init__()
         self._fmt = fmt
-        self._limits = (min_length, max_length, too_long)
+        self._missing = missing
+        self._limits = (min_length, max_length, too_long, max_missing_fraction)
 
 
 class ReadCsvLong(_ReadLong):
@@ -385,7 +398,7 @@ class ReadCsvLong(_ReadLong):
     def expand(self, paths):
         return (paths
                 | "spread_files" >> Spread()
-                | "read_rows" >> beam.ParDo(_ReadCsvRowsFn(self._fmt))
+                | "read_rows" >> beam.ParDo(_ReadCsvRowsFn(self._fmt, self._missing))
                 | "assemble_rows" >> AssembleLongRows(*self._limits))
 
 
@@ -430,8 +443,9 @@ def _row_group_key(group: RowGroup | Rejection) -> tuple[str, int]:
 class _ReadRowGroupFn(beam.DoFn):
     """`RowGroup` -> a `Row | Rejection` per row (`sources.parse_parquet_row`)."""
 
-    def __init__(self, fmt: sources.LongFormat, batch_rows: int = 8192):
+    def __init__(self, fmt: sources.LongFormat, missing: str, batch_rows: int = 8192):
         self._fmt = fmt
+        self._missing = missing
         self._batch_rows = batch_rows
 
     def process(self, group: RowGroup | Rejection):
@@ -444,7 +458,8 @@ class _ReadRowGroupFn(beam.DoFn):
         for batch in parquet.iter_batches(batch_size=self._batch_rows,
                                           row_groups=[group.index]):
             for row in batch.to_pylist():
-                yield sources.parse_parquet_row(row, columns, self._fmt, group.path, line)
+                yield sources.parse_parquet_row(row, columns, self._fmt, group.path, line,
+                                                self._missing)
                 line += 1
 
 
@@ -460,6 +475,6 @@ class ReadParquetLong(_ReadLong):
         return (paths
                 | "list_row_groups" >> beam.ParDo(_ListRowGroupsFn())
                 | "spread_row_groups" >> Spread(_row_group_key)
-                | "read_row_groups" >> beam.ParDo(_ReadRowGroupFn(self._fmt))
+                | "read_row_groups" >> beam.ParDo(_ReadRowGroupFn(self._fmt, self._missing))
                 | "assemble_rows" >> AssembleLongRows(*self._limits))
 

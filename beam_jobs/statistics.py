@@ -84,54 +84,97 @@ class SumTuplesCombineFn(beam.CombineFn):
         return accumulator
 
 
-Moments = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# (count, mean, M2, min, max) per feature; count is the number of observed entries:
+# an int when every feature has the same (always so without missing entries), else
+# an int array per feature.
+Moments = tuple[int | np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def moments_of(steps: np.ndarray) -> Moments:
-    """(count, mean, M2, min, max) per feature of `[length, F]` steps, in float64."""
+    """(count, mean, M2, min, max) per feature of `[length, F]` steps, in float64.
+
+    Over the observed (non-NaN) entries of each feature only. Steps without
+    missing entries take exactly the arithmetic they took before missing
+    entries existed (count: the int length). A feature without an observed
+    entry has count 0 and NaN moments, which `merge_moments` never uses.
+    """
     values = np.asarray(steps, dtype=np.float64)
-    mean = values.mean(axis=0)
-    return (values.shape[0], mean, ((values - mean) ** 2).sum(axis=0),
-            values.min(axis=0), values.max(axis=0))
+    observed = ~np.isnan(values)
+    if observed.all():
+        mean = values.mean(axis=0)
+        return (values.shape[0], mean, ((values - mean) ** 2).sum(axis=0),
+                values.min(axis=0), values.max(axis=0))
+    count = observed.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(observed, values, 0.0).sum(axis=0) / count
+        m2 = np.where(observed, (values - mean) ** 2, 0.0).sum(axis=0)
+    return (count, mean, m2, np.where(observed, values, np.inf).min(axis=0),
+            np.where(observed, values, -np.inf).max(axis=0))
 
 
 def merge_moments(a: Moments | None, b: Moments | None) -> Moments | None:
-    """Chan et al.'s parallel merge of two `moments_of` results (None is empty)."""
+    """Chan et al.'s parallel merge of two `moments_of` results (None is empty).
+
+    Per feature, a side without observed entries contributes nothing.
+    """
     if a is None or b is None:
         return a if b is None else b
     n_a, mean_a, m2_a, min_a, max_a = a
     n_b, mean_b, m2_b, min_b, max_b = b
     n = n_a + n_b
-    delta = mean_b - mean_a
-    return (n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n),
-            np.minimum(min_a, min_b), np.maximum(max_a, max_b))
+    extremes = np.minimum(min_a, min_b), np.maximum(max_a, max_b)
+    if np.isscalar(n_a) and np.isscalar(n_b):
+        delta = mean_b - mean_a
+        return (n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n),
+                *extremes)
+    n_a, n_b = np.broadcast_to(n_a, n.shape), np.broadcast_to(n_b, n.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = mean_b - mean_a
+        mean = mean_a + delta * (n_b / n)
+        m2 = m2_a + m2_b + delta**2 * (n_a * n_b / n)
+    mean = np.where(n_b == 0, mean_a, np.where(n_a == 0, mean_b, mean))
+    m2 = np.where(n_b == 0, m2_a, np.where(n_a == 0, m2_b, m2))
+    return n, mean, m2, *extremes
 
 
 class FeatureMomentsCombineFn(beam.CombineFn):
-    """Steps arrays -> per-feature {num_timesteps, mean, std, min, max} over all timesteps.
+    """Steps arrays -> per-feature {num_timesteps, num_observed, mean, std, min, max}.
 
-    `std` is the population standard deviation (ddof=0, as `np.std`). With no
+    Over the observed entries of each feature (NaN entries are missing):
+    `np.nanmean`, `np.nanstd` (population, ddof=0), `np.nanmin`, `np.nanmax`.
+    A feature with no observed entry gets None for each of the four. With no
     input the statistics are None and `num_timesteps` is 0.
     """
 
     def create_accumulator(self):
-        return None
+        return 0, None
 
     def add_input(self, accumulator, steps):
-        return merge_moments(accumulator, moments_of(steps))
+        timesteps, moments = accumulator
+        return timesteps + len(steps), merge_moments(moments, moments_of(steps))
 
     def merge_accumulators(self, accumulators):
-        merged = None
-        for accumulator in accumulators:
-            merged = merge_moments(merged, accumulator)
-        return merged
+        timesteps, merged = self.create_accumulator()
+        for part_timesteps, moments in accumulators:
+            timesteps, merged = timesteps + part_timesteps, merge_moments(merged, moments)
+        return timesteps, merged
 
     def extract_output(self, accumulator):
-        if accumulator is None:
-            return {"num_timesteps": 0, "mean": None, "std": None, "min": None, "max": None}
-        n, mean, m2, low, high = accumulator
-        return {"num_timesteps": int(n), "mean": mean.tolist(),
-                "std": np.sqrt(m2 / n).tolist(), "min": low.tolist(), "max": high.tolist()}
+        timesteps, moments = accumulator
+        if moments is None:
+            return {"num_timesteps": 0, "mean": None, "std": None, "min": None, "max": None,
+                    "num_observed": None}
+        n, mean, m2, low, high = moments
+        n = np.broadcast_to(n, mean.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.sqrt(m2 / n)
+
+        def per_feature(values):
+            return [float(v) if seen else None for v, seen in zip(values, n > 0, strict=True)]
+
+        return {"num_timesteps": int(timesteps), "mean": per_feature(mean),
+                "std": per_feature(std), "min": per_feature(low), "max": per_feature(high),
+                "num_observed": n.tolist()}
 
 
 def _pairs(counter: Mapping[Any, int]) -> list[list[Any]]:
@@ -143,53 +186,60 @@ class DatasetStatsCombineFn(beam.CombineFn):
     """(split, sequence) -> every dataset statistic in one pass (see `ComputeStats`).
 
     The accumulator is O(distinct lengths + labels + features), never O(records):
-    lengths are counted exactly per value, features merged as moments.
+    lengths are counted exactly per value, features merged as moments, missing
+    entries counted per split and feature.
     """
 
     def __init__(self):
         self._moments = FeatureMomentsCombineFn()
 
     def create_accumulator(self):
-        return {}, Counter(), None, Counter()
+        return {}, Counter(), None, Counter(), {}
 
     def add_input(self, accumulator, element):
         return self.add_inputs(accumulator, [element])
 
     def add_inputs(self, accumulator, elements):
         """Adds many (split, sequence) at once: one moments update for all train steps."""
-        sizes, lengths, moments, labels = accumulator
+        sizes, lengths, moments, labels, missing = accumulator
         train_steps = []
         for split, sequence in elements:
             num_records, num_timesteps = sizes.get(split, (0, 0))
             sizes[split] = (num_records + 1, num_timesteps + sequence.length)
             lengths[sequence.length] += 1
+            gaps = np.isnan(sequence.steps).sum(axis=0)
+            missing[split] = missing[split] + gaps if split in missing else gaps
             if split == "train":
                 train_steps.append(sequence.steps)
             if sequence.label:
                 labels[sequence.label] += 1
         if train_steps:
             moments = merge_moments(moments, moments_of(np.concatenate(train_steps)))
-        return sizes, lengths, moments, labels
+        return sizes, lengths, moments, labels, missing
 
     def merge_accumulators(self, accumulators):
-        sizes, lengths, moments, labels = self.create_accumulator()
-        for part_sizes, part_lengths, part_moments, part_labels in accumulators:
+        sizes, lengths, moments, labels, missing = self.create_accumulator()
+        for part_sizes, part_lengths, part_moments, part_labels, part_missing in accumulators:
             for split, (num_records, num_timesteps) in part_sizes.items():
                 total = sizes.get(split, (0, 0))
                 sizes[split] = (total[0] + num_records, total[1] + num_timesteps)
             lengths.update(part_lengths)
             moments = merge_moments(moments, part_moments)
             labels.update(part_labels)
-        return sizes, lengths, moments, labels
+            for split, gaps in part_missing.items():
+                missing[split] = missing[split] + gaps if split in missing else gaps
+        return sizes, lengths, moments, labels, missing
 
     def extract_output(self, accumulator):
-        sizes, lengths, moments, labels = accumulator
+        sizes, lengths, moments, labels, missing = accumulator
         return {"split_sizes": sorted(sizes.items()), "length_counts": _pairs(lengths),
-                "feature_moments": self._moments.extract_output(moments),
-                "label_counts": _pairs(labels)}
+                "feature_moments": self._moments.extract_output(
+                    (sizes.get("train", (0, 0))[1], moments)),
+                "label_counts": _pairs(labels),
+                "split_missing": sorted((split, gaps.tolist()) for split, gaps in missing.items())}
 
 
-STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts")
+STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts", "split_missing")
 
 
 def _pick(stats: Mapping[str, Any], name: str):
@@ -219,6 +269,8 @@ class ComputeStats(beam.PTransform):
     `label_counts`: [[label, n]] of labeled records. Each part carries the
     `DatasetStatsCombineFn` accumulator of its records (computed while it was
     written, in one pass), so this only merges one accumulator per part.
+    `split_missing`: [(split, [missing entries per feature])] of every split
+    with records.
     """
 
     def expand(self, parts):

@@ -66,6 +66,10 @@ class SynthConfig:
             anomaly (labelled `anomaly_<kind>`; `seqpipe.synthetic` describes the
             kinds); 0 gives exactly the output without anomalies. Needs
             `num_classes >= 3` (with 2 classes a swap gives the other class).
+        missing_fraction: the probability that each entry (timestep x feature)
+            is removed (written as JSON null: a missing entry, kept by
+            `preprocess.missing: keep`), independently per entry and channel;
+            0 (default) gives exactly the output without missing entries.
         seed: random seed; the same seed gives byte-identical output.
     """
 
@@ -78,10 +82,13 @@ class SynthConfig:
     zero_step_fraction: float = 0.2
     noise: float = 0.1
     anomaly_fraction: float = 0.0
+    missing_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
         _require(self.num_sequences > 0, "synth.num_sequences", "must be > 0")
+        _require(0.0 <= self.missing_fraction < 1.0, "synth.missing_fraction",
+                 "must be in [0, 1)")
         _require(self.num_features > 0, "synth.num_features", "must be > 0")
         _require(1 <= self.min_length <= self.max_length, "synth.min_length",
                  "must satisfy 1 <= min_length <= max_length")
@@ -118,6 +125,17 @@ class PreprocessConfig:
             long-format (CSV/Parquet) inputs.
         feature_columns: feature column names of long-format inputs; empty
             means every column not named above.
+        missing: `keep` (default): NaN, JSON null, empty CSV cells and Parquet
+            nulls inside a sequence are missing entries, stored as NaN in the
+            record (`seqpipe.dataset.records`) and left out of the statistics;
+            `reject`: such a record is rejected (`non_numeric` / `non_finite`),
+            as before missing values were supported. +-Infinity is always
+            `non_finite`.
+        max_missing_fraction: with `keep`, a record with more than this
+            fraction of its entries (length x features) missing is rejected
+            (`too_many_missing`), and one with every entry missing always is
+            (`all_missing`). The default 0.5 keeps a record while at least
+            half of it is observed.
     """
 
     input_format: str = "auto"
@@ -133,8 +151,13 @@ class PreprocessConfig:
     label_column: str = "label"
     split_column: str = "split"
     feature_columns: tuple[str, ...] = ()
+    missing: str = "keep"
+    max_missing_fraction: float = 0.5
 
     def __post_init__(self):
+        _require_choice(self.missing, ("keep", "reject"), "preprocess.missing")
+        _require(0.0 <= self.max_missing_fraction <= 1.0, "preprocess.max_missing_fraction",
+                 "must be in [0, 1]")
         _require_choice(self.input_format, ("auto", "jsonl", "csv", "parquet"),
                         "preprocess.input_format")
         _require_choice(self.too_long, ("reject", "truncate"), "preprocess.too_long")
@@ -198,6 +221,15 @@ class DataConfig:
             length.
         deterministic: fixed order and no shuffling (tests, evaluation).
         seed: shuffle seed.
+        observed_mask: `auto` (default): batches carry `inputs["observed"]`
+            (1 observed, 0 missing or padding, per entry) and the model takes
+            it as extra input features when the training data has missing
+            entries (its metadata says so); `always`: also on complete data.
+            Complete data under `auto` gives exactly the batches and the
+            model of before (`seqpipe.input_pipeline`).
+        fill: what a missing entry's `x` holds, after normalization: `zero`
+            (default: 0, the train mean) or `forward` (the last observation
+            of that feature in the same sequence, 0 before the first).
     """
 
     batching: str = "sorted_window"
@@ -214,9 +246,13 @@ class DataConfig:
     reverse_target: bool = True
     deterministic: bool = False
     seed: int = 0
+    observed_mask: str = "auto"
+    fill: str = "zero"
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _require_choice(self.observed_mask, ("auto", "always"), "data.observed_mask")
+        _require_choice(self.fill, ("zero", "forward"), "data.fill")
         _require_choice(self.batching, ("sorted_window", "buckets"), "data.batching")
         _require(self.timestep_budget >= -1, "data.timestep_budget",
                  "must be -1 (auto), 0 (none) or > 0")

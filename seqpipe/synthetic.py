@@ -70,6 +70,14 @@ of 8 steps or more (a third of the 7-step ones cannot take a warp). The normal
 classes are drawn exactly as without anomalies, so what is said above about them
 and pooled statistics still holds.
 
+**Missing entries** (`missing_fraction`). After a sequence is drawn (and its
+anomaly injected), each entry is removed with probability `missing_fraction`,
+independently per step and channel, from a generator of its own (sequence
+`i`'s child `(i, 1)`), and written as JSON null: a missing entry for
+`preprocess.missing: keep`. Fraction 0 writes exactly the same bytes as
+before the option existed, and every other draw is the same whatever the
+fraction.
+
 Example:
 
     cfg = SynthConfig(num_sequences=3)
@@ -149,6 +157,7 @@ def generate(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
         `{"id": "seq-000017", "label": "class_1", "steps": [[f0, ..., fF-1], ...]}`,
         timesteps as rows, floats rounded to 6 significant digits (exactly what
         `write_jsonl` writes). Dropout steps are exactly `0.0` in every feature.
+        With `missing_fraction`, removed entries are None (JSON null).
         An anomalous sequence's label is `anomaly_<kind>` (see `generate_annotated`).
     """
     for record, _ in generate_annotated(cfg):
@@ -181,7 +190,10 @@ def generate_annotated(cfg: SynthConfig) -> Iterator[tuple[dict[str, Any], Anoma
         if rng.random() < cfg.anomaly_fraction:
             steps, anomaly = _inject_anomaly(rng, clean)
         record_label = anomaly.label if anomaly else f"class_{label}"
-        yield {"id": f"seq-{index:06d}", "label": record_label, "steps": _rounded(steps)}, anomaly
+        rows = _rounded(steps)
+        if cfg.missing_fraction:
+            rows = _remove_entries(_missing_rng(cfg.seed, index), rows, cfg.missing_fraction)
+        yield {"id": f"seq-{index:06d}", "label": record_label, "steps": rows}, anomaly
 
 
 def write_jsonl(cfg: SynthConfig, path: str | os.PathLike) -> dict[str, Any]:
@@ -244,7 +256,7 @@ class _Summary:
         else:
             self.class_counts[label] += 1
         self.lengths.append(len(record["steps"]))
-        if any(not any(step) for step in record["steps"]):
+        if any(all(value == 0.0 for value in step) for step in record["steps"]):
             self.num_with_zero_steps += 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -269,6 +281,20 @@ def _sequence_rng(seed: int, index: int) -> np.random.Generator:
     `index` does not depend on how many sequences are generated.
     """
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def _missing_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sequence `index`'s missing entries: a stream of its own
+    (child `(index, 1)`), so removing entries changes no other draw."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
+
+
+def _remove_entries(rng: np.random.Generator, rows: list[list[float]],
+                    fraction: float) -> list[list[float | None]]:
+    """Each entry replaced by None (a JSON null: missing) with probability `fraction`."""
+    removed = rng.random((len(rows), len(rows[0]))) < fraction
+    return [[None if gone else value for value, gone in zip(row, gaps, strict=True)]
+            for row, gaps in zip(rows, removed.tolist(), strict=True)]
 
 
 def _class_order(label: int, num_events: int) -> list[int]:

@@ -125,7 +125,8 @@ def test_parquet_long_format_end_to_end_with_row_numbers(tmp_path):
                                              ("s4", 0, 7.0, 8.0, "down"),
                                              ("s4", 1, 9.0, 10.0, "down")], row_group_size=10)
     (tmp_path / "q3.parquet").write_bytes(b"not parquet at all")
-    cfg = PreprocessConfig(min_length=2, train_fraction=1.0, val_fraction=0.0)
+    cfg = PreprocessConfig(min_length=2, train_fraction=1.0, val_fraction=0.0,
+                           missing="reject")  # s2's null is a reject (tests/test_missing_values.py)
     metadata = job.preprocess([str(tmp_path / "q*.parquet")], str(tmp_path / "out"), cfg)
     counts = metadata.counts
     # records: s1 (3 rows over 2 files), s2, s3, s4, s6, the id-less row, the broken file

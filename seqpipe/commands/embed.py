@@ -166,9 +166,10 @@ def split_batches(data_dir: str | Path, model_dir: str | Path, split: str, *,
     metadata = metadata_lib.read(data_dir)
     trained_on = training_metadata(model_dir)
     metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
+    data_cfg = _data_config(model_dir, batch_size)
     return input_pipeline.inference_batches(
-        data_dir, split, _data_config(model_dir, batch_size), metadata=metadata,
-        normalization=trained_on.feature_stats)
+        data_dir, split, data_cfg, metadata=metadata, normalization=trained_on.feature_stats,
+        observed=input_pipeline.observed_for(data_cfg, trained_on, metadata))
 
 
 def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=None,
@@ -257,7 +258,10 @@ def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
     """
     trained_on = training_metadata(model_dir)
     cfg = read_config(model_dir)
-    return _validated_sequences(expand_inputs(inputs), cfg.preprocess, trained_on.num_features)
+    preprocess = cfg.preprocess
+    if not input_pipeline.uses_observed(cfg.data, trained_on):  # it cannot take gaps
+        preprocess = dataclasses.replace(preprocess, missing=sources.REJECT)
+    return _validated_sequences(expand_inputs(inputs), preprocess, trained_on.num_features)
 
 
 def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None = None
@@ -267,9 +271,11 @@ def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None 
     the data the model was trained on."""
     trained_on = training_metadata(model_dir)
     kept = raw.sequences
+    data_cfg = _data_config(model_dir, batch_size)
     return input_pipeline.array_batches(
-        [s.steps for s in kept], [s.id for s in kept], _data_config(model_dir, batch_size),
-        labels=[s.label for s in kept], feature_stats=trained_on.feature_stats)
+        [s.steps for s in kept], [s.id for s in kept], data_cfg,
+        labels=[s.label for s in kept], feature_stats=trained_on.feature_stats,
+        observed=input_pipeline.uses_observed(data_cfg, trained_on))
 
 
 def _data_config(model_dir: str | Path, batch_size: int | None) -> DataConfig:
@@ -283,7 +289,8 @@ def _data_config(model_dir: str | Path, batch_size: int | None) -> DataConfig:
 def _embed_batches(encoder, batches, split: str) -> Embeddings:
     """The encoder's vectors of element-contract batches with keys, in batch order."""
     def vectors(inputs):
-        return {"vectors": encoder(x=inputs["x"], mask=inputs["mask"])[_EMBEDDING_OUTPUT].numpy()}
+        served = encoder(**input_pipeline.model_inputs(inputs))
+        return {"vectors": served[_EMBEDDING_OUTPUT].numpy()}
 
     collected = collect(batches, vectors)
     if collected is None:
@@ -359,7 +366,8 @@ def _validated_sequences(files: Sequence[str], cfg, num_features: int) -> RawInp
     for path, number, line in _read_lines(files):
         result = sources.validate_json_line(line, path, number, min_length=cfg.min_length,
                                             max_length=cfg.max_length,
-                                            too_long=cfg.too_long)
+                                            too_long=cfg.too_long, missing=cfg.missing,
+                                            max_missing_fraction=cfg.max_missing_fraction)
         if isinstance(result, sources.Sequence):
             widths[result.num_features] += 1
             result = sources.check_feature_count(result, num_features)

@@ -75,6 +75,11 @@ class EvaluationError(SeqpipeError, ValueError):
 def pooled_statistics(sequences: Sequence[np.ndarray]) -> np.ndarray:
     """The classic baseline: per-feature mean, std, min, max and last value.
 
+    Missing entries (NaN) are left out: each statistic is over a feature's
+    observed entries (`np.nanmean`, `np.nanstd`, `np.nanmin`, `np.nanmax`,
+    the last observed value); a feature without an observed entry in a
+    sequence gets 0.0 for all five.
+
     Args:
         sequences: `N` arrays of shape `[length, F]` (length >= 1, the same `F`),
             unpadded.
@@ -100,9 +105,24 @@ def pooled_statistics(sequences: Sequence[np.ndarray]) -> np.ndarray:
         elif steps.shape[1] != num_features:
             raise ValueError(f"sequence {index} has {steps.shape[1]} features, the first "
                              f"one {num_features}")
-        rows.append(np.concatenate([steps.mean(0), steps.std(0), steps.min(0), steps.max(0),
-                                    steps[-1]]))
+        rows.append(_observed_statistics(steps))
     return np.stack(rows).astype(np.float32)
+
+
+def _observed_statistics(steps: np.ndarray) -> np.ndarray:
+    """`pooled_statistics` of one float64 `[length, F]` sequence, NaN entries missing."""
+    observed = ~np.isnan(steps)
+    if observed.all():
+        return np.concatenate([steps.mean(0), steps.std(0), steps.min(0), steps.max(0),
+                               steps[-1]])
+    seen = observed.any(axis=0)
+    last_row = steps.shape[0] - 1 - np.argmax(observed[::-1], axis=0)
+    with warnings.catch_warnings():  # a feature never observed: NaN, replaced below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.concatenate([np.nanmean(steps, 0), np.nanstd(steps, 0),
+                                 np.nanmin(steps, 0), np.nanmax(steps, 0),
+                                 steps[last_row, np.arange(steps.shape[1])]])
+    return np.where(np.tile(seen, 5), pooled, 0.0)
 
 
 def chance_accuracy(labels: Sequence[Any]) -> float:
@@ -442,8 +462,9 @@ def evaluate_model(data_dir: str | Path, model_dir: str | Path,
                               for split in splits}
     results = evaluate_features(features, labels, cfg)
     mean_std = reading.normalization_arrays(metadata.feature_stats, metadata.num_features)
-    normalized = {split: [reading.normalize(steps, mean_std) for steps in sequences[split][1]]
-                  for split in ("train", "test")}
+    # Missing entries (NaN) are 0 after normalization (the train mean), as `data.fill: zero`.
+    normalized = {split: [np.nan_to_num(reading.normalize(steps, mean_std), nan=0.0)
+                          for steps in sequences[split][1]] for split in ("train", "test")}
     results["dtw_1nn"] = evaluate_1nn_dtw(normalized["train"], labels["train"],
                                           normalized["test"], labels["test"], cfg)
     chance = chance_accuracy(labels["test"])

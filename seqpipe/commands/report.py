@@ -254,10 +254,11 @@ def plot_reconstructions(data_dir: str | Path, model_dir: str | Path, metadata: 
                     ha="center", va="center")
         return figure
     chosen = _pick_records(list(records.read_split(data_dir, split, metadata)))
-    x, mask, _ = _one_batch(chosen, model_dir, metadata)  # chosen is sorted short to long
+    batch, _ = _one_batch(chosen, model_dir, metadata)  # chosen is sorted short to long
+    x = batch["x"]
     path = storage.join(model_dir, AUTOENCODER_FILE)
     autoencoder = keras.models.load_model(path, safe_mode=True)
-    predicted = np.asarray(autoencoder({"x": x, "mask": mask}, training=False))
+    predicted = np.asarray(autoencoder(batch, training=False))
 
     features = min(MAX_PLOTTED_FEATURES, x.shape[-1])
     names = list(metadata.feature_names) or [f"f{i}" for i in range(x.shape[-1])]
@@ -509,8 +510,8 @@ def top_sequences(table: ScoreTable, data_dir: str | Path | None, model_dir: str
                 f"{data_dir}: the scores are not of this dataset")
     steps = {}
     if found:
-        x, _, ids = _one_batch(list(found.values()), model_dir, metadata)
-        steps = {record_id: x[row, :len(found[record_id]["steps"])]
+        batch, ids = _one_batch(list(found.values()), model_dir, metadata)
+        steps = {record_id: batch["x"][row, :len(found[record_id]["steps"])]
                  for row, record_id in enumerate(ids)}
     return [ScoredSequence(id=table.ids[row], label=table.labels[row],
                            rank=int(table.ranks[row]), score=float(table.scores[row]),
@@ -573,9 +574,10 @@ def _score_bins(scores: np.ndarray, count: int = 40) -> tuple[np.ndarray, bool]:
 
 
 def _one_batch(chosen: list[dict[str, Any]], model_dir: str | Path,
-               metadata: DatasetMetadata) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """`(x, mask, ids)` of the records in one batch padded to the longest, normalized
-    as the model was trained (its data config and training statistics); rows
+               metadata: DatasetMetadata) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`(model inputs, ids)` of the records in one batch padded to the longest,
+    normalized as the model was trained (its data config and training
+    statistics): `x`, `mask` (and `observed` for a model trained with it); rows
     sorted short to long (`ids` says which record each row is)."""
     cfg = read_config(model_dir)
     copy = storage.join(model_dir, METADATA_COPY)
@@ -584,9 +586,10 @@ def _one_batch(chosen: list[dict[str, Any]], model_dir: str | Path,
                                     timestep_budget=0, length_grid=0, min_batch_efficiency=0.0)
     inputs, _, _ = next(input_pipeline.array_batches(
         [record["steps"] for record in chosen], [record["id"] for record in chosen], one_batch,
-        feature_stats=trained_on.feature_stats))
+        feature_stats=trained_on.feature_stats,
+        observed=input_pipeline.uses_observed(cfg.data, trained_on)))
     ids = [record_id.decode() for record_id in inputs["id"].numpy()]
-    return inputs["x"].numpy(), inputs["mask"].numpy(), ids
+    return {key: value.numpy() for key, value in input_pipeline.model_inputs(inputs).items()}, ids
 
 
 def _pick_records(split_records: list[dict[str, Any]]) -> list[dict[str, Any]]:

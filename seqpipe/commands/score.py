@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from seqpipe import storage
+from seqpipe import input_pipeline, storage
 from seqpipe.commands import embed
 from seqpipe.config import ScoreConfig
 from seqpipe.dataset import metadata as metadata_lib
@@ -246,7 +246,7 @@ def _score_batches(scorer, batches, split: str,
                    progress: Callable[[int], None] | None) -> Scores:
     """The scorer's outputs on element-contract batches with keys, in batch order."""
     def outputs(inputs):
-        served = scorer(x=inputs["x"], mask=inputs["mask"])
+        served = scorer(**input_pipeline.model_inputs(inputs))
         step_errors = served[_STEP_ERROR_OUTPUT].numpy()
         per_record = np.empty(len(step_errors), object)
         for row, length in enumerate(inputs["length"].numpy()):

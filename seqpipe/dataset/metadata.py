@@ -14,11 +14,16 @@ The file holds, for schema version `records.SCHEMA_VERSION`:
     num_features       F
     feature_names      F names
     compression        "none" | "gzip"
-    splits             {split: {num_records, num_timesteps, num_shards, files}}
+    splits             {split: {num_records, num_timesteps, num_shards, files,
+                       missing_fraction}}: missing_fraction is per feature, missing
+                       entries / timesteps (absent for a split without records)
     length_stats       {min, max, mean, quantiles {q: length}, histogram {edges, counts}}
                        over all written records (None values when none was written)
-    feature_stats      {num_timesteps, mean, std, min, max} per feature, over the
-                       *train* split only (None lists when it is empty)
+    feature_stats      {num_timesteps, num_observed, mean, std, min, max} per feature,
+                       over the *train* split only and its *observed* entries only
+                       (num_observed: per feature, the non-missing entries; None
+                       lists when the split is empty; a feature never observed
+                       there has None for its mean, std, min and max)
     bucket_boundaries  suggested length boundaries (see `input_pipeline.batching`)
     labels             sorted distinct labels; label_counts {label: records}
     counts             {read, written, rejected, truncated, rejected_by_reason,
@@ -42,8 +47,11 @@ Versions: `schema_version` changes when the records or the meaning of a field
 change. A field added with a default keeps it, and files written before it
 read with the default: `files` is absent (None) in datasets written before
 the object-store commit; their readers read each split's listed `files`
-without the size check. Optional fields (`tfds_note`, `files`) are left out of
-the JSON when None, so the round trip stays exact for old and new files.
+without the size check. `num_observed` and `missing_fraction` are absent
+(None) in datasets written before missing entries were kept (they had none).
+Optional fields (`tfds_note`, `files`, `num_observed`, `missing_fraction`) are
+left out of the JSON when None, so the round trip stays exact for old and new
+files.
 """
 
 from __future__ import annotations
@@ -66,6 +74,12 @@ class SplitInfo:
     num_timesteps: int = 0
     num_shards: int = 0
     files: tuple[str, ...] = ()
+    missing_fraction: tuple[float, ...] | None = None
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether some entry of this split is missing."""
+        return any(self.missing_fraction or ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +111,18 @@ class LengthStats:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
-    """Per-feature moments of the train split's timesteps (None when it is empty)."""
+    """Per-feature moments of the train split's observed entries (None when it is empty).
+
+    A feature without an observed entry has None at its place in `mean`,
+    `std`, `min` and `max`.
+    """
 
     num_timesteps: int = 0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    min: tuple[float, ...] | None = None
-    max: tuple[float, ...] | None = None
+    mean: tuple[float | None, ...] | None = None
+    std: tuple[float | None, ...] | None = None
+    min: tuple[float | None, ...] | None = None
+    max: tuple[float | None, ...] | None = None
+    num_observed: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,17 +168,18 @@ class DatasetMetadata:
         return self.split(split).num_records
 
     @property
+    def has_missing(self) -> bool:
+        """Whether some entry of some split is missing (`SplitInfo.missing_fraction`)."""
+        return any(info.has_missing for info in self.splits.values())
+
+    @property
     def tf_compression_type(self) -> str:
         """The `compression_type` argument of `tf.data.TFRecordDataset`."""
         return "GZIP" if self.compression == "gzip" else ""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of `metadata.json` (lists for tuples; no None optional field)."""
-        tree = _plain(dataclasses.asdict(self))
-        for name in _OPTIONAL:
-            if tree[name] is None:
-                del tree[name]
-        return tree
+        return _plain(self)
 
     @classmethod
     def from_json(cls, tree: Mapping[str, Any], where: str = METADATA_FILE) -> DatasetMetadata:
@@ -284,7 +304,8 @@ def splits_with_records(metadata: DatasetMetadata, names: Sequence[str] = SPLITS
 
 
 # Fields left out of the JSON when None (absent in files written before them).
-_OPTIONAL = ("tfds_note", "files")
+_OPTIONAL = {(DatasetMetadata, "tfds_note"), (DatasetMetadata, "files"),
+             (FeatureStats, "num_observed"), (SplitInfo, "missing_fraction")}
 # Fields whose JSON object maps names to a nested record type.
 _MAPPED = {(DatasetMetadata, "splits"): SplitInfo, (DatasetMetadata, "files"): FileInfo}
 _NESTED = {(DatasetMetadata, "length_stats"): LengthStats,
@@ -321,7 +342,13 @@ def _build(cls: type, tree: Any, where: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready copy: tuples become lists, mappings plain dicts."""
+    """JSON-ready copy: records and mappings become dicts (without their `_OPTIONAL`
+    fields that are None), tuples lists."""
+    if dataclasses.is_dataclass(value):
+        return {field.name: _plain(getattr(value, field.name))
+                for field in dataclasses.fields(value)
+                if not ((type(value), field.name) in _OPTIONAL
+                        and getattr(value, field.name) is None)}
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

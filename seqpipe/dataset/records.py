@@ -6,7 +6,17 @@ Every stage agrees on this file and on nothing else. A record holds:
     id        bytes_list   b"seq-000017"
     label     bytes_list   b"class_2"  (b"" when unlabeled)
     length    int64_list   3
-    steps     float_list   [s0f0, s0f1, s1f0, s1f1, s2f0, s2f1]  (row-major [length, F])
+    steps     float_list   [s0f0, s0f1, s1f0, s1f1, s2f0, s2f1]  (row-major [length, F];
+                           NaN: a missing entry)
+
+Missing entries: a feature that was not observed at a step (`preprocess.missing:
+keep`; `seqpipe.dataset.sources`) is stored as NaN at its place in `steps`;
+every other value is finite. So a record without gaps is byte for byte what
+it was before missing entries existed, the observed mask costs nothing
+(`~isnan(steps)`), and the TFDS spec below still decodes every record. A
+record is never all NaN (such records are rejected, `all_missing`). Readers
+must not feed `steps` to arithmetic before filling the NaN
+(`seqpipe.input_pipeline` fills them and carries the observed mask).
 
 This is exactly how `tfds.features.FeaturesDict` with
 `Tensor(shape=(None, F), dtype=float32)`, two `Text` and one int64 `Scalar`

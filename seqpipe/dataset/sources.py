@@ -23,14 +23,33 @@ Reason codes (`REASONS`), in the order they are checked:
     wrong_feature_count  a timestep that is not a list, rows of different widths
                          or of width 0 within the record, or (dataset level) a
                          width different from the dataset's feature count
-    non_numeric          a value that is not a JSON number (string, bool, null...)
-    non_finite           NaN or +-Infinity, or a value that overflows float32
+    non_numeric          a value that is not a JSON number (string, bool; null with
+                         `missing=reject`)
+    non_finite           +-Infinity or a value that overflows float32 (and NaN with
+                         `missing=reject`)
+    all_missing          `missing=keep`: every entry of the record is missing
+    too_many_missing     `missing=keep`: more than `max_missing_fraction` of the
+                         record's entries are missing
     too_short            fewer than `min_length` timesteps
     too_long             more than `max_length` timesteps when `too_long=reject`
                          (with `too_long=truncate` the first `max_length` steps are
                          kept and the record counts as truncated, not rejected)
     duplicate_id         (dataset level) the id was already kept from another record
     duplicate_time       (long format) two rows of one id share a time value
+
+The two missing-value reasons are checked after the length limits, on the
+steps that are kept (after `too_long=truncate`), by `check_missing`.
+
+Missing entries (`missing`, the `preprocess.missing` policy; the pure
+functions default to `reject`, the Beam job passes the config's, whose
+default is `keep`): with `keep`, JSON `null` and `NaN`, an empty CSV cell,
+a `NaN`/`nan` CSV cell, and a Parquet null or NaN are a *missing entry* of
+that feature at that step, stored as NaN in `steps` (the record contract,
+`records`); +-Infinity stays `non_finite`. A record is still rejected when
+all its entries are missing (`all_missing`) or when more than
+`max_missing_fraction` of them are (`too_many_missing`). With `reject`, the
+behaviour from before missing entries were kept: null and empty cells are
+`non_numeric`, NaN is `non_finite`. Times, ids, labels and splits are never missing entries.
 
 Long format (CSV or Parquet: one row per timestep; `parse_csv_row`,
 `parse_parquet_row`, both through `parse_long_row`, then `assemble_rows`): a
@@ -42,8 +61,8 @@ or splits are `bad_label` / `bad_split`. A sequence's source and line are those
 of its first row in (source, line) order; its rejected `record` is its rows.
 A row's `line` is its line in a CSV file (the header is line 1) and its
 1-based row number in a Parquet file; a Parquet row's `text` is the row as a
-JSON object. Parquet cells may be typed (numbers, strings) or text; null and
-booleans in a numeric column are `non_numeric`.
+JSON object. Parquet cells may be typed (numbers, strings) or text; booleans
+in a numeric column are `non_numeric`, and so are nulls unless `missing=keep`.
 
 Dataset-level decisions (made in Beam over all parsed records, decided here):
 - feature count: the most common width among the records that parse; a tie goes
@@ -90,15 +109,27 @@ TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
 DUPLICATE_ID = "duplicate_id"
 DUPLICATE_TIME = "duplicate_time"
+ALL_MISSING = "all_missing"
+TOO_MANY_MISSING = "too_many_missing"
 
 REASONS = (UNPARSEABLE, MISSING_ID, BAD_SPLIT, BAD_LABEL, EMPTY, WRONG_FEATURE_COUNT,
-           NON_NUMERIC, NON_FINITE, TOO_SHORT, TOO_LONG, DUPLICATE_ID, DUPLICATE_TIME)
+           NON_NUMERIC, NON_FINITE, ALL_MISSING, TOO_MANY_MISSING, TOO_SHORT, TOO_LONG,
+           DUPLICATE_ID, DUPLICATE_TIME)
+
+# `missing` policies: keep missing entries (NaN in `steps`) or reject their record.
+KEEP = "keep"
+REJECT = "reject"
+MISSING_POLICIES = (KEEP, REJECT)
+# A record with more missing entries than this is rejected (`too_many_missing`): half
+# its entries observed still carries its shape, less mostly carries the fill values.
+DEFAULT_MAX_MISSING_FRACTION = 0.5
 
 MAX_RECORD_CHARS = 10_000
 # The smallest magnitude that rounds to infinity in float32 (max + half an ulp): a
 # value below it, e.g. 3.4028235e38 as numpy prints float32 max, is finite.
 _FLOAT32_LIMIT = 2.0**128 - 2.0**103
 _NUMBER_TYPES = frozenset((float, int))  # exact types: JSON true/false (bool) are not numbers
+_NUMBER_OR_NULL_TYPES = _NUMBER_TYPES | {type(None)}  # null: a missing entry (`keep`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +138,8 @@ class Sequence:
 
     Attributes:
         id: unique id (non-empty string).
-        steps: float32 array `[length, num_features]`, length >= 1.
+        steps: float32 array `[length, num_features]`, length >= 1; NaN marks a
+            missing entry (only with `missing=keep`), every other value is finite.
         label: class label, "" when unlabeled.
         split: `train`, `val` or `test` from the record, or None (assigned by hash).
         source: the input file it came from.
@@ -175,7 +207,7 @@ def reject(reason: str, message: str, source: str, line: int,
 
 
 def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
-                    offset: int | None = None) -> Sequence | Rejection:
+                    offset: int | None = None, missing: str = REJECT) -> Sequence | Rejection:
     """Parses one JSON line `{"id", "steps", "label"?, "split"?}` to a `Sequence`.
 
     Args:
@@ -183,6 +215,8 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
         source: the input file, kept for rejects and counts.
         line: 1-based line number in `source` (0 when read by byte range).
         offset: the line's byte offset in `source` when read by byte range.
+        missing: `keep` (null and NaN entries become NaN) or `reject` (they
+            reject the record: `non_numeric`, `non_finite`).
 
     Returns:
         The `Sequence` (length not yet checked: see `check_length`) or a `Rejection`.
@@ -219,15 +253,20 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
     if not isinstance(steps, list):
         return fail(UNPARSEABLE, f"'steps' must be a list of timesteps; got "
                                  f"{type(steps).__name__}")
-    array_or_error = steps_to_array(steps)
+    array_or_error = steps_to_array(steps, missing)
     if isinstance(array_or_error, tuple):
         return fail(*array_or_error)
     return Sequence(id=sequence_id, steps=array_or_error, label=_as_key(label) or "",
                     split=split, source=source, line=line, offset=offset)
 
 
-def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
+def steps_to_array(steps: list[Any], missing: str = REJECT) -> np.ndarray | tuple[str, str]:
     """Checks a list of timesteps and converts it to float32 `[length, F]`.
+
+    Args:
+        steps: the record's `steps` as JSON parsed it.
+        missing: `keep`: null and NaN entries become NaN (missing entries);
+            `reject`: they are `non_numeric` and `non_finite`.
 
     Returns:
         The array, or a `(reason, message)` pair (`empty`, `wrong_feature_count`,
@@ -235,30 +274,35 @@ def steps_to_array(steps: list[Any]) -> np.ndarray | tuple[str, str]:
     """
     if not steps:
         return EMPTY, "'steps' is empty"
-    problem = None if _is_number_matrix(steps) else _shape_or_type_problem(steps)
+    entry_types = _NUMBER_TYPES if missing == REJECT else _NUMBER_OR_NULL_TYPES
+    problem = (None if _is_number_matrix(steps, entry_types)
+               else _shape_or_type_problem(steps, entry_types))
     if problem:
         return problem
     try:
         values = np.asarray(steps, dtype=np.float64)
     except OverflowError:  # an integer beyond float64: JSON allows any number of digits
         t, f = next((t, f) for t, row in enumerate(steps) for f, value in enumerate(row)
-                    if abs(value) >= _FLOAT32_LIMIT)
+                    if value is not None and abs(value) >= _FLOAT32_LIMIT)
         return NON_FINITE, f"steps[{t}][{f}] is not a finite float32 (too large)"
-    bad = ~np.isfinite(values) | (np.abs(values) >= _FLOAT32_LIMIT)
+    with np.errstate(invalid="ignore"):  # NaN compares False: a missing entry is not bad
+        bad = (np.abs(values) >= _FLOAT32_LIMIT) | (
+            np.isinf(values) if missing == KEEP else ~np.isfinite(values))
     if bad.any():
         t, f = (int(i) for i in np.argwhere(bad)[0])
         return NON_FINITE, f"steps[{t}][{f}] = {steps[t][f]!r} is not a finite float32"
     return values.astype(np.float32)
 
 
-def _is_number_matrix(steps: list[Any]) -> bool:
-    """Fast check (C-level iteration) that steps are equal-width lists of JSON numbers."""
+def _is_number_matrix(steps: list[Any], entry_types: frozenset[type]) -> bool:
+    """Fast check (C-level iteration) that steps are equal-width lists of `entry_types`."""
     return (set(map(type, steps)) == {list} and len(set(map(len, steps))) == 1
             and len(steps[0]) > 0
-            and set(map(type, itertools.chain.from_iterable(steps))) <= _NUMBER_TYPES)
+            and set(map(type, itertools.chain.from_iterable(steps))) <= entry_types)
 
 
-def _shape_or_type_problem(steps: list[Any]) -> tuple[str, str] | None:
+def _shape_or_type_problem(steps: list[Any], entry_types: frozenset[type]
+                           ) -> tuple[str, str] | None:
     """The first timestep that is not a list, has another width, or a non-number."""
     width = None
     for t, row in enumerate(steps):
@@ -271,19 +315,55 @@ def _shape_or_type_problem(steps: list[Any]) -> tuple[str, str] | None:
             return (WRONG_FEATURE_COUNT,
                     f"timestep {t} has {len(row)} features, timestep 0 has {width}")
         for f, value in enumerate(row):
-            if type(value) not in _NUMBER_TYPES:  # bool is an int subclass: rejected
+            if type(value) not in entry_types:  # bool is an int subclass: rejected
                 return NON_NUMERIC, f"steps[{t}][{f}] is not a number: {value!r}"
     return None
 
 
 def validate_json_line(data: str | bytes, source: str = "", line: int = 0,
                        offset: int | None = None, *, min_length: int = 1,
-                       max_length: int = 0, too_long: str = "reject") -> Sequence | Rejection:
-    """`parse_json_line`, then `check_length`; rejects keep the original line."""
-    result = parse_json_line(data, source, line, offset)
+                       max_length: int = 0, too_long: str = "reject", missing: str = REJECT,
+                       max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
+                       ) -> Sequence | Rejection:
+    """`parse_json_line`, `check_length`, then `check_missing`; rejects keep the line."""
+    result = parse_json_line(data, source, line, offset, missing)
     if isinstance(result, Rejection):
         return result
-    return check_length(result, min_length, max_length, too_long, record=data)
+    result = check_length(result, min_length, max_length, too_long, record=data)
+    if isinstance(result, Rejection):
+        return result
+    return check_missing(result, max_missing_fraction, record=data)
+
+
+def check_missing(sequence: Sequence, max_missing_fraction: float,
+                  record: str | bytes | None = None) -> Sequence | Rejection:
+    """Rejects a sequence whose entries are all missing, or too many of them.
+
+    Args:
+        sequence: a parsed (and length-checked) sequence; NaN entries are missing.
+        max_missing_fraction: the most missing entries, as a fraction of
+            length x features, that a kept record may have.
+        record: the original record text for a rejection; None re-serializes
+            the sequence (`to_json_line`).
+
+    Returns:
+        The sequence, or an `all_missing` / `too_many_missing` rejection.
+    """
+    num_missing = int(np.isnan(sequence.steps).sum())
+    if not num_missing:
+        return sequence
+    fraction = num_missing / sequence.steps.size
+    if num_missing == sequence.steps.size:
+        reason, message = ALL_MISSING, f"all {num_missing} entries are missing"
+    elif fraction > max_missing_fraction:
+        reason, message = TOO_MANY_MISSING, (
+            f"{num_missing} of {sequence.steps.size} entries missing ({fraction:.3g}), "
+            f"max_missing_fraction is {max_missing_fraction:g}")
+    else:
+        return sequence
+    if record is None:
+        return reject_sequence(sequence, reason, message)
+    return reject(reason, message, sequence.source, sequence.line, record, sequence.offset)
 
 
 def check_length(sequence: Sequence, min_length: int, max_length: int,
@@ -426,8 +506,12 @@ def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
 
 
 def to_json_line(sequence: Sequence) -> str:
-    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split` if set)."""
-    steps = [[float(str(v)) for v in row] for row in sequence.steps]
+    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split` if set).
+
+    A missing entry (NaN) is written as null, which `missing=keep` reads back as
+    missing.
+    """
+    steps = [[None if v != v else float(str(v)) for v in row] for row in sequence.steps]
     obj: dict[str, Any] = {"id": sequence.id, "steps": steps}
     if sequence.label:
         obj["label"] = sequence.label
@@ -531,44 +615,51 @@ class Row:
 
 
 def parse_csv_row(fields: list[str], header: list[str], fmt: LongFormat,
-                  source: str = "", line: int = 0, text: str = "") -> Row | Rejection:
+                  source: str = "", line: int = 0, text: str = "",
+                  missing: str = REJECT) -> Row | Rejection:
     """One CSV row (already split into fields) -> a `Row`, or a `Rejection` of the row.
 
     Only a row that cannot be attached to an id is rejected here; other
     problems are kept in `Row.error` and reject the row's whole sequence.
+    With `missing=keep` an empty or NaN feature cell is a missing entry (NaN).
     """
     text = text or ",".join(fields)
     if len(fields) != len(header):
-        missing = fmt.missing_columns(header)
-        if missing:
-            return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
+        absent = fmt.missing_columns(header)
+        if absent:
+            return reject(UNPARSEABLE, f"header lacks columns {absent}", source, line, text)
         return reject(UNPARSEABLE, f"{len(fields)} fields, the header has {len(header)}",
                       source, line, text)
     return parse_long_row(dict(zip(header, fields, strict=True)), header, fmt, source,
-                          line, text)
+                          line, text, missing)
 
 
 def parse_parquet_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
-                      source: str = "", line: int = 0) -> Row | Rejection:
+                      source: str = "", line: int = 0, missing: str = REJECT) -> Row | Rejection:
     """One Parquet row (`{column: value}` as pyarrow's `to_pylist` gives it) -> `Row`.
 
     Same checks as `parse_csv_row`; `line` is the 1-based row number in the
-    file and the rejected record is the row as a JSON object.
+    file and the rejected record is the row as a JSON object. With
+    `missing=keep` a null or NaN feature cell is a missing entry (NaN).
     """
     text = json.dumps(dict(row), default=str, ensure_ascii=False)
-    return parse_long_row(row, columns, fmt, source, line, text)
+    return parse_long_row(row, columns, fmt, source, line, text, missing)
 
 
 def parse_long_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
-                   source: str = "", line: int = 0, text: str = "") -> Row | Rejection:
+                   source: str = "", line: int = 0, text: str = "",
+                   missing: str = REJECT) -> Row | Rejection:
     """One long-format row `{column: value}` (strings or typed values) -> `Row | Rejection`.
 
-    Numbers may be given as numbers or as text; null, booleans and text that is
-    not a number are `non_numeric`. The id and label are taken as text.
+    Numbers may be given as numbers or as text; booleans and text that is not
+    a number are `non_numeric`. A feature cell that is null, empty or NaN is a
+    missing entry (NaN) with `missing=keep`; with `reject` it is `non_numeric`
+    (null, empty) or `non_finite` (NaN). The time is never missing. The id and
+    label are taken as text.
     """
-    missing = fmt.missing_columns(columns)
-    if missing:
-        return reject(UNPARSEABLE, f"header lacks columns {missing}", source, line, text)
+    absent = fmt.missing_columns(columns)
+    if absent:
+        return reject(UNPARSEABLE, f"header lacks columns {absent}", source, line, text)
     sequence_id = _text(row[fmt.id_column])
     if not sequence_id:
         return reject(MISSING_ID, f"empty {fmt.id_column!r}", source, line, text)
@@ -577,13 +668,15 @@ def parse_long_row(row: Mapping[str, Any], columns: list[str], fmt: LongFormat,
     if split is not None and split not in records.SPLITS:
         error = (BAD_SPLIT, f"split {split!r} is not one of {list(records.SPLITS)}")
     numbers = []
-    for column in [fmt.time_column, *fmt.features_of(columns)]:
+    for index, column in enumerate([fmt.time_column, *fmt.features_of(columns)]):
+        may_be_missing = index > 0 and missing == KEEP
         try:
-            number = _number(row[column])
+            number = _number(row[column], may_be_missing)
         except (TypeError, ValueError):
             error = error or (NON_NUMERIC, f"{column}={row[column]!r} is not a number")
             number = 0.0
-        if not math.isfinite(number) or abs(number) >= _FLOAT32_LIMIT:
+        if not (math.isfinite(number) or (may_be_missing and math.isnan(number))
+                ) or abs(number) >= _FLOAT32_LIMIT:
             error = error or (NON_FINITE, f"{column}={row[column]!r} is not a finite float32")
         numbers.append(number)
     return Row(id=sequence_id, time=numbers[0], values=tuple(numbers[1:]),
@@ -596,16 +689,27 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _number(value: Any) -> float:
-    """A long-format numeric cell: a number, or text of one (raises otherwise)."""
+def _number(value: Any, may_be_missing: bool = False) -> float:
+    """A long-format numeric cell: a number, or text of one (raises otherwise).
+
+    With `may_be_missing`, null and blank text are a missing entry: NaN.
+    """
+    if may_be_missing and (value is None or (isinstance(value, str) and not value.strip())):
+        return math.nan
     if value is None or isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
     return float(value)
 
 
 def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
-                  too_long: str = "reject") -> Sequence | Rejection:
-    """The rows of one id, sorted by time -> a length-checked `Sequence` or a rejection."""
+                  too_long: str = "reject",
+                  max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
+                  ) -> Sequence | Rejection:
+    """The rows of one id, sorted by time -> a checked `Sequence` or a rejection.
+
+    The length limits (`check_length`) then the missing entries (`check_missing`:
+    missing cells are NaN only when the rows were parsed with `missing=keep`).
+    """
     by_origin = sorted(rows, key=lambda r: (r.source, r.line))
     first = by_origin[0]
     record = "\n".join(r.text for r in by_origin)
@@ -633,4 +737,7 @@ def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
         return fail(WRONG_FEATURE_COUNT, "no feature columns")
     sequence = Sequence(id=first.id, steps=steps, label=first.label, split=first.split,
                         source=first.source, line=first.line)
-    return check_length(sequence, min_length, max_length, too_long, record=record)
+    result = check_length(sequence, min_length, max_length, too_long, record=record)
+    if isinstance(result, Rejection):
+        return result
+    return check_missing(result, max_missing_fraction, record=record)

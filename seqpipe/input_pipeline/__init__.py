@@ -25,6 +25,32 @@ With keys (`with_keys=True`; always for `inference_batches` and
               "label":  string [B]        the labels (b"" when unlabeled)
               "length": int32  [B]        real steps per sequence == mask.sum(1)
 
+Data with missing entries (NaN in the records: `seqpipe.dataset.records`)
+---------------------------------------------------------------------------
+
+When the dataset has missing entries (`metadata.has_missing`) or
+`data.observed_mask: always`, `inputs` also carries
+
+              "observed": float32 [B, T, F]  1.0 on observed entries, 0.0 on
+                                            missing entries and on padding
+
+the missing entries of `x` are filled after normalization (`data.fill`:
+`zero`, 0.0 = the train mean; `forward`, the last observation of that feature
+earlier in the same sequence, 0.0 before the first: `reading.fill_missing`),
+the target's missing entries are 0.0, and `weights` is the target's observed
+mask, float32 [B, T, F] (reversed with the target), so the loss counts
+observed entries only (`seqpipe.model.losses`). Padding is still the step
+mask alone: `inputs["mask"]` is as above. No NaN is left in any tensor of
+the element. `uses_observed` decides it; complete data under the default
+`auto` gives exactly the elements above. Example: `a = [[1, nan], [nan, 4]]`,
+normalize off, `fill: forward`, reverse_target off, one batch padded to T=3:
+
+    inputs["x"]        = [[[1, 0], [1, 4], [0, 0]]]
+    inputs["observed"] = [[[1, 0], [0, 1], [0, 0]]]
+    inputs["mask"]     = [[1, 1, 0]]
+    targets            = [[[1, 0], [0, 4], [0, 0]]]
+    weights            = inputs["observed"]
+
 The mask comes from each record's `length` field, never from `x == 0`: a
 genuine all-zero timestep is real data and has weight 1.0. Padding is on the
 right (real steps first, as cuDNN wants it), and padded values of `x` and of
@@ -67,6 +93,9 @@ _EXPORTS = {
     "padding_efficiency": "data",
     "Holdout": "data",
     "count_held_out": "data",
+    "uses_observed": "data",
+    "observed_for": "data",
+    "model_inputs": "data",
     "normalization_arrays": "reading",
     "plan_window": "batching",
     "plan_buckets": "batching",

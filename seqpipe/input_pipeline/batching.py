@@ -451,8 +451,11 @@ def gather_batch(window, order, pad, finish: ElementFinisher):
     positions = tf.cast(positions, tf.int64)
     rows = tf.where(real, start[:, tf.newaxis] + positions[tf.newaxis, :], 0)
     x = tf.where(real[:, :, tf.newaxis], tf.gather(window["steps"], rows), 0.0)
+    observed = None
+    if "observed" in window:
+        observed = tf.where(real[:, :, tf.newaxis], tf.gather(window["observed"], rows), 0.0)
     return finish(x, length, tf.gather(window["id"], order), tf.gather(window["label"], order),
-                  real)
+                  real, observed)
 
 
 # ----------------------------------------------------------------------------- buckets
@@ -478,24 +481,28 @@ def bucket_batches(records_ds: tf.data.Dataset, buckets: Sequence[Bucket], num_f
         return tf.reduce_sum(tf.cast(element["length"] > boundaries, tf.int64))
 
     def batch_bucket(key, window):
-        return window.padded_batch(batch_sizes[key],
-                                   _padded_shapes(num_features, pad_lengths[key]))
+        return window.padded_batch(batch_sizes[key], _padded_shapes(
+            num_features, pad_lengths[key], "observed" in window.element_spec))
 
     ds = ds.group_by_window(key_func=bucket_of, reduce_func=batch_bucket,
                             window_size_func=lambda key: batch_sizes[key])
     return ds.map(lambda batch: finish(batch["x"], batch["length"], batch["id"],
-                                       batch["label"]),
+                                       batch["label"], observed=batch.get("observed")),
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _padded_shapes(num_features: int, pad_length: tf.Tensor) -> dict[str, tf.Tensor]:
+def _padded_shapes(num_features: int, pad_length: tf.Tensor,
+                   observed: bool = False) -> dict[str, tf.Tensor]:
     """`pad_length` -1 means each batch's longest sequence."""
     import tensorflow as tf
 
     steps = tf.reshape(tf.cast(pad_length, tf.int64), [1])
     scalar = tf.constant([], tf.int64)
-    return {"x": tf.concat([steps, [num_features]], 0), "id": scalar, "label": scalar,
-            "length": scalar}
+    shapes = {"x": tf.concat([steps, [num_features]], 0), "id": scalar, "label": scalar,
+              "length": scalar}
+    if observed:
+        shapes["observed"] = shapes["x"]
+    return shapes
 
 
 # ----------------------------------------------------------------------------- the element
@@ -505,7 +512,10 @@ class ElementFinisher:
     """Padded steps `x` [B, T, F] and lengths -> the element `(inputs, target, weights)`.
 
     The mask, the weights and the reversed target are made here, once per
-    batch, from the lengths (never from `x == 0`).
+    batch, from the lengths (never from `x == 0`). With the observed mask
+    (`observed` [B, T, F], missing entries already filled in `x`), the inputs
+    carry it, the target is 0.0 on missing entries and the weights are the
+    target's observed mask (reversed with it).
 
     Args:
         num_features: F.
@@ -518,17 +528,24 @@ class ElementFinisher:
         self.reverse_target = reverse_target
         self.with_keys = with_keys
 
-    def __call__(self, x, length, ids, labels, real=None):
+    def __call__(self, x, length, ids, labels, real=None, observed=None):
         import tensorflow as tf
 
         x = tf.ensure_shape(x, [None, None, self.num_features])
         if real is None:
             real = tf.sequence_mask(length, tf.shape(x)[1])
         mask = tf.cast(real, tf.float32)
-        # Reverses x[i, :length[i]] and leaves the padding after it in place.
-        target = (tf.reverse_sequence(x, length, seq_axis=1, batch_axis=0)
-                  if self.reverse_target else x)
         inputs = {"x": x, "mask": mask}
+        target, weights = x, mask
+        if observed is not None:
+            observed = tf.ensure_shape(observed, [None, None, self.num_features])
+            inputs["observed"] = observed
+            target, weights = tf.where(observed > 0.5, x, 0.0), observed
+        if self.reverse_target:
+            # Reverses [i, :length[i]] and leaves the padding after it in place.
+            target = tf.reverse_sequence(target, length, seq_axis=1, batch_axis=0)
+            if observed is not None:
+                weights = tf.reverse_sequence(weights, length, seq_axis=1, batch_axis=0)
         if self.with_keys:
             inputs.update(id=ids, label=labels, length=length)
-        return inputs, target, mask
+        return inputs, target, weights

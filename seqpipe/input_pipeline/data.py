@@ -72,6 +72,7 @@ def make_dataset(
     normalization: FeatureStats | None = None,
     seed: int | tf.Tensor | None = None,
     holdout: Holdout | None = None,
+    observed: bool | None = None,
 ) -> tf.data.Dataset:
     """The batched `(inputs, targets, weights)` dataset of one split.
 
@@ -96,6 +97,10 @@ def make_dataset(
             (`seqpipe.training.inputs` does that).
         holdout: read only the records of the split that `holdout` keeps
             (a validation set carved from train, or the rest of train).
+        observed: whether batches carry `inputs["observed"]` (missing entries
+            filled with `cfg.fill`); None: `uses_observed(cfg, metadata)` of
+            this dataset. Embedding new data passes the answer for the data
+            the model was trained on.
 
     Returns:
         A dataset following the element contract (`seqpipe.input_pipeline`).
@@ -119,13 +124,14 @@ def make_dataset(
         pairs = pairs.filter(holdout.keeps)
     stats = normalization if normalization is not None else source.metadata.feature_stats
     norm = _normalization(cfg, stats, source.num_features)
+    fill = _fill(cfg, source.metadata, observed)
     per_replica_batch = (cfg.batch_size if input_context is None
                          else input_context.get_per_replica_batch_size(cfg.batch_size))
     if cfg.batching == "sorted_window":
         plan = batching.plan_window(cfg, source.metadata, num_replicas_in_sync=replicas,
                                     per_replica_batch_size=per_replica_batch)
         ds = WindowSteps(source.num_features, norm, plan, cfg.reverse_target,
-                         with_keys).batches(pairs)
+                         with_keys, fill).batches(pairs)
         if not ordered:
             batches_per_window = -(-plan.window // min(plan.batch_sizes))
             ds = ds.shuffle(min(batches_per_window, plan.window), seed=seed,
@@ -134,8 +140,9 @@ def make_dataset(
         buckets = batching.plan_buckets(cfg, source.metadata, num_replicas_in_sync=replicas,
                                         per_replica_batch_size=per_replica_batch)
         finish = batching.ElementFinisher(source.num_features, cfg.reverse_target, with_keys)
-        ds = batching.bucket_batches(reading.parse_records(pairs, source.num_features, norm),
-                                     buckets, source.num_features, finish)
+        ds = batching.bucket_batches(
+            reading.parse_records(pairs, source.num_features, norm, fill),
+            buckets, source.num_features, finish)
     return _with_options(ds.prefetch(AUTOTUNE), sharded=input_context is not None)
 
 
@@ -196,6 +203,7 @@ def inference_batches(
     metadata: DatasetMetadata | None = None,
     normalization: FeatureStats | None = None,
     skip_corrupt: bool = False,
+    observed: bool | None = None,
 ) -> Iterator[Element]:
     """The batches of a whole split in a fixed order, eagerly, for inference.
 
@@ -215,13 +223,14 @@ def inference_batches(
     stats = normalization if normalization is not None else source.metadata.feature_stats
     steps = WindowSteps(source.num_features, _normalization(cfg, stats, source.num_features),
                         batching.plan_window(cfg, source.metadata), cfg.reverse_target,
-                        with_keys=True)
+                        with_keys=True, fill=_fill(cfg, source.metadata, observed))
     yield from steps.eager_batches(reading.read_records(source, skip_corrupt=skip_corrupt))
 
 
 def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: DataConfig, *,
                   labels: Sequence[str] | None = None,
-                  feature_stats: FeatureStats | None = None) -> Iterator[Element]:
+                  feature_stats: FeatureStats | None = None,
+                  observed: bool = False) -> Iterator[Element]:
     """In-memory `[length, F]` arrays -> element-contract batches with keys, eagerly.
 
     The arrays are serialized as records (`records.encode_sequence`) and
@@ -236,6 +245,8 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
             sort window, normalize, reverse_target).
         labels: one per array; default "".
         feature_stats: the `mean` and `std` to normalize with when `cfg.normalize`.
+        observed: carry `inputs["observed"]`, NaN entries of the arrays being
+            missing ones (filled with `cfg.fill`), for a model trained with it.
     """
     labels = [""] * len(sequences) if labels is None else labels
     serialized = [records.encode_sequence(str(i), s, label)
@@ -246,7 +257,7 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
         max=int(lengths.max()), mean=float(lengths.mean())))
     plan = batching.plan_window(cfg, lengths_only)
     steps = WindowSteps(num_features, _normalization(cfg, feature_stats, num_features), plan,
-                        cfg.reverse_target, with_keys=True)
+                        cfg.reverse_target, with_keys=True, fill=cfg.fill if observed else None)
     pairs = tf.data.Dataset.from_tensor_slices((["<in memory>"] * len(serialized), serialized))
     yield from steps.eager_batches(pairs)
 
@@ -260,6 +271,8 @@ class WindowSteps:
         normalization: `(mean, std)` arrays, or None.
         plan: how windows are cut.
         reverse_target, with_keys: as `batching.ElementFinisher`.
+        fill: None, or how missing entries are filled (`reading.fill_missing`)
+            in batches that carry the observed mask.
     """
 
     num_features: int
@@ -267,11 +280,13 @@ class WindowSteps:
     plan: batching.WindowPlan
     reverse_target: bool
     with_keys: bool
+    fill: str | None = None
 
     def parse_and_cut(self, paths: tf.Tensor, serialized: tf.Tensor):
         """A window of serialized records -> `(window, order, pads)`: the parsed
         window and its batches (`WindowPlan.cutter`)."""
-        window = reading.parse_window(paths, serialized, self.num_features, self.normalization)
+        window = reading.parse_window(paths, serialized, self.num_features, self.normalization,
+                                      self.fill)
         order, pads = self.plan.cutter()(window["length"])
         return window, order, pads
 
@@ -301,21 +316,24 @@ class WindowSteps:
         """These settings as a hashable key (the arrays as tuples)."""
         norm = (None if self.normalization is None
                 else tuple(tuple(a.tolist()) for a in self.normalization))
-        return self.num_features, norm, self.plan, self.reverse_target, self.with_keys
+        return (self.num_features, norm, self.plan, self.reverse_target, self.with_keys,
+                self.fill)
 
 
 @functools.lru_cache(maxsize=16)
 def _traced(key: tuple):
     """`(parse_and_cut, gather)` of `WindowSteps(*key)` as `tf.function`s for any window
     and batch: one call per window and one per batch instead of dozens of eager ops."""
-    num_features, norm, plan, reverse_target, with_keys = key
+    num_features, norm, plan, reverse_target, with_keys, fill = key
     if norm is not None:
         norm = tuple(np.asarray(a, np.float32) for a in norm)
-    steps = WindowSteps(num_features, norm, plan, reverse_target, with_keys)
+    steps = WindowSteps(num_features, norm, plan, reverse_target, with_keys, fill)
     strings = tf.TensorSpec([None], tf.string)
     window_spec = {"steps": tf.TensorSpec([None, num_features], tf.float32),
                    "start": tf.TensorSpec([None], tf.int64),
                    "length": tf.TensorSpec([None], tf.int32), "id": strings, "label": strings}
+    if fill is not None:
+        window_spec["observed"] = window_spec["steps"]
     parse_and_cut = tf.function(steps.parse_and_cut, input_signature=[strings, strings],
                                 autograph=False)
     gather = tf.function(steps.gather, autograph=False, input_signature=[
@@ -335,9 +353,9 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
     real = padded = batches = num_records = 0
     shapes: set[tuple[int, int]] = set()
     sizes: dict[int, int] = {}
-    for _, _, weights in dataset.as_numpy_iterator():
-        b, t = weights.shape
-        real += int(weights.sum())
+    for inputs, _, _ in dataset.as_numpy_iterator():
+        b, t = inputs["mask"].shape
+        real += int(inputs["mask"].sum())
         padded += b * t
         batches += 1
         num_records += b
@@ -353,6 +371,41 @@ def padding_efficiency(dataset: tf.data.Dataset) -> dict[str, Any]:
         "distinct_lengths": len({t for _, t in shapes}),
         "batch_sizes": dict(sorted(sizes.items())),
     }
+
+
+def uses_observed(cfg: DataConfig, metadata: DatasetMetadata) -> bool:
+    """Whether batches of this data carry `inputs["observed"]` and models take it:
+    `data.observed_mask: always`, or the dataset has missing entries."""
+    return cfg.observed_mask == "always" or metadata.has_missing
+
+
+def observed_for(cfg: DataConfig, trained_on: DatasetMetadata,
+                 metadata: DatasetMetadata) -> bool:
+    """`uses_observed` of a model's training data, for batches of other data for it.
+
+    Raises:
+        records.DatasetError: the data has missing entries but the model was
+            trained without the observed mask (it cannot tell them apart).
+    """
+    observed = uses_observed(cfg, trained_on)
+    if metadata.has_missing and not observed:
+        raise records.DatasetError(
+            "the data has missing entries but the model was trained on complete data "
+            "without the observed mask; train with data.observed_mask: always")
+    return observed
+
+
+def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a batch's inputs dict that the models take: `x`, `mask` and,
+    for data with missing entries, `observed` (not the keys `id`, `label`, `length`)."""
+    return {key: inputs[key] for key in ("x", "mask", "observed") if key in inputs}
+
+
+def _fill(cfg: DataConfig, metadata: DatasetMetadata, observed: bool | None) -> str | None:
+    """`cfg.fill` when batches carry the observed mask (None: decided by `metadata`)."""
+    if observed is None:
+        observed = uses_observed(cfg, metadata)
+    return cfg.fill if observed else None
 
 
 def _normalization(cfg: DataConfig, feature_stats: FeatureStats | None,

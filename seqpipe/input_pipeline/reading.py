@@ -230,7 +230,8 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
 
 
 def parse_window(paths, serialized, num_features: int,
-                 normalization: tuple[np.ndarray, np.ndarray] | None) -> dict[str, tf.Tensor]:
+                 normalization: tuple[np.ndarray, np.ndarray] | None,
+                 fill: str | None = None) -> dict[str, tf.Tensor]:
     """Serialized records -> their steps, concatenated, and where each starts.
 
     Args:
@@ -239,11 +240,16 @@ def parse_window(paths, serialized, num_features: int,
         num_features: F.
         normalization: `(mean, std)` float32 [F] (`normalization_arrays`), or
             None for the raw values.
+        fill: None: steps as stored (complete data); `zero` or `forward`: the
+            missing entries (NaN in the record) are filled after
+            normalization (`fill_missing`) and `observed` is returned too.
 
     Returns:
         `steps` float32 [sum of lengths, F], `start` int64 [N] (the row of
         `steps` where record i starts), `length` int32 [N], `id` and `label`
-        string [N]. Fails naming the first inconsistent record and its shard.
+        string [N]; with `fill`, `observed` float32 [sum of lengths, F] (1.0
+        observed, 0.0 missing) and `steps` without NaN. Fails naming the
+        first inconsistent record and its shard.
     """
     spec = {**records.tf_feature_spec(num_features),
             records.STEPS_KEY: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)}
@@ -260,23 +266,69 @@ def parse_window(paths, serialized, num_features: int,
     with tf.control_dependencies([check]):
         steps = tf.reshape(values.flat_values, [-1, num_features])
         start = values.row_starts() // num_features
-    return {"steps": normalize(steps, normalization), "start": start, "length": length,
-            "id": parsed[records.ID_KEY], "label": parsed[records.LABEL_KEY]}
+    window = {"steps": normalize(steps, normalization), "start": start, "length": length,
+              "id": parsed[records.ID_KEY], "label": parsed[records.LABEL_KEY]}
+    if fill is not None:
+        observed = tf.logical_not(tf.math.is_nan(window["steps"]))
+        window["steps"] = fill_missing(window["steps"], observed,
+                                       tf.repeat(start, length), fill)
+        window["observed"] = tf.cast(observed, tf.float32)
+    return window
+
+
+def fill_missing(steps: tf.Tensor, observed: tf.Tensor, row_start: tf.Tensor,
+                 fill: str) -> tf.Tensor:
+    """Concatenated sequences with their missing entries filled (no NaN left).
+
+    Args:
+        steps: float32 [N, F], the rows of several sequences one after the other.
+        observed: bool [N, F], False where an entry is missing.
+        row_start: int64 [N], the row where each row's sequence starts.
+        fill: `zero`: a missing entry becomes 0.0; `forward`: the last observed
+            value of its feature at or before it in its own sequence, 0.0
+            before the sequence's first observation of that feature.
+
+    Example: one sequence `[[1, nan], [nan, nan], [3, 4]]` fills to
+    `[[1, 0], [0, 0], [3, 4]]` (`zero`) or `[[1, 0], [1, 0], [3, 4]]` (`forward`).
+    """
+    if fill == "zero":
+        return tf.where(observed, steps, 0.0)
+    num_rows = tf.shape(steps, out_type=tf.int64)[0]
+    num_features = tf.shape(steps, out_type=tf.int64)[1]
+    rows = tf.broadcast_to(tf.range(num_rows)[:, tf.newaxis], tf.shape(steps, tf.int64))
+    features = tf.broadcast_to(tf.range(num_features)[tf.newaxis, :], tf.shape(rows, tf.int64))
+    # The k-th observation of feature f is the one row with `seen == k` that is
+    # observed; every row with `seen == k` carries it forward. One segment per (k, f).
+    seen = tf.cumsum(tf.cast(observed, tf.int64), axis=0)
+    segment = seen * num_features + features
+    last_row = tf.math.unsorted_segment_max(tf.where(observed, rows, -1), segment,
+                                            (num_rows + 1) * num_features)
+    last = tf.gather(last_row, segment)
+    carried = last >= row_start[:, tf.newaxis]  # an observation earlier in the same sequence
+    index = tf.where(carried, last, 0) * num_features + features
+    values = tf.gather(tf.reshape(steps, [-1]), index)
+    return tf.where(observed, steps, tf.where(carried, values, 0.0))
 
 
 def parse_records(pairs: tf.data.Dataset, num_features: int,
-                  normalization: tuple[np.ndarray, np.ndarray] | None) -> tf.data.Dataset:
+                  normalization: tuple[np.ndarray, np.ndarray] | None,
+                  fill: str | None = None) -> tf.data.Dataset:
     """`(path, record)` pairs -> one dict per record: `x` [L, F] (ragged), `length`,
-    `id`, `label`; parsed `_PARSE_BATCH` at a time by `parse_window`."""
+    `id`, `label` (and `observed` [L, F] with `fill`); parsed `_PARSE_BATCH` at a
+    time by `parse_window`."""
     def records_of(window):
-        x = tf.RaggedTensor.from_row_lengths(window["steps"],
-                                             tf.cast(window["length"], tf.int64),
-                                             validate=False)
-        return {"x": x, "length": window["length"], "id": window["id"],
-                "label": window["label"]}
+        lengths = tf.cast(window["length"], tf.int64)
+        record = {"x": tf.RaggedTensor.from_row_lengths(window["steps"], lengths,
+                                                        validate=False),
+                  "length": window["length"], "id": window["id"], "label": window["label"]}
+        if fill is not None:
+            record["observed"] = tf.RaggedTensor.from_row_lengths(window["observed"], lengths,
+                                                                  validate=False)
+        return record
 
     windows = pairs.batch(_PARSE_BATCH).map(
-        lambda paths, serialized: parse_window(paths, serialized, num_features, normalization),
+        lambda paths, serialized: parse_window(paths, serialized, num_features, normalization,
+                                               fill),
         num_parallel_calls=tf.data.AUTOTUNE)
     return windows.map(records_of, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
@@ -292,6 +344,9 @@ def normalization_arrays(stats: FeatureStats,
                          num_features: int) -> tuple[np.ndarray, np.ndarray]:
     """`(mean, std)` float32 arrays from a dataset's `feature_stats`; a std of 0 becomes 1.
 
+    A feature never observed in the train split (None mean and std) is left as
+    it is: mean 0, std 1.
+
     Raises:
         records.DatasetError: `stats` lacks `mean`/`std` of `num_features` values.
     """
@@ -300,9 +355,9 @@ def normalization_arrays(stats: FeatureStats,
         raise records.DatasetError(
             f"normalize needs feature_stats.mean and .std of length {num_features} in the "
             f"metadata; Received: mean={mean!r}, std={std!r}")
-    std = np.asarray(std, np.float32)
+    std = np.array([1.0 if value is None else value for value in std], np.float32)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    return np.asarray(mean, np.float32), std
+    return np.array([0.0 if value is None else value for value in mean], np.float32), std
 
 
 def normalize(steps, normalization: tuple[np.ndarray, np.ndarray] | None):

@@ -5,7 +5,20 @@ Inputs are the data pipeline's dict (the element contract of `seqpipe.input_pipe
     {"x":    float32 [batch, time, features]   right-padded sequences,
      "mask": float32 [batch, time]             1.0 on real steps, 0.0 on padding}
 
+and, for a model built with `observed=True` (data with missing entries: the
+trainer decides with `seqpipe.input_pipeline.uses_observed`),
+
+     "observed": float32 [batch, time, features]  1.0 observed, 0.0 missing or padding}
+
 `time` changes from batch to batch (length bucketing), so nothing here fixes it.
+With `observed`, the encoder reads `x` and `observed` concatenated
+(`observed_indicator`, [batch, time, 2 x features]: GRU-D's indicator form),
+so a missing entry's fill value (`data.fill`) is never taken for an
+observation. The fill value IS an input the encoder sees (beside its
+indicator), so an embedding can change when a missing entry's fill value
+changes; what does not depend on it is the loss, whose targets and weights
+exclude missing entries (`seqpipe.model.losses`). The decoder reconstructs
+the `features` of `x` only.
 The graph, with the layer names `build_autoencoder` gives:
 
     x, mask ─ sequence_mask ─ encoder_lstm_1..N ─ summary ─ [embedding] ──▶ encoder output
@@ -59,9 +72,10 @@ from seqpipe.model.layers import (
 from seqpipe.model.losses import masked_step_errors
 
 __all__ = ["build_autoencoder", "export_encoder", "export_scorer", "reconstruction_errors",
-           "scorer_module"]
+           "scorer_module", "takes_observed"]
 
 EMBEDDING_KEY = "embedding"
+OBSERVED_KEY = "observed"
 STEP_ERROR_KEY = "step_error"
 SCORE_KEY = "score"
 SERVING_SIGNATURE = "serving_default"
@@ -75,7 +89,7 @@ RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6"}
 
 
 def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
-                      ) -> tuple[keras.Model | None, keras.Model]:
+                      observed: bool = False) -> tuple[keras.Model | None, keras.Model]:
     """Builds the autoencoder and its encoder, two functional models sharing weights.
 
     Args:
@@ -83,9 +97,12 @@ def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
         num_features: features per timestep (`F`).
         decoder: False builds the encoder alone (nothing else is trained with
             `train.objective: triplet`); the autoencoder is then None.
+        observed: the models also take `observed` [B, T, F] and the encoder
+            reads `x` and `observed` concatenated (the module docstring).
 
     Returns:
-        `(autoencoder, encoder)`. Both take `{"x": [B, T, F], "mask": [B, T]}`;
+        `(autoencoder, encoder)`. Both take `{"x": [B, T, F], "mask": [B, T]}`
+        (and `"observed": [B, T, F]` with `observed`);
         the autoencoder returns the reconstruction `[B, T, F]` (with the input
         mask attached), the encoder the embedding `[B, E]`, where `E` is
         `cfg.embedding_dim`, or the summary's width when that is 0 (`units`,
@@ -99,7 +116,12 @@ def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
         "x": keras.Input(shape=(None, num_features), name="x"),
         "mask": keras.Input(shape=(None,), name="mask"),
     }
-    sequence = SequenceMask(name="sequence_mask")([inputs["x"], inputs["mask"]])
+    features = inputs["x"]
+    if observed:
+        inputs[OBSERVED_KEY] = keras.Input(shape=(None, num_features), name=OBSERVED_KEY)
+        features = keras.layers.Concatenate(name="observed_indicator")(
+            [inputs["x"], inputs[OBSERVED_KEY]])
+    sequence = SequenceMask(name="sequence_mask")([features, inputs["mask"]])
 
     summary = _encode(cfg, sequence)
     embedding = summary
@@ -180,27 +202,41 @@ def _recurrent_layer(cfg: ModelConfig, units: int, return_sequences: bool,
     return layer
 
 
+def takes_observed(model: keras.Model) -> bool:
+    """Whether a model of `build_autoencoder` was built with `observed=True`."""
+    return OBSERVED_KEY in model.input
+
+
 class ServingModule(tf.Module):
     """An exportable object: a model's variables and one serving function of `(x, mask)`.
 
     Args:
         model: the Keras model whose variables the function uses.
         name: the module's name.
-        outputs: `outputs(model, x, mask) -> {name: tensor}`.
+        outputs: `outputs(model, inputs) -> {name: tensor}`, `inputs` the
+            model's input dict.
 
     `serve` is `outputs` as a `tf.function` taking `x` float32
-    `[batch, time, F]` and `mask` float32 `[batch, time]`; call it in-process
-    (`module.serve(x=x, mask=mask)`) or `export` it.
+    `[batch, time, F]` and `mask` float32 `[batch, time]` (and `observed`
+    float32 `[batch, time, F]` for a model that takes it, `takes_observed`);
+    call it in-process (`module.serve(x=x, mask=mask)`) or `export` it.
     """
 
     def __init__(self, model: keras.Model, name: str, outputs):
         super().__init__(name=name)
         self.model = model
         num_features = model.input["x"].shape[-1]
-        self.serve = tf.function(lambda x, mask: outputs(self.model, x, mask), input_signature=[
-            tf.TensorSpec([None, None, num_features], tf.float32, name="x"),
-            tf.TensorSpec([None, None], tf.float32, name="mask"),
-        ])
+        steps = tf.TensorSpec([None, None, num_features], tf.float32, name="x")
+        mask = tf.TensorSpec([None, None], tf.float32, name="mask")
+        if takes_observed(model):
+            self.serve = tf.function(
+                lambda x, mask, observed: outputs(self.model, {
+                    "x": x, "mask": mask, OBSERVED_KEY: observed}),
+                input_signature=[steps, mask, tf.TensorSpec([None, None, num_features],
+                                                            tf.float32, name=OBSERVED_KEY)])
+        else:
+            self.serve = tf.function(lambda x, mask: outputs(self.model, {"x": x, "mask": mask}),
+                                     input_signature=[steps, mask])
 
     def export(self, path: str | Path) -> str | Path:
         """Saves this object as a SavedModel whose `serving_default` is `serve`, at `path`
@@ -210,11 +246,18 @@ class ServingModule(tf.Module):
         return path
 
 
-def _embedding(encoder: keras.Model, x, mask) -> dict:
-    return {EMBEDDING_KEY: encoder({"x": x, "mask": mask}, training=False)}
+def _embedding(encoder: keras.Model, inputs: dict) -> dict:
+    return {EMBEDDING_KEY: encoder(inputs, training=False)}
 
 
-def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: bool) -> dict:
+def _served_errors(autoencoder: keras.Model, inputs: dict, *, reverse_target: bool) -> dict:
+    return reconstruction_errors(autoencoder, inputs["x"], inputs["mask"],
+                                 reverse_target=reverse_target,
+                                 observed=inputs.get(OBSERVED_KEY))
+
+
+def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: bool,
+                          observed=None) -> dict:
     """The autoencoder's masked reconstruction errors per step and per sequence.
 
     `step_error` float32 `[batch, time]` is, at each input step, the mean over
@@ -235,31 +278,39 @@ def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: 
         mask: float32 `[batch, time]`, 1.0 on real steps, 0.0 on padding.
         reverse_target: whether it was trained on reversed targets (the
             model config's `data.reverse_target`).
+        observed: float32 `[batch, time, F]` for a model that takes it
+            (`takes_observed`); the errors are then over observed entries only
+            (`masked_step_errors` with per-entry weights).
 
     Returns:
         `{"step_error": [batch, time], "score": [batch]}`.
     """
-    reconstruction = autoencoder({"x": x, "mask": mask}, training=False)
+    inputs = {"x": x, "mask": mask}
+    if observed is not None:
+        inputs[OBSERVED_KEY] = observed
+    reconstruction = autoencoder(inputs, training=False)
     if reverse_target:
         # Right padding: the real steps are the first `length`, reversed in place.
         lengths = tf.reduce_sum(tf.cast(mask > 0.5, tf.int32), axis=1)
         reconstruction = tf.reverse_sequence(reconstruction, lengths, seq_axis=1, batch_axis=0)
-    step_errors, scores = masked_step_errors(x, reconstruction, mask)
+    step_errors, scores = masked_step_errors(x, reconstruction,
+                                             mask if observed is None else observed)
     return {STEP_ERROR_KEY: step_errors, SCORE_KEY: scores}
 
 
 def scorer_module(autoencoder: keras.Model, *, reverse_target: bool) -> ServingModule:
     """`reconstruction_errors` of `autoencoder` as a `ServingModule` (`export_scorer` saves it)."""
     return ServingModule(autoencoder, "seqpipe_scorer", functools.partial(
-        reconstruction_errors, reverse_target=bool(reverse_target)))
+        _served_errors, reverse_target=bool(reverse_target)))
 
 
 def export_encoder(encoder: keras.Model, path: str | Path) -> str | Path:
     """Exports the encoder as a TF SavedModel with a `serving_default` signature.
 
     The signature takes `x` float32 `[batch, time, F]` and `mask` float32
-    `[batch, time]` and returns `{"embedding": float32 [batch, E]}`. Loading needs
-    only TensorFlow, not seqpipe:
+    `[batch, time]` (and `observed` float32 `[batch, time, F]` for a model built
+    with it: `takes_observed`) and returns `{"embedding": float32 [batch, E]}`.
+    Loading needs only TensorFlow, not seqpipe:
 
         served = tf.saved_model.load(path).signatures["serving_default"]
         embedding = served(x=x, mask=mask)["embedding"]
@@ -275,7 +326,9 @@ def export_scorer(autoencoder: keras.Model, path: str | Path, *,
     """Exports the reconstruction errors as a TF SavedModel with a `serving_default` signature.
 
     The signature takes `x` float32 `[batch, time, F]` (normalized with the
-    training data's statistics) and `mask` float32 `[batch, time]`, and
+    training data's statistics) and `mask` float32 `[batch, time]` (and
+    `observed` for a model built with it; the errors are then over observed
+    entries only), and
     returns `{"step_error": float32 [batch, time], "score": float32 [batch]}`
     (`reconstruction_errors`: per-step mean squared error over features, exactly 0.0
     on padding; its mean over each sequence's real steps). Loading needs

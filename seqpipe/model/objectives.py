@@ -63,7 +63,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import TrainConfig
-from seqpipe.model.losses import masked_squared_error
+from seqpipe.model.losses import masked_squared_error, num_valid_values
 
 __all__ = ["CropPlan", "Crops", "LossTotals", "Objective", "crop_seed", "cut",
            "objective_loss", "sample_crops", "triplet_losses"]
@@ -249,11 +249,15 @@ class Objective:
 
     @staticmethod
     def counts(targets: tf.Tensor, weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """This replica's number of real values and of sequences, known before the forward."""
+        """This replica's number of real values and of sequences, known before the forward.
+
+        Per-entry weights `[B, T, F]` (data with missing entries) count the
+        observed values (`losses.num_valid_values`).
+        """
         real = weights > 0.5
-        num_features = tf.cast(tf.shape(targets)[-1], tf.float32)
-        return (tf.reduce_sum(tf.cast(real, tf.float32)) * num_features,
-                tf.reduce_sum(tf.cast(tf.reduce_any(real, axis=1), tf.float32)))
+        rows = tf.reduce_any(real, axis=list(range(1, len(real.shape))))
+        return (num_valid_values(targets, weights),
+                tf.reduce_sum(tf.cast(rows, tf.float32)))
 
     def totals(self, inputs: dict, targets: tf.Tensor, weights: tf.Tensor, seed: tf.Tensor,
                training: bool) -> LossTotals:
@@ -272,11 +276,15 @@ class Objective:
         """Per row, the triplet loss against the global batch's negative crops."""
         x, mask = inputs["x"], inputs["mask"]
         plan = sample_crops(x, mask, seed)
-        parts = [cut(x, crops) for crops in (plan.anchor, plan.positive, plan.negative)]
+        crops = (plan.anchor, plan.positive, plan.negative)
+        parts = [cut(x, crop) for crop in crops]
         # One encoder call for the three crops of every row.
-        embeddings = self.encoder({"x": tf.concat([p[0] for p in parts], axis=0),
-                                   "mask": tf.concat([p[1] for p in parts], axis=0)},
-                                  training=training)
+        crop_inputs = {"x": tf.concat([p[0] for p in parts], axis=0),
+                       "mask": tf.concat([p[1] for p in parts], axis=0)}
+        if "observed" in inputs:  # data with missing entries: the crops' observed masks
+            crop_inputs["observed"] = tf.concat(
+                [cut(inputs["observed"], crop)[0] for crop in crops], axis=0)
+        embeddings = self.encoder(crop_inputs, training=training)
         anchor, positive, negative = tf.split(embeddings, 3, axis=0)
         valid = tf.cast(plan.valid, tf.float32)
         pool, pool_valid, offset = _gather_across_replicas(negative, valid)

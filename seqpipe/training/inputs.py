@@ -187,7 +187,8 @@ class TrainingInputs:
                 return self._epoch_dataset(split, None, self.cfg.data.seed + epoch_index,
                                            skip_batches)
 
-            stream = EpochStream(epoch_dataset, self.metadata.num_features, epoch, skip)
+            stream = EpochStream(epoch_dataset, self.metadata.num_features, epoch, skip,
+                                 observed=data.uses_observed(self.cfg.data, self.metadata))
             self._streams[split] = stream
         return stream
 
@@ -292,10 +293,11 @@ class EpochStream:
     """
 
     def __init__(self, epoch_dataset: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset],
-                 num_features: int, first_epoch: int, skip: int):
-        marker = tf.data.Dataset.from_tensors(
-            ({"x": tf.zeros([0, 0, num_features]), "mask": tf.zeros([0, 0])},
-             tf.zeros([0, 0, num_features]), tf.zeros([0, 0])))
+                 num_features: int, first_epoch: int, skip: int, observed: bool = False):
+        steps, mask = tf.zeros([0, 0, num_features]), tf.zeros([0, 0])
+        # Batches with the observed mask have per-entry weights (seqpipe.input_pipeline).
+        inputs = {"x": steps, "mask": mask, **({"observed": steps} if observed else {})}
+        marker = tf.data.Dataset.from_tensors((inputs, steps, steps if observed else mask))
         first = tf.constant(first_epoch, tf.int64)
 
         def with_end_marker(epoch):

@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config
+from seqpipe.model.autoencoder import takes_observed
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def make_train_step(strategy: tf.distribute.Strategy, objective: Objective,
             zip([gradient * scale for gradient in gradients], variables, strict=True))
         return totals
 
-    return _global_step(strategy, replica_step, jit_compile)
+    return _global_step(strategy, replica_step, jit_compile, objective)
 
 
 def make_eval_step(strategy: tf.distribute.Strategy, objective: Objective,
@@ -169,7 +170,7 @@ def make_eval_step(strategy: tf.distribute.Strategy, objective: Objective,
         return _on_replica_data(objective, strategy, evaluate, _zero_totals,
                                 inputs, targets, weights)
 
-    return _global_step(strategy, replica_step, jit_compile)
+    return _global_step(strategy, replica_step, jit_compile, objective)
 
 
 def _on_replica_data(objective: Objective, strategy: tf.distribute.Strategy,
@@ -186,7 +187,7 @@ def _on_replica_data(objective: Objective, strategy: tf.distribute.Strategy,
 
 
 def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
-                 jit_compile: bool) -> Step:
+                 jit_compile: bool, objective: Objective) -> Step:
     @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def step(batch):
         inputs, targets, weights = batch
@@ -194,6 +195,8 @@ def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
         return LossTotals(*(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                             for value in totals))
 
+    # Batches of data with missing entries carry `observed` and per-entry weights.
+    step.takes_observed = takes_observed(objective.model)
     return step
 
 
@@ -215,7 +218,11 @@ def trace_for_any_shape(step: Step, strategy: tf.distribute.Strategy, batch_size
     for size in (batch_size, None):  # the specific trace first
         steps = tf.TensorSpec([size, None, num_features], tf.float32)
         mask = tf.TensorSpec([size, None], tf.float32)
-        step.get_concrete_function(({"x": steps, "mask": mask}, steps, mask))
+        if getattr(step, "takes_observed", False):
+            step.get_concrete_function(({"x": steps, "mask": mask, "observed": steps}, steps,
+                                        steps))
+        else:
+            step.get_concrete_function(({"x": steps, "mask": mask}, steps, mask))
 
 
 def _has_data(weights: tf.Tensor) -> tf.Tensor:
@@ -232,10 +239,12 @@ def _at_least_one_step(inputs: dict, targets: tf.Tensor, weights: tf.Tensor):
     """The batch padded to at least one row and one step (zeros, weight 0)."""
     shape = tf.shape(weights)
     rows, steps = tf.maximum(1 - shape[0], 0), tf.maximum(1 - shape[1], 0)
-    pad_3d = [[0, rows], [0, steps], [0, 0]]
-    pad_2d = [[0, rows], [0, steps]]
-    return ({"x": tf.pad(inputs["x"], pad_3d), "mask": tf.pad(inputs["mask"], pad_2d)},
-            tf.pad(targets, pad_3d), tf.pad(weights, pad_2d))
+
+    def pad(tensor):
+        return tf.pad(tensor, [[0, rows], [0, steps]] + [[0, 0]] * (len(tensor.shape) - 2))
+
+    padded = {key: pad(inputs[key]) for key in ("x", "mask", "observed") if key in inputs}
+    return padded, pad(targets), pad(weights)
 
 
 def _zero_totals() -> LossTotals:

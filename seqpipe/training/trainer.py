@@ -36,6 +36,7 @@ from seqpipe import storage
 from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
+from seqpipe.input_pipeline.data import uses_observed
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 from seqpipe.training.inputs import TrainingInputs
@@ -136,7 +137,8 @@ class Trainer:
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
                 cfg.model, self.metadata.num_features,
-                decoder=cfg.train.objective != "triplet")
+                decoder=cfg.train.objective != "triplet",
+                observed=uses_observed(cfg.data, self.metadata))
             self.objective = Objective(cfg.train, self.autoencoder, self.encoder)
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
             self.optimizer.build(self.objective.model.trainable_variables)
