@@ -38,6 +38,7 @@ from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
+from seqpipe.training.data_service import backup_every_steps
 from seqpipe.training.inputs import TrainingInputs
 from seqpipe.training.model_dir import BACKUP_DIR, BEST_DIR, TrainingError
 from seqpipe.training.outputs import RunOutputs, run_summary, weights_digest
@@ -144,13 +145,13 @@ class Trainer:
         self.state = RunState(self.objective.model, self.optimizer,
                               self.outputs.directory(BACKUP_DIR),
                               self.outputs.directory(BEST_DIR),
-                              cfg.train.checkpoint_every_steps)
+                              backup_every_steps(cfg))
         jit_compile = use_jit_compile(cfg, self.strategy)
         self.train_step = make_train_step(self.strategy, self.objective, self.optimizer,
                                           cfg.train.clipnorm, jit_compile)
         self.eval_step = make_eval_step(self.strategy, self.objective, jit_compile)
         self.inputs = TrainingInputs(self.data_dir, cfg, self.metadata, self.strategy)
-        for line in self.inputs.plan.describe():
+        for line in self.inputs.describe():
             self.outputs.log(line)
 
     def run(self) -> dict[str, Any]:
