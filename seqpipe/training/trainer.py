@@ -12,7 +12,8 @@ The parts, each in the module named after it:
 
 One custom loop runs on every `tf.distribute` strategy (`step.py` says why).
 A run started again with the same arguments after being killed resumes from
-its last backup (`resume.py`). `train.lr_schedule` sets the learning rate per
+its last backup (`resume.py`; with `data.service`, from the end of the last
+finished epoch: `data_service.py`). `train.lr_schedule` sets the learning rate per
 epoch (constant, cosine or on plateau) as a pure function of the history, so
 resuming does not change it; `train.early_stopping_patience` stops when the
 validation loss has not improved for that many epochs. A non-finite loss
@@ -209,7 +210,7 @@ class Trainer:
 
     def _restore(self) -> list[dict[str, Any]]:
         """The history of the epochs the restored backup finished (none: a new run)."""
-        if not self.state.restore():
+        if not self.state.restore(storage.join(self.model_dir, BACKUP_DIR)):
             return []
         self.outputs.log(f"resuming from {self.state.backup.latest_checkpoint}: epoch "
                          f"{int(self.state.epoch) + 1}, step {int(self.state.step_in_epoch)}")
