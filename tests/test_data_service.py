@@ -81,6 +81,25 @@ def test_command_errors_are_one_line(tmp_path, tiny_dataset):
             assert message in result.stderr
 
 
+def test_a_first_step_on_an_empty_batch_adds_nothing(tmp_path, tiny_dataset, tiny_config):
+    """A training worker whose service job was read by the others before its first step
+    steps first on tf.distribute's stand-in batch, of static shape [0, 0, F]: the step
+    traces on it, adds nothing and leaves the weights as they were."""
+    import numpy as np
+    import tensorflow as tf
+
+    from seqpipe.training.trainer import Trainer
+
+    trainer = Trainer(tiny_dataset, tmp_path / "model", tiny_config, verbose=False)
+    features = trainer.metadata.num_features
+    steps, mask = tf.zeros([0, 0, features]), tf.zeros([0, 0])
+    before = trainer.objective.model.get_weights()
+    totals = trainer.train_step(({"x": steps, "mask": mask}, steps, mask))
+    assert [float(value) for value in totals] == [0.0] * len(totals)
+    for old, new in zip(before, trainer.objective.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(new, old)
+
+
 def _start_server(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "seqpipe", "data-service", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
