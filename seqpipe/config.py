@@ -172,6 +172,11 @@ class PreprocessConfig:
         _require(self.num_shards >= 0, "preprocess.num_shards", "must be >= 0")
 
 
+# A tf.data service dispatcher's address (`data.service`, `seqpipe data-service worker
+# --dispatcher`): `[grpc://]host:port`, IPv6 hosts in brackets; groups: host, port.
+SERVICE_ADDRESS = re.compile(r"(?:grpc://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The tf.data input pipeline (`seqpipe.input_pipeline`).
@@ -230,6 +235,15 @@ class DataConfig:
         fill: what a missing entry's `x` holds, after normalization: `zero`
             (default: 0, the train mean) or `forward` (the last observation
             of that feature in the same sequence, 0 before the first).
+        service: `""` (default): every training worker makes its own batches.
+            Else the address of a tf.data service dispatcher
+            (`grpc://host:port` or `host:port`, started with `seqpipe
+            data-service dispatcher`): the train split's batches (the same
+            pipeline) are made by the service's workers, each record once per
+            epoch across all of them (`distributed_epoch`), for runs whose
+            input CPU is the bottleneck. Validation stays local, and a killed
+            run resumes at the start of the epoch it was in (backups at epoch
+            ends only): `seqpipe.training.data_service` says why.
     """
 
     batching: str = "sorted_window"
@@ -248,11 +262,15 @@ class DataConfig:
     seed: int = 0
     observed_mask: str = "auto"
     fill: str = "zero"
+    service: str = ""
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _require_choice(self.observed_mask, ("auto", "always"), "data.observed_mask")
         _require_choice(self.fill, ("zero", "forward"), "data.fill")
+        _require(not self.service or SERVICE_ADDRESS.fullmatch(self.service) is not None,
+                 "data.service", f"expected '' or grpc://host:port or host:port, got "
+                 f"{self.service!r}")
         _require_choice(self.batching, ("sorted_window", "buckets"), "data.batching")
         _require(self.timestep_budget >= -1, "data.timestep_budget",
                  "must be -1 (auto), 0 (none) or > 0")

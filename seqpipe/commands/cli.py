@@ -13,6 +13,8 @@
     seqpipe evaluate   --data data/ --model-dir runs/x
     seqpipe report     --data data/ --model-dir runs/x [--scores scores.parquet]
     seqpipe quickstart [--workdir DIR]
+    seqpipe data-service dispatcher --port P [--work-dir DIR]
+    seqpipe data-service worker --dispatcher HOST:P --port Q [--host NAME]
 
 Every command takes `--config` (a bundled name such as `tiny`, or a YAML path)
 and `--set section.key=value` overrides. Expected failures (bad config, missing
@@ -41,6 +43,7 @@ from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.errors import SeqpipeError
 from seqpipe.paths import PathError, check_output_outside_inputs, same_or_inside
+from seqpipe.training import service_address
 from seqpipe.training.model_dir import (
     ENTRIES,
     EVALUATION_FILE,
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         cfg = load_config(args.config, args.set)
-        preflight(args)
+        preflight(args, cfg)
         result = args.handler(args, cfg, extra)
     except KeyboardInterrupt:
         print("seqpipe: interrupted", file=sys.stderr)
@@ -101,17 +104,24 @@ def _is_expected(error: Exception) -> bool:
     return isinstance(error, SeqpipeError)
 
 
-def preflight(args: argparse.Namespace) -> None:
+def preflight(args: argparse.Namespace, cfg: Config | None = None) -> None:
     """Cheap checks of the paths a command reads and writes, before any heavy import.
 
-    A typo in a path, a dataset that does not fit the model, or an output that
-    would overwrite an input fails here in a fraction of a second with one
-    line, not after TensorFlow loaded (or, worse, after the input is gone).
+    A typo in a path, a dataset that does not fit the model, an output that
+    would overwrite an input, a port in use or a tf.data service that does
+    not answer fails here in a fraction of a second with one line, not after
+    TensorFlow loaded (or, worse, after the input is gone).
 
     Raises:
-        records.DatasetError, PathError: see the messages.
+        records.DatasetError, PathError, DataServiceError: see the messages.
     """
     command = args.command
+    if command == "data-service":
+        service_address.check_serve_args(args.role, port=args.port, work_dir=args.work_dir,
+                                         dispatcher=args.dispatcher, host=args.host)
+        return
+    if command == "train" and cfg is not None and cfg.data.service:
+        service_address.check_reachable(service_address.ServiceAddress.parse(cfg.data.service))
     if getattr(args, "input", None):
         _check_inputs_can_match(args.input)
     if command == "preprocess":
@@ -415,6 +425,28 @@ def _quickstart(args: argparse.Namespace, cfg: Config,
     return quickstart.run(args.workdir, cfg, overwrite=args.overwrite)
 
 
+def _add_data_service_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", choices=("dispatcher", "worker"),
+                        help="dispatcher: one per service; worker: makes the batches")
+    parser.add_argument("--port", type=int, required=True,
+                        help="port to listen on (a worker: 0 picks a free one)")
+    parser.add_argument("--work-dir", help="dispatcher: journal its state here "
+                                           "(fault-tolerant: a restart recovers its jobs)")
+    parser.add_argument("--dispatcher", metavar="HOST:PORT",
+                        help="worker: the dispatcher's address")
+    parser.add_argument("--host", help="worker: the name training workers reach it by "
+                                       "(default: this machine's)")
+
+
+def _data_service(args: argparse.Namespace, cfg: Config,
+                  extra: Sequence[str]) -> dict[str, Any]:
+    from seqpipe.training import data_service
+
+    return data_service.serve(args.role, port=args.port, work_dir=args.work_dir,
+                              dispatcher=args.dispatcher, host=args.host,
+                              echo=lambda line: print(line, flush=True))
+
+
 _COMMANDS = (
     ("synth", _synth, _add_synth_arguments, "write labeled synthetic sequences (JSON lines)"),
     ("preprocess", _preprocess, preprocess_flags.add_arguments,
@@ -431,6 +463,8 @@ _COMMANDS = (
      "PNG figures and summary.md of a dataset and a trained model"),
     ("quickstart", _quickstart, _add_quickstart_arguments,
      "the whole chain on synthetic data (tiny config)"),
+    ("data-service", _data_service, _add_data_service_arguments,
+     "run a tf.data service dispatcher or worker until SIGTERM/SIGINT (data.service)"),
 )
 
 

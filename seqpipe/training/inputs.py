@@ -14,7 +14,9 @@ this module decides how the trainer iterates it:
 * with several replicas, `tf.distribute` evens out each epoch's last step for
   an iterator that ends with the epoch, so those get one per epoch, built
   from one traced function per split and opened ahead in a background thread
-  (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives).
+  (not under `MultiWorkerMirroredStrategy`, whose iterators run collectives);
+* with `data.service`, each epoch's train batches come from the tf.data
+  service (`seqpipe.training.data_service`), one iterator per epoch.
 
 Batch sizes in `DataConfig` are global: with N replicas each one gets 1/N.
 
@@ -40,6 +42,7 @@ import tensorflow as tf
 from seqpipe.config import Config
 from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.input_pipeline import data
+from seqpipe.training.data_service import ServiceInput
 from seqpipe.training.step import single_replica
 
 
@@ -137,6 +140,7 @@ class TrainingInputs:
         self.strategy = strategy
         self.plan = plan if plan is not None else plan_inputs(data_dir, cfg, metadata)
         self.has_val = self.plan.val_records > 0
+        self.service = ServiceInput(cfg.data.service, strategy) if cfg.data.service else None
         self._dataset_builders: dict[tuple, Callable] = {}
         # One replica: each split's batches of every epoch from one iterator.
         self._streams: dict[str, EpochStream] = {}
@@ -154,8 +158,12 @@ class TrainingInputs:
 
         One replica: from the split's `EpochStream`. Several: from an input
         opened ahead if any, and the input of the split `run()` iterates next
-        is opened ahead now.
+        is opened ahead now. With `data.service`, a train epoch from its
+        start comes from the service (a resumed one: locally, which skips exactly).
         """
+        if self.service is not None and split == "train" and skip == 0:
+            return self.service.epoch_batches(epoch, lambda context: self._epoch_dataset(
+                split, context, self.cfg.data.seed + epoch, 0))
         if single_replica(self.strategy):
             return self.stream(split, epoch, skip).epoch()
         future = self._open(split, epoch, skip)
@@ -192,6 +200,10 @@ class TrainingInputs:
             self._streams[split] = stream
         return stream
 
+    def describe(self) -> list[str]:
+        """What a user should know about the run's input, one line each."""
+        return self.plan.describe() + (self.service.describe() if self.service else [])
+
     def padding_efficiency(self) -> float:
         """The train split's padding efficiency in evaluation order."""
         return data.padding_efficiency(data.make_dataset(
@@ -210,7 +222,7 @@ class TrainingInputs:
         """What `run()` iterates after `(split, epoch)`: val, else the next epoch."""
         if split == "train" and self.has_val:
             return "val", epoch, 0
-        if epoch + 1 < self.cfg.train.epochs:
+        if epoch + 1 < self.cfg.train.epochs and self.service is None:
             return "train", epoch + 1, 0
         return None
 

@@ -4,10 +4,12 @@
   sums and counts, the best validation loss) is saved with the
   weights and the optimizer in one `tf.train.Checkpoint`; a
   `tf.train.CheckpointManager` keeps the last backup (every
-  `train.checkpoint_every_steps` steps and at every epoch end) and another the
-  best weights by validation loss. A run resumed mid-epoch skips the global
-  steps already done (the data order of an epoch is a function of its seed)
-  and reports the loss of the whole epoch, not of its tail.
+  `train.checkpoint_every_steps` steps and at every epoch end; at epoch ends
+  only with `data.service`, `seqpipe.training.data_service`) and another the
+  best weights by validation loss. Every worker resumes from the chief's
+  backup. A run resumed mid-epoch skips the global steps already done (the
+  data order of an epoch is a function of its seed) and reports the loss of
+  the whole epoch, not of its tail.
 * At an epoch end the history is written before the backup: a kill between
   the two re-runs the epoch's tail, and the history's records of epochs the
   backup has not finished are dropped (`RunState.finished_epochs`).
@@ -165,11 +167,19 @@ class RunState:
         self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), best_dir,
                                                max_to_keep=1)
 
-    def restore(self) -> bool:
-        """Restores the last backup if there is one; whether there was."""
-        if not self.backup.latest_checkpoint:
+    def restore(self, backup_dir: str | None = None) -> bool:
+        """Restores the last backup if there is one; whether there was.
+
+        Args:
+            backup_dir: where the backups are (default: where this process
+                writes them). A worker that is not the chief writes to a temp
+                dir but resumes from the chief's backups, like the chief.
+        """
+        latest = (tf.train.latest_checkpoint(backup_dir) if backup_dir
+                  else self.backup.latest_checkpoint)
+        if not latest:
             return False
-        self.backup.checkpoint.restore(self.backup.latest_checkpoint).expect_partial()
+        self.backup.checkpoint.restore(latest).expect_partial()
         return True
 
     def finished_epochs(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -183,6 +183,11 @@ def _on_replica_data(objective: Objective, strategy: tf.distribute.Strategy,
     """
     if objective.gathers_across(strategy):
         return compute(*_at_least_one_step(inputs, targets, weights))
+    if weights.shape.num_elements() == 0:
+        # Empty by its static shape: the stand-in batch of a replica whose input ran out
+        # before its first step (a tf.data service job read by others first); the models
+        # cannot be traced on zero sizes, not even in a branch that never runs.
+        return nothing()
     return tf.cond(_has_data(weights), lambda: compute(inputs, targets, weights), nothing)
 
 

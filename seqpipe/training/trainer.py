@@ -12,7 +12,8 @@ The parts, each in the module named after it:
 
 One custom loop runs on every `tf.distribute` strategy (`step.py` says why).
 A run started again with the same arguments after being killed resumes from
-its last backup (`resume.py`). `train.lr_schedule` sets the learning rate per
+its last backup (`resume.py`; with `data.service`, from the end of the last
+finished epoch: `data_service.py`). `train.lr_schedule` sets the learning rate per
 epoch (constant, cosine or on plateau) as a pure function of the history, so
 resuming does not change it; `train.early_stopping_patience` stops when the
 validation loss has not improved for that many epochs. A non-finite loss
@@ -39,6 +40,7 @@ from seqpipe.dataset.metadata import DatasetMetadata
 from seqpipe.input_pipeline.data import uses_observed
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
+from seqpipe.training.data_service import backup_every_steps
 from seqpipe.training.inputs import TrainingInputs
 from seqpipe.training.model_dir import BACKUP_DIR, BEST_DIR, TrainingError
 from seqpipe.training.outputs import RunOutputs, run_summary, weights_digest
@@ -146,13 +148,13 @@ class Trainer:
         self.state = RunState(self.objective.model, self.optimizer,
                               self.outputs.directory(BACKUP_DIR),
                               self.outputs.directory(BEST_DIR),
-                              cfg.train.checkpoint_every_steps)
+                              backup_every_steps(cfg))
         jit_compile = use_jit_compile(cfg, self.strategy)
         self.train_step = make_train_step(self.strategy, self.objective, self.optimizer,
                                           cfg.train.clipnorm, jit_compile)
         self.eval_step = make_eval_step(self.strategy, self.objective, jit_compile)
         self.inputs = TrainingInputs(self.data_dir, cfg, self.metadata, self.strategy)
-        for line in self.inputs.plan.describe():
+        for line in self.inputs.describe():
             self.outputs.log(line)
 
     def run(self) -> dict[str, Any]:
@@ -210,7 +212,7 @@ class Trainer:
 
     def _restore(self) -> list[dict[str, Any]]:
         """The history of the epochs the restored backup finished (none: a new run)."""
-        if not self.state.restore():
+        if not self.state.restore(storage.join(self.model_dir, BACKUP_DIR)):
             return []
         self.outputs.log(f"resuming from {self.state.backup.latest_checkpoint}: epoch "
                          f"{int(self.state.epoch) + 1}, step {int(self.state.step_in_epoch)}")
