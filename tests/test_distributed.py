@@ -70,17 +70,23 @@ MIRRORED_STEP = textwrap.dedent("""
 MIRRORED_CASES = (("reconstruction", 4), ("triplet", 4), ("both", 4), ("both", 1))
 
 
-@pytest.fixture(scope="module")
-def mirrored_steps(tmp_path_factory, tiny_dataset) -> dict[str, dict]:
-    """MIRRORED_STEP's single and mirrored results of every case, from one process (the
-    TensorFlow start-up and the logical devices are paid once)."""
-    work = tmp_path_factory.mktemp("mirrored")
+def mirrored_step_results(work, data_dir, cases) -> dict[str, dict]:
+    """MIRRORED_STEP's single and mirrored results of each `(objective, rows)` case, keyed
+    `"{objective}-{rows}"`, from one process (TensorFlow and the logical devices start
+    once)."""
     overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0"]
-    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(tiny_dataset),
-                             str(work), json.dumps(MIRRORED_CASES), *overrides],
+    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(data_dir),
+                             str(work), json.dumps(cases), *overrides],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def mirrored_steps(tmp_path_factory, tiny_dataset) -> dict[str, dict]:
+    """`mirrored_step_results` of every case of MIRRORED_CASES."""
+    return mirrored_step_results(tmp_path_factory.mktemp("mirrored"), tiny_dataset,
+                                 MIRRORED_CASES)
 
 
 @pytest.mark.slow
@@ -88,17 +94,18 @@ def mirrored_steps(tmp_path_factory, tiny_dataset) -> dict[str, dict]:
 def test_two_replicas_take_the_single_replica_step(mirrored_steps, objective):
     """Same start, same global batch: loss and updated weights agree to float precision.
     The triplet term's negatives of each replica's anchors are the whole global batch's."""
-    _assert_same_step(mirrored_steps[f"{objective}-4"], objective, rows=4)
+    assert_same_step(mirrored_steps[f"{objective}-4"], objective, rows=4)
 
 
 @pytest.mark.slow
 def test_a_replica_without_data_joins_the_triplet_step(mirrored_steps):
     """A global batch of one sequence: the second replica gets no rows, yet must join the
     gathers of the triplet term (it steps on one all-padding row)."""
-    _assert_same_step(mirrored_steps["both-1"], "both", rows=1)
+    assert_same_step(mirrored_steps["both-1"], "both", rows=1)
 
 
-def _assert_same_step(case: dict, objective: str, rows: int) -> None:
+def assert_same_step(case: dict, objective: str, rows: int) -> None:
+    """The single- and the mirrored-strategy step of one case agree (MIRRORED_STEP)."""
     assert case["halves"][0] != case["halves"][1]  # uneven padding across replicas
     single, mirrored = case["results"]["single"], case["results"]["mirrored"]
     assert mirrored["num_values"] == single["num_values"]

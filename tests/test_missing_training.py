@@ -268,10 +268,10 @@ def test_two_replicas_take_the_single_replica_step_on_data_with_gaps(tmp_path, g
                                                                      objective):
     """The observed entries' global count: replicas with different numbers of observed
     entries take the single-replica step (tests/test_distributed.py's harness)."""
-    from test_distributed import _assert_same_step, _mirrored_step
+    from test_distributed import assert_same_step, mirrored_step_results
 
-    single, mirrored = _mirrored_step(tmp_path, gappy_dataset, objective, rows=4)
-    _assert_same_step(single, mirrored, objective, rows=4)
+    results = mirrored_step_results(tmp_path, gappy_dataset, [(objective, 4)])
+    assert_same_step(results[f"{objective}-4"], objective, rows=4)
 
 
 @pytest.mark.slow

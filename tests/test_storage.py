@@ -211,8 +211,12 @@ def test_chain_on_ram_equals_the_local_chain(tiny_dataset, tiny_model, tiny_conf
                                      threshold_from="val"), ScoreConfig(), echo=lambda _: None)
     assert result["threshold_file"] == storage.join(model, "score_threshold.json")
     table = report.read_scores(result["output"])
+    errors = pq.read_table(pa.BufferReader(storage.read_bytes(result["output"]))).column(
+        "error").to_numpy()
     local = score.score_split(tiny_dataset, tiny_model, "test")
+    local = local.calibrated(score.read_threshold(model).profile)
     rows = embed.rows_for(local.ids, table.ids.tolist())
+    np.testing.assert_allclose(errors, local.errors[rows], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(table.scores, local.scores[rows], rtol=1e-4, atol=1e-6)
     score.run(score.Request(model_dir=model, data_dir=data, split="test",
                             output=tmp_path / "s.parquet"), ScoreConfig(), echo=lambda _: None)
