@@ -390,17 +390,21 @@ def calibrate(scores: Scores, cfg: ScoreConfig, model_dir: str | Path,
 
 
 def calibrate_split(data_dir: str | Path, model_dir: str | Path, split: str, cfg: ScoreConfig,
-                    progress: Callable[[int], None] | None = None) -> tuple[Threshold, Scores]:
+                    progress: Callable[[int], None] | None = None
+                    ) -> tuple[Threshold, dict[str, Scores]]:
     """`calibrate` on `split` of `data_dir`, the profile fitted on `profile_splits`.
 
     Returns:
-        The threshold (not stored) and `split`'s scores, uncalibrated.
+        The threshold (not stored) and the uncalibrated scores of every split
+        scored for it (`split` and the profile's), by split name.
     """
-    scores = score_split(data_dir, model_dir, split, progress=progress)
-    profile_scores = [scores if name == split else score_split(data_dir, model_dir, name,
-                                                                progress=progress)
-                      for name in profile_splits(data_dir, cfg)]
-    return calibrate(scores, cfg, model_dir, profile_scores=profile_scores), scores
+    fitted_on = profile_splits(data_dir, cfg)
+    scored = {split: score_split(data_dir, model_dir, split, progress=progress)}
+    for name in fitted_on:
+        if name not in scored:
+            scored[name] = score_split(data_dir, model_dir, name, progress=progress)
+    profile_scores = [scored[name] for name in fitted_on]
+    return calibrate(scored[split], cfg, model_dir, profile_scores=profile_scores), scored
 
 
 def profile_splits(data_dir: str | Path, cfg: ScoreConfig) -> tuple[str, ...]:
@@ -521,7 +525,7 @@ def run(request: Request, cfg: ScoreConfig,
         _check_normal_labels(request)
     result: dict[str, Any] = {}
     progress = progress_printer()
-    calibrated = None
+    calibrated: dict[str, Scores] = {}
     threshold = None if request.threshold_from else read_threshold(request.model_dir)
     calibrate_on = request.threshold_from or (
         default_calibration_split(request.data_dir)
@@ -587,15 +591,16 @@ def _check_normal_labels(request: Request) -> None:
         score_evaluation.anomalous(labels, request.normal_labels)
 
 
-def _scored(request: Request, calibrated: Scores | None,
+def _scored(request: Request, calibrated: dict[str, Scores],
             progress: Callable[[int], None]) -> tuple[Scores, embed.RawInput | None]:
-    """The scores `request` asks for (reusing the calibration split's), and the raw input."""
+    """The scores `request` asks for (reusing a split the calibration scored), and the
+    raw input."""
     if request.inputs:
         raw = embed.read_raw(request.inputs, request.model_dir)
         check_raw_schema(raw, request.inputs, request.model_dir)
         return score_validated(raw, request.model_dir, progress=progress), raw
-    if calibrated is not None and calibrated.split == request.split:
-        return calibrated, None
+    if request.split in calibrated:
+        return calibrated[request.split], None
     return score_split(request.data_dir, request.model_dir, request.split,
                        progress=progress), None
 
