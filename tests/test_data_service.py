@@ -7,8 +7,6 @@ real processes with `TF_CONFIG` (`test_distributed`'s launcher).
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +14,7 @@ import sys
 
 import pytest
 from test_cli import run_cli
-from test_distributed import _free_ports, _history, _run_single, _train_command
+from test_distributed import _free_ports, _history, start_single, start_two_workers, summaries
 
 from seqpipe.config import ConfigError, load_config
 from seqpipe.dataset import metadata as metadata_lib
@@ -176,42 +174,17 @@ def test_two_training_workers_read_every_train_timestep_once_per_epoch(
     """Two training workers share each epoch's service job: their steps together hold
     every real train timestep exactly once per epoch, however unevenly the job's batches
     fell to them, and the losses follow the plain single-process run's."""
-    summaries = _summaries(_start_two_workers(tiny_dataset, tmp_path / "served",
-                                              f"data.service={service}"))
-    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
-    _run_single(tiny_dataset, tmp_path / "plain")
-    served, plain = _history(tmp_path / "served"), _history(tmp_path / "plain")
-    assert len(served) == len(plain) == 2
-    for with_service, local in zip(served, plain, strict=True):
+    served = start_two_workers(tiny_dataset, tmp_path / "served", f"data.service={service}")
+    plain = start_single(tiny_dataset, tmp_path / "plain")  # at the same time: idle cores
+    served_summaries = summaries([*served, plain])[:2]
+    assert served_summaries[0]["weights_sha256"] == served_summaries[1]["weights_sha256"]
+    served_history, plain_history = _history(tmp_path / "served"), _history(tmp_path / "plain")
+    assert len(served_history) == len(plain_history) == 2
+    for with_service, local in zip(served_history, plain_history, strict=True):
         assert with_service["valid_timesteps"] == local["valid_timesteps"] == (
             _train_timesteps(tiny_dataset))
         assert with_service["loss"] == pytest.approx(local["loss"], rel=0.1)
         assert with_service["val_loss"] == pytest.approx(local["val_loss"], rel=0.1)
-
-
-def _start_two_workers(data_dir, model_dir, *settings: str,
-                       chief_logs: bool = False) -> list[subprocess.Popen]:
-    """`seqpipe train` as 2 worker processes on localhost ports (the chief logging each
-    step to its stdout with `chief_logs`)."""
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        command = _train_command(data_dir, model_dir, *settings)
-        if chief_logs and index == 0:
-            command.remove("--quiet")
-        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True))
-    return workers
-
-
-def _summaries(workers: list[subprocess.Popen]) -> list[dict]:
-    outputs = [worker.communicate(timeout=900) for worker in workers]
-    failed = [f"worker {i}: {err[-2000:]}" for i, (worker, (_, err))
-              in enumerate(zip(workers, outputs, strict=True)) if worker.returncode]
-    assert not failed, "\n".join(failed)
-    return [json.loads(out[out.index("{"):]) for out, _ in outputs]
 
 
 @pytest.mark.slow
@@ -224,7 +197,7 @@ def test_a_killed_run_restarts_its_epoch_from_the_epoch_before(tmp_path, tiny_da
     model_dir = tmp_path / "model"
     settings = (f"data.service={service}", "train.epochs=3", "train.log_every_steps=1",
                 "train.early_stopping_patience=0")
-    workers = _start_two_workers(tiny_dataset, model_dir, *settings, chief_logs=True)
+    workers = start_two_workers(tiny_dataset, model_dir, *settings, chief_logs=True)
     try:
         lines = []
         for line in workers[0].stdout:
@@ -240,7 +213,7 @@ def test_a_killed_run_restarts_its_epoch_from_the_epoch_before(tmp_path, tiny_da
     killed = _history(model_dir)
     assert [h["epoch"] for h in killed] == [0]
 
-    _summaries(_start_two_workers(tiny_dataset, model_dir, *settings))
+    summaries(start_two_workers(tiny_dataset, model_dir, *settings))
     history = _history(model_dir)
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[0] == killed[0]  # resumed after epoch 1, not started again

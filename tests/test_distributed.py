@@ -70,16 +70,23 @@ MIRRORED_STEP = textwrap.dedent("""
 MIRRORED_CASES = (("reconstruction", 4), ("triplet", 4), ("both", 4), ("both", 1))
 
 
-def mirrored_step_results(work, data_dir, cases) -> dict[str, dict]:
+def mirrored_step_results(work, data_dir, cases, processes: int = 2) -> dict[str, dict]:
     """MIRRORED_STEP's single and mirrored results of each `(objective, rows)` case, keyed
-    `"{objective}-{rows}"`, from one process (TensorFlow and the logical devices start
-    once)."""
+    `"{objective}-{rows}"`. The cases are dealt to `processes` processes that run at the
+    same time (a step's tracing is mostly one core's work; each process starts TensorFlow
+    and its logical devices once)."""
     overrides = [*TINY_OVERRIDES, "train.clipnorm=1.0"]
-    result = subprocess.run([sys.executable, "-c", MIRRORED_STEP, str(data_dir),
-                             str(work), json.dumps(cases), *overrides],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    groups = [cases[index::processes] for index in range(processes) if cases[index::processes]]
+    running = [subprocess.Popen([sys.executable, "-c", MIRRORED_STEP, str(data_dir),
+                                 str(work), json.dumps(group), *overrides],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for group in groups]
+    results = {}
+    for process in running:
+        out, err = process.communicate(timeout=900)
+        assert process.returncode == 0, err[-3000:]
+        results.update(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -133,72 +140,99 @@ def _train_command(data_dir, model_dir, *extra) -> list[str]:
             *[f"--set={o}" for o in (*TINY_OVERRIDES, *extra)]]
 
 
-def _run_two_workers(data_dir, model_dir, *extra) -> list[dict]:
-    """`seqpipe train` as 2 worker processes on localhost ports; their summaries."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+def start_two_workers(data_dir, model_dir, *settings: str,
+                      chief_logs: bool = False) -> list[subprocess.Popen]:
+    """`seqpipe train` as 2 worker processes on localhost ports (the chief logging each
+    step to its stdout with `chief_logs`)."""
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(_train_command(data_dir, model_dir, *extra),
-                                        env=env, stdout=subprocess.PIPE,
+        command = _train_command(data_dir, model_dir, *settings)
+        if chief_logs and index == 0:
+            command.remove("--quiet")
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (_, err) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, err[-3000:]
-    return [json.loads(out) for out, _ in outputs]
+    return workers
 
 
-def _run_single(data_dir, model_dir, *extra) -> None:
-    single = subprocess.run(_train_command(data_dir, model_dir, *extra),
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
+def start_single(data_dir, model_dir, *settings: str) -> subprocess.Popen:
+    """`seqpipe train` as one process."""
+    return subprocess.Popen(_train_command(data_dir, model_dir, *settings),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def summaries(processes: list[subprocess.Popen]) -> list[dict]:
+    """Waits for every `seqpipe train` process (all of them, also after a failure); their
+    `--json` summaries."""
+    outputs = [process.communicate(timeout=900) for process in processes]
+    failed = [f"process {i}: {err[-2000:]}" for i, (process, (_, err))
+              in enumerate(zip(processes, outputs, strict=True)) if process.returncode]
+    assert not failed, "\n".join(failed)
+    return [json.loads(out[out.index("{"):]) for out, _ in outputs]
 
 
 def _history(model_dir) -> list[dict]:
     return json.loads((model_dir / "history.json").read_text())
 
 
+# Each step's global batch is the whole train split, one shard per worker.
+WHOLE_SPLIT = ("data.batch_size=512", "data.min_batch_efficiency=0", "train.epochs=4",
+               "train.early_stopping_patience=0", "train.objective=both")
+
+
+@pytest.fixture(scope="module")
+def two_worker_runs(tmp_path_factory, tiny_dataset):
+    """The runs of the two tests below: 2 workers on batches of the usual size
+    ("sharded"); then 2 workers and one process on WHOLE_SPLIT batches ("whole",
+    "single") at the same time (three processes of small steps leave the cores idle part
+    of the time; five were slower than two groups). The model dirs and each run's
+    summaries."""
+    work = tmp_path_factory.mktemp("two-workers")
+    sharded = summaries(start_two_workers(tiny_dataset, work / "sharded"))
+    whole = summaries([*start_two_workers(tiny_dataset, work / "whole", *WHOLE_SPLIT),
+                       start_single(tiny_dataset, work / "single", *WHOLE_SPLIT)])
+    return {"work": work, "sharded": sharded, "whole": whole[:2], "single": whole[2:]}
+
+
 @pytest.mark.slow
-def test_two_workers_train_to_identical_weights(tmp_path, tiny_dataset):
+def test_two_workers_train_to_identical_weights(two_worker_runs, tiny_dataset):
     """2 worker processes on localhost ports, the train split sharded between them into
     batches of the usual size (uneven counts per worker): both end with the same weights,
     and every real timestep is seen exactly once per epoch. (That the steps are the
     single process's is `test_two_workers_take_the_single_process_steps`.)"""
-    summaries = _run_two_workers(tiny_dataset, tmp_path / "multi")
+    summaries, model_dir = two_worker_runs["sharded"], two_worker_runs["work"] / "sharded"
     assert summaries[0]["num_replicas"] == summaries[1]["num_replicas"] == 2
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
     train_timesteps = metadata_lib.read(tiny_dataset).split("train").num_timesteps
-    history = _history(tmp_path / "multi")
+    history = _history(model_dir)
     assert [h["epoch"] for h in history] == [0, 1]
     for record in history:
         assert record["valid_timesteps"] == train_timesteps
         assert np.isfinite(record["loss"]) and np.isfinite(record["val_loss"])
-    assert not list(tmp_path.glob("multi/checkpoints/backup/*worker*"))
+    assert not list(model_dir.glob("checkpoints/backup/*worker*"))
 
 
 @pytest.mark.slow
-def test_two_workers_take_the_single_process_steps(tmp_path, tiny_dataset):
+def test_two_workers_take_the_single_process_steps(two_worker_runs):
     """Each step's global batch is the whole train split (one shard per worker, padded to
     different lengths, with different valid counts): the 2-worker run takes the steps of
     one process to float rounding, so its losses and weights match tightly. Both terms of
     the loss: the reconstruction sums and counts are global (a loss normalized per worker
     fails this), and a sequence's triplet crops do not depend on its worker or row."""
-    whole_split = ("data.batch_size=512", "data.min_batch_efficiency=0", "train.epochs=6",
-                   "train.early_stopping_patience=0", "train.objective=both")
-    summaries = _run_two_workers(tiny_dataset, tmp_path / "multi", *whole_split)
-    assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
-    _run_single(tiny_dataset, tmp_path / "single", *whole_split)
-    multi_history, single_history = _history(tmp_path / "multi"), _history(tmp_path / "single")
+    whole = two_worker_runs["whole"]
+    assert whole[0]["weights_sha256"] == whole[1]["weights_sha256"]
+    multi_dir, single_dir = two_worker_runs["work"] / "whole", two_worker_runs["work"] / "single"
+    multi_history, single_history = _history(multi_dir), _history(single_dir)
     assert [h["steps"] for h in multi_history] == [h["steps"] for h in single_history]
-    assert all(h["steps"] == 1 for h in single_history)
+    assert len(single_history) == 4 and all(h["steps"] == 1 for h in single_history)
     for multi, one in zip(multi_history, single_history, strict=True):
         assert multi["loss"] == pytest.approx(one["loss"], rel=1e-5)
         assert multi["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
-    multi_weights = keras.models.load_model(tmp_path / "multi" / "autoencoder.keras",
+    multi_weights = keras.models.load_model(multi_dir / "autoencoder.keras",
                                             safe_mode=True).get_weights()
-    single_weights = keras.models.load_model(tmp_path / "single" / "autoencoder.keras",
+    single_weights = keras.models.load_model(single_dir / "autoencoder.keras",
                                              safe_mode=True).get_weights()
     for a, b in zip(single_weights, multi_weights, strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)

@@ -262,16 +262,25 @@ def gappy_dataset(tmp_path_factory, tiny_config):
     return root / "data"
 
 
+@pytest.fixture(scope="module")
+def gappy_mirrored_steps(tmp_path_factory, gappy_dataset) -> dict[str, dict]:
+    """tests/test_distributed.py's mirrored-step harness on data with gaps, both cases in
+    one run."""
+    from test_distributed import mirrored_step_results
+
+    return mirrored_step_results(tmp_path_factory.mktemp("gappy-mirrored"), gappy_dataset,
+                                 [("reconstruction", 4), ("both", 4)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["reconstruction", "both"])
-def test_two_replicas_take_the_single_replica_step_on_data_with_gaps(tmp_path, gappy_dataset,
+def test_two_replicas_take_the_single_replica_step_on_data_with_gaps(gappy_mirrored_steps,
                                                                      objective):
     """The observed entries' global count: replicas with different numbers of observed
-    entries take the single-replica step (tests/test_distributed.py's harness)."""
-    from test_distributed import assert_same_step, mirrored_step_results
+    entries take the single-replica step."""
+    from test_distributed import assert_same_step
 
-    results = mirrored_step_results(tmp_path, gappy_dataset, [(objective, 4)])
-    assert_same_step(results[f"{objective}-4"], objective, rows=4)
+    assert_same_step(gappy_mirrored_steps[f"{objective}-4"], objective, rows=4)
 
 
 @pytest.mark.slow
