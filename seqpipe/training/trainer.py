@@ -239,7 +239,7 @@ class Trainer:
         totals = self.state.epoch_totals()
         record = {"epoch": epoch, "loss": float(objective_loss(self.cfg.train, totals)),
                   "steps": result.num_steps + skip,
-                  "valid_timesteps": int(totals.num_values) // self.metadata.num_features,
+                  "valid_timesteps": int(totals.num_steps),
                   "seconds": result.seconds,
                   "timesteps_per_second": result.num_valid_timesteps
                   / max(result.seconds, 1e-9)}
@@ -254,7 +254,7 @@ class Trainer:
         """Steps through `(split, epoch)` from `skip`: trains on `train`, evaluates others."""
         training = split == "train"
         step = self.train_step if training else self.eval_step
-        sums, steps = LossTotals(0.0, 0.0, 0.0, 0.0), 0
+        sums, steps = LossTotals(0.0, 0.0, 0.0, 0.0, 0.0), 0
         progress = self.outputs.progress(split, epoch)
         started = time.monotonic()
         trace_for_any_shape(step, self.strategy, self.cfg.data.batch_size,
@@ -276,7 +276,7 @@ class Trainer:
                 self.state.count_step(totals)
             progress(steps, loss)
         return EpochResult(loss=float(objective_loss(self.cfg.train, sums)), num_steps=steps,
-                           num_valid_timesteps=int(sums.num_values) // self.metadata.num_features,
+                           num_valid_timesteps=int(sums.num_steps),
                            seconds=time.monotonic() - started)
 
 
