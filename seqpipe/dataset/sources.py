@@ -439,6 +439,12 @@ def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rej
                            _width_message(sequence.num_features, num_features))
 
 
+def check_layout(sequence: Sequence, layout: Layout) -> Sequence | Rejection:
+    """Rejects a sequence whose `(width, has times)` is not `layout` (`layout_verdict`)."""
+    verdict = layout_verdict(layout_of(sequence), layout)
+    return sequence if verdict is None else reject_sequence(sequence, *verdict)
+
+
 def _width_message(width: int, num_features: int) -> str:
     return f"{width} features, the dataset has {num_features}"
 

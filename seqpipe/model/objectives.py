@@ -288,6 +288,10 @@ class Objective:
         if "observed" in inputs:  # data with missing entries: the crops' observed masks
             crop_inputs["observed"] = tf.concat(
                 [cut(inputs["observed"], crop)[0] for crop in crops], axis=0)
+        if "time_delta" in inputs:  # data with times: the crops' time gaps
+            crop_inputs["time_delta"] = tf.concat(
+                [cut(inputs["time_delta"][..., tf.newaxis], crop)[0][..., 0]
+                 for crop in crops], axis=0)
         embeddings = self.encoder(crop_inputs, training=training)
         anchor, positive, negative = tf.split(embeddings, 3, axis=0)
         valid = tf.cast(plan.valid, tf.float32)

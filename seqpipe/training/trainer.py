@@ -37,7 +37,7 @@ from seqpipe import storage
 from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
-from seqpipe.input_pipeline.data import uses_observed
+from seqpipe.input_pipeline.data import check_times, uses_observed
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 from seqpipe.training.data_service import backup_every_steps
@@ -135,12 +135,14 @@ class Trainer:
         self.strategy = strategy if strategy is not None else make_strategy(cfg.train.strategy)
         if self.metadata.num_records("train") == 0:
             raise TrainingError(f"{data_dir}: the train split is empty")
+        check_times(cfg.data, self.metadata, data_dir)
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
                 cfg.model, self.metadata.num_features,
                 decoder=cfg.train.objective != "triplet",
-                observed=uses_observed(cfg.data, self.metadata))
+                observed=uses_observed(cfg.data, self.metadata),
+                time_delta=cfg.data.time_delta)
             self.objective = Objective(cfg.train, self.autoencoder, self.encoder)
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
             self.optimizer.build(self.objective.model.trainable_variables)
