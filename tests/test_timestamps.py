@@ -8,6 +8,7 @@ embedding a raw file), and `valid_timesteps` counted from the step mask.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,12 +16,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from literal_datasets import DETERMINISTIC, SEQS, WINDOW, batches, inference, padded, write_dataset
 
 from seqpipe.config import ModelConfig, PreprocessConfig, TrainConfig
 from seqpipe.dataset import records, sources, times
-from seqpipe.model.autoencoder import build_autoencoder
+from seqpipe.model.autoencoder import (
+    build_autoencoder,
+    export_encoder,
+    export_scorer,
+    reconstruction_errors,
+    takes_time_delta,
+)
 from seqpipe.model.objectives import LossTotals, Objective
-from seqpipe.training.step import make_eval_step
+from seqpipe.training.step import make_eval_step, make_train_step
 
 NAN = np.nan
 EPOCH = 1_700_000_000.0  # float32 spacing here is 128 s: only deltas survive float32
@@ -229,3 +237,197 @@ def test_the_epochs_step_count_is_checkpointed_and_resumed(tmp_path):
     resumed = state()
     assert resumed.restore()
     assert resumed.epoch_totals() == LossTotals(3.0, 9.0, 0.0, 3.0, 7.0)
+
+
+# ---------------------------------------------------------------- batches
+
+TIMED = {"b": SEQS["b"], "c": SEQS["c"]}
+DELTAS = {"b": np.float32([0, 2]), "c": np.float32([0, 1, 4])}
+LOG2 = math.log(2.0)
+TIME_STATS = {"num_records": 2, "num_intervals": 3, "log_mean": LOG2, "log_std": 0.5}
+# (log(delta) - log 2) / 0.5 after each first step; b then c, padded to T=3.
+EXPECTED_TIME_DELTA = np.float32([[0, 0, 0], [0, (0 - LOG2) / 0.5, (math.log(4) - LOG2) / 0.5]])
+
+
+@pytest.fixture()
+def timed_literal(tmp_path):
+    return write_dataset(tmp_path / "timed", TIMED, deltas=DELTAS, time_stats=TIME_STATS)
+
+
+ONE_BUCKET = dataclasses.replace(DETERMINISTIC, bucket_boundaries=(5,),
+                                 pad_to_bucket_boundary=False)
+
+
+@pytest.mark.parametrize("cfg", [WINDOW, ONE_BUCKET], ids=["sorted_window", "buckets"])
+def test_the_batch_carries_the_normalized_time_delta_element_by_element(timed_literal, cfg):
+    cfg = dataclasses.replace(cfg, time_delta=True, batch_size=2)
+    [batch] = batches(timed_literal, cfg)
+    inputs, targets, weights = batch
+    assert set(inputs) == {"x", "mask", "time_delta"}
+    np.testing.assert_allclose(inputs["time_delta"], EXPECTED_TIME_DELTA, rtol=1e-6)
+    assert inputs["time_delta"].dtype == np.float32
+    x, mask = padded(list(TIMED.values()), 3)
+    np.testing.assert_array_equal(inputs["x"], x)
+    np.testing.assert_array_equal(targets, x)  # an input only: the target is x
+    np.testing.assert_array_equal(weights, mask)
+    [inferred] = inference(timed_literal, dataclasses.replace(WINDOW, time_delta=True))
+    np.testing.assert_array_equal(inferred[0]["time_delta"], inputs["time_delta"])
+
+
+def test_without_time_delta_a_timed_dataset_batches_exactly_as_one_without_times(
+        tmp_path, timed_literal):
+    plain = write_dataset(tmp_path / "plain", TIMED)
+    for cfg in (WINDOW, DETERMINISTIC):
+        with_times, without = batches(timed_literal, cfg), batches(plain, cfg)
+        assert len(with_times) == len(without)
+        for a, b in zip(with_times, without, strict=True):
+            assert set(a[0]) == {"x", "mask"}
+            for got, expected in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
+                np.testing.assert_array_equal(got, expected)
+
+
+def test_time_delta_on_data_without_times_is_refused_before_training(tmp_path, tiny_config):
+    from seqpipe.dataset.records import DatasetError
+    from seqpipe.training.trainer import Trainer
+
+    plain = write_dataset(tmp_path / "plain", TIMED)
+    cfg = dataclasses.replace(tiny_config, data=dataclasses.replace(tiny_config.data,
+                                                                   time_delta=True))
+    with pytest.raises(DatasetError, match="data.time_delta needs times, but the dataset has "
+                                           "none"):
+        Trainer(plain, tmp_path / "model", cfg, verbose=False)
+    assert not (tmp_path / "model").exists()
+
+
+# ---------------------------------------------------------------- the model
+
+
+def _timed_model():
+    keras.utils.set_random_seed(0)
+    return build_autoencoder(ModelConfig(units=4, bidirectional=False, pooling=()), 2,
+                             time_delta=True)
+
+
+def test_the_encoder_reads_the_time_gap_as_one_more_channel():
+    autoencoder, encoder = _timed_model()
+    assert takes_time_delta(encoder) and takes_time_delta(autoencoder)
+    assert set(encoder.input) == {"x", "mask", "time_delta"}
+    assert tuple(encoder.get_layer("time_delta_input").output.shape) == (None, None, 3)
+    assert autoencoder.output.shape[-1] == 2  # never reconstructed
+    x, mask = padded(list(TIMED.values()), 3)
+    inputs = {"x": x, "mask": mask, "time_delta": EXPECTED_TIME_DELTA}
+    base = encoder(inputs).numpy()
+    gap = dict(inputs, time_delta=EXPECTED_TIME_DELTA.copy())
+    gap["time_delta"][0, 2] = 7.0  # padding: never seen
+    np.testing.assert_array_equal(encoder(gap).numpy(), base)
+    gap["time_delta"][1, 2] = 7.0  # a real step's gap is an input
+    assert not np.array_equal(encoder(gap).numpy()[1], base[1])
+    np.testing.assert_array_equal(encoder(gap).numpy()[0], base[0])
+
+
+def test_a_train_step_with_time_delta_has_the_loss_of_x_only(timed_literal):
+    autoencoder, encoder = _timed_model()
+    objective = Objective(TrainConfig(), autoencoder, encoder)
+    cfg = dataclasses.replace(WINDOW, time_delta=True, batch_size=2)
+    [(inputs, targets, weights)] = batches(timed_literal, cfg)
+    optimizer = keras.optimizers.Adam(0.01)
+    optimizer.build(autoencoder.trainable_variables)
+    before = autoencoder(inputs).numpy()
+    step = make_train_step(tf.distribute.get_strategy(), objective, optimizer, clipnorm=1.0)
+    totals = step((inputs, targets, weights))
+    expected = float(np.sum(((before - targets) ** 2)[weights > 0.5]))
+    assert float(totals.squared_error) == pytest.approx(expected, rel=1e-5)
+    assert (float(totals.num_values), float(totals.num_steps)) == (10.0, 5.0)
+    assert not np.array_equal(autoencoder(inputs).numpy(), before)  # it stepped
+
+
+def test_the_exported_models_take_time_delta_by_name(tmp_path):
+    autoencoder, encoder = _timed_model()
+    x, mask = padded(list(TIMED.values()), 3)
+    inputs = {"x": x, "mask": mask, "time_delta": EXPECTED_TIME_DELTA}
+    served = tf.saved_model.load(str(export_encoder(encoder, tmp_path / "encoder")))
+    out = served.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})
+    np.testing.assert_allclose(out["embedding"], encoder(inputs), rtol=1e-6)
+    scorer = tf.saved_model.load(str(export_scorer(autoencoder, tmp_path / "scorer",
+                                                   reverse_target=False)))
+    errors = scorer.signatures["serving_default"](**{k: tf.constant(v)
+                                                     for k, v in inputs.items()})
+    expected = reconstruction_errors(autoencoder, x, mask, reverse_target=False,
+                                     time_delta=EXPECTED_TIME_DELTA)
+    np.testing.assert_allclose(errors["score"], expected["score"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- synthetic times, the chain
+
+
+def test_synth_time_jitter_writes_increasing_times_and_changes_nothing_else(tiny_config):
+    from seqpipe import synthetic
+
+    cfg = dataclasses.replace(tiny_config.synth, num_sequences=20)
+    plain = list(synthetic.generate(cfg))
+    jittered = list(synthetic.generate(dataclasses.replace(cfg, time_jitter=0.5)))
+    assert all("t" not in record for record in plain)
+    for before, after in zip(plain, jittered, strict=True):
+        t = np.array(after.pop("t"))
+        assert after == before and len(t) == len(before["steps"])
+        gaps = np.diff(t)
+        assert gaps.min() > 0.5 and gaps.max() < 1.5
+        assert np.abs(t - np.arange(len(t))).max() <= 0.25
+
+
+@pytest.fixture(scope="module")
+def jittered(tmp_path_factory, tiny_config):
+    """Synthetic data with jittered times, preprocessed, and a model trained with
+    `data.time_delta` on it: (raw file, data dir, model dir)."""
+    from beam_jobs.preprocess import preprocess
+    from seqpipe import synthetic
+    from seqpipe.training.trainer import train
+
+    root = tmp_path_factory.mktemp("jittered")
+    raw = root / "raw.jsonl"
+    synthetic.write_jsonl(dataclasses.replace(tiny_config.synth, num_sequences=48,
+                                              max_length=24, time_jitter=0.6), raw)
+    preprocess([str(raw)], str(root / "data"), tiny_config.preprocess)
+    cfg = dataclasses.replace(
+        tiny_config, data=dataclasses.replace(tiny_config.data, time_delta=True),
+        train=dataclasses.replace(tiny_config.train, epochs=1))
+    train(root / "data", root / "model", cfg, verbose=False)
+    return raw, root / "data", root / "model"
+
+
+@pytest.mark.slow
+def test_a_time_delta_model_trains_and_embeds_raw_lines_with_times(jittered, tmp_path):
+    from seqpipe.commands import embed, score
+    from seqpipe.dataset import metadata as metadata_lib
+
+    raw, data_dir, model_dir = jittered
+    metadata = metadata_lib.read(data_dir)
+    assert metadata.has_times and metadata.time_stats.num_records == 48
+    [record] = json.loads((model_dir / "history.json").read_text())
+    assert math.isfinite(record["loss"]) and record["valid_timesteps"] == (
+        metadata.split("train").num_timesteps)
+    lines = raw.read_text().splitlines()
+    untimed = json.loads(lines[0])
+    del untimed["t"]
+    untimed["id"] = "no-times"
+    (tmp_path / "new.jsonl").write_text("\n".join([*lines[:5], json.dumps(untimed)]) + "\n")
+    embeddings, rejections = embed.embed_raw(str(tmp_path / "new.jsonl"), model_dir)
+    assert [(r.reason, r.line) for r in rejections] == [("mixed_times", 6)]
+    assert len(embeddings.ids) == 5 and np.isfinite(embeddings.vectors).all()
+    split = embed.compute_embeddings(data_dir, model_dir, "train")
+    by_id = dict(zip(split.ids, split.vectors, strict=True))
+    for sequence_id, vector in zip(embeddings.ids, embeddings.vectors, strict=True):
+        if sequence_id in by_id:  # the same record embeds the same from the raw line
+            np.testing.assert_allclose(vector, by_id[sequence_id], rtol=1e-4, atol=1e-5)
+    scores = score.score_split(data_dir, model_dir, "train")
+    assert np.isfinite(scores.scores).all()
+
+
+@pytest.mark.slow
+def test_embedding_data_without_times_is_refused_for_a_time_delta_model(jittered,
+                                                                        tiny_dataset):
+    from seqpipe.commands import embed
+    from seqpipe.dataset.records import DatasetError
+
+    with pytest.raises(DatasetError, match="data.time_delta needs times"):
+        embed.compute_embeddings(tiny_dataset, jittered[2], "train")
