@@ -177,16 +177,18 @@ class FeatureMomentsCombineFn(beam.CombineFn):
                 "num_observed": n.tolist()}
 
 
-class TimeDeltasCombineFn(beam.CombineFn):
+class TimeDeltasCombineFn(FeatureMomentsCombineFn):
     """Records' float32 deltas -> the metadata's `time_stats` (`TimeDeltaStats` fields).
 
-    The accumulator is `(records with times, moments)`; the moments are
+    The accumulator is `(records with times, moments)`, merged as
+    `FeatureMomentsCombineFn` merges `(timesteps, moments)`; the moments are
     `moments_of` the pairs `(delta, log(delta))` of the real intervals (steps
-    1..L-1, `times.log_intervals`) of the records added with `train=True`.
+    1..L-1, `times.log_intervals`) of the train split's records.
     """
 
-    def create_accumulator(self):
-        return 0, None
+    def add_input(self, accumulator, deltas):
+        """Adds one train record's deltas."""
+        return self.add_deltas(accumulator, [deltas], [deltas])
 
     def add_deltas(self, accumulator, deltas: list[np.ndarray], train: list[np.ndarray]):
         """Adds the deltas of many records at once; `train` those of the train split."""
@@ -196,12 +198,6 @@ class TimeDeltasCombineFn(beam.CombineFn):
         if intervals:
             moments = merge_moments(moments, moments_of(np.concatenate(intervals)))
         return num_records + len(deltas), moments
-
-    def merge_accumulators(self, accumulators):
-        num_records, merged = self.create_accumulator()
-        for part_records, moments in accumulators:
-            num_records, merged = num_records + part_records, merge_moments(merged, moments)
-        return num_records, merged
 
     def extract_output(self, accumulator):
         num_records, moments = accumulator
