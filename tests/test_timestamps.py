@@ -441,6 +441,9 @@ def test_a_time_delta_model_trains_and_embeds_raw_lines_with_times(jittered, tmp
             np.testing.assert_allclose(vector, by_id[sequence_id], rtol=1e-4, atol=1e-5)
     scores = score.score_split(data_dir, model_dir, "train")
     assert np.isfinite(scores.scores).all()
+    from seqpipe.commands import report
+
+    assert "reconstructions" in report.make_report(data_dir, model_dir, tmp_path / "report")
 
 
 @pytest.mark.slow

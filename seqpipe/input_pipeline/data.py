@@ -263,8 +263,8 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
         time_stats: the `time_stats` to normalize the time gaps with.
     """
     labels = [""] * len(sequences) if labels is None else labels
-    if cfg.time_delta and time_deltas is None:
-        raise ValueError("data.time_delta needs the arrays' time_deltas")
+    if cfg.time_delta and (time_deltas is None or any(d is None for d in time_deltas)):
+        raise records.DatasetError("data.time_delta needs times, but a sequence has none")
     deltas = time_deltas if cfg.time_delta else [None] * len(sequences)
     serialized = [records.encode_sequence(str(i), s, label, d)
                   for i, s, label, d in zip(ids, sequences, labels, deltas, strict=True)]
