@@ -192,6 +192,24 @@ def test_tfds_reads_a_dataset_with_times(timed):
     assert examples["b"]["steps"].tolist() == [[4.0], [5.0]]
 
 
+def test_keep_time_column_gives_long_format_records_their_gaps(tmp_path):
+    from beam_jobs.preprocess import preprocess
+
+    raw = tmp_path / "rows.csv"
+    raw.write_text("id,t,x\n"
+                   f"s,{EPOCH + 1.75:.2f},2\ns,{EPOCH:.2f},1\ns,{EPOCH + 9.75:.2f},3\n")
+    cfg = PreprocessConfig(keep_time_column=True, train_fraction=1.0, val_fraction=0.0)
+    metadata = preprocess([str(raw)], str(tmp_path / "data"), cfg)
+    [record] = records.read_split(tmp_path / "data", "train", metadata)
+    assert record["time_delta"].tolist() == [0.0, 1.75, 8.0]
+    assert record["steps"].ravel().tolist() == [1.0, 2.0, 3.0]
+    assert (metadata.time_stats.num_intervals, metadata.time_stats.max) == (2, 8.0)
+    plain = preprocess([str(raw)], str(tmp_path / "plain"), dataclasses.replace(
+        cfg, keep_time_column=False))
+    assert not plain.has_times
+    assert next(records.read_split(tmp_path / "plain", "train", plain))["time_delta"] is None
+
+
 def test_old_metadata_without_time_fields_loads_without_times(timed):
     from seqpipe.dataset.metadata import DatasetMetadata
 
