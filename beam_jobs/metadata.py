@@ -34,7 +34,7 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
     Args:
         summary: the pipeline's side file (`counts`, `split_sizes`,
             `length_counts`, `feature_moments`, `label_counts`, `split_missing`,
-            `num_features`).
+            `time_deltas`, `num_features`).
         shards: `commit.Commit.move_shards`'s result.
         cfg: the `preprocess` config the job ran with (stored as `config`).
         inputs, files: the input patterns as given and the files they matched.
@@ -67,6 +67,8 @@ def build_metadata(summary: Mapping[str, Any], shards: Mapping[str, Mapping[str,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
     }
+    if summary["time_deltas"]["num_records"]:
+        tree["time_stats"] = summary["time_deltas"]
     if not tfds_readable:
         tree["tfds_note"] = ("no TFDS metadata: TFDS reads only uncompressed TFRecords"
                              if cfg.compression != "none" else
@@ -100,7 +102,8 @@ def _splits(split_sizes: Sequence[Sequence[Any]], shards: Mapping[str, Mapping[s
 
 
 def write_tfds_metadata(data_dir: Path, num_features: int,
-                        shards: Mapping[str, Mapping[str, Any]], prefix: str = "") -> None:
+                        shards: Mapping[str, Mapping[str, Any]], prefix: str = "",
+                        has_times: bool = False) -> None:
     """Writes dataset_info.json/features.json so `tfds.builder_from_directory` reads it.
 
     Split infos come from the shard lengths the job counted (no re-read of the
@@ -112,6 +115,7 @@ def write_tfds_metadata(data_dir: Path, num_features: int,
         shards: `commit.Commit.move_shards`'s result.
         prefix: the shards' prefix inside the dataset ("" or `dataset-ID/`),
             part of each split's file template.
+        has_times: the records carry `time_delta` (`records.tfds_features`).
     """
     import tensorflow_datasets as tfds
 
@@ -130,9 +134,10 @@ def write_tfds_metadata(data_dir: Path, num_features: int,
         stand_in.touch()
     try:
         tfds.folder_dataset.write_metadata(
-            data_dir=data_dir, features=records.tfds_features(num_features),
+            data_dir=data_dir, features=records.tfds_features(num_features, has_times),
             split_infos=split_infos, filename_template=TFDS_TEMPLATE, check_data=False,
-            description="seqpipe sequences: id, label, length, steps [length, F] float32.")
+            description="seqpipe sequences: id, label, length, steps [length, F] float32"
+                        + (", time_delta [length] float32." if has_times else "."))
     finally:
         for stand_in in stand_ins:
             stand_in.unlink()

@@ -47,6 +47,12 @@ Decisions (details where they are made):
 - all records rejected: the dataset is still written (0 records, `rejects/`,
   metadata.json with the counts, `tfds_readable` false) so the rejects can be
   inspected next to the counts; the summary says so.
+- times: a JSON line's `"t"` (`preprocess.json_time_key`) or the long
+  format's time column gives each step a time; the record keeps the float32
+  gaps (`time_delta`), and a record whose times are bad is `bad_times`. A
+  dataset has times on every record or on none: the more common side among
+  the records of the dataset's width wins, the others are `mixed_times`
+  (decided with the feature count, on the same candidates: `beam_jobs.validate`).
 - missing entries (`preprocess.missing: keep`, the default): NaN, null and
   empty cells inside a sequence are kept as NaN in the record; a record with
   every entry missing or more than `max_missing_fraction` of them is
@@ -138,7 +144,7 @@ def preprocess(inputs: Sequence[str], output_dir: str, cfg: config_lib.Preproces
                                          num_buckets)
         if result.tfds_readable:
             commit.write_tfds_metadata(job, lambda local: metadata.write_tfds_metadata(
-                local, result.num_features, shards, run.prefix))
+                local, result.num_features, shards, run.prefix, result.has_times))
         return job.finish(result)
     except BaseException:
         job.abandon()

@@ -4,7 +4,7 @@
     files ──make_reader(format)──▶ ReadJsonLines | ReadCsvLong | ReadParquetLong
           ──▶ one `Sequence | Rejection` per input record, checked on its own
 
-Inputs are JSON lines (`{"id", "steps", "label"?, "split"?}`) or long-format
+Inputs are JSON lines (`{"id", "steps", "label"?, "split"?, "t"?}`) or long-format
 CSV or Parquet (one row per timestep: id, time and feature columns, optional
 label and split; see `seqpipe.dataset.sources`), told apart by suffix
 (`.jsonl`, `.csv`, `.parquet`) unless `preprocess.input_format` names one;
@@ -47,7 +47,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.validate import REJECTS, count
 from seqpipe import config as config_lib
-from seqpipe.dataset import sources
+from seqpipe.dataset import sources, times
 from seqpipe.dataset.sources import Rejection, Sequence
 from seqpipe.errors import SeqpipeError
 
@@ -115,7 +115,7 @@ def make_reader(input_format: str, cfg: config_lib.PreprocessConfig) -> beam.PTr
     limits = (cfg.min_length, cfg.max_length, cfg.too_long, cfg.missing,
               cfg.max_missing_fraction)
     if input_format == "jsonl":
-        return ReadJsonLines(*limits)
+        return ReadJsonLines(*limits, time_key=cfg.json_time_key)
     if input_format == "csv":
         return ReadCsvLong(long_format(cfg), *limits)
     if input_format == "parquet":
@@ -127,7 +127,8 @@ def make_reader(input_format: str, cfg: config_lib.PreprocessConfig) -> beam.PTr
 def long_format(cfg: config_lib.PreprocessConfig) -> sources.LongFormat:
     """The long-format column names of the config."""
     return sources.LongFormat(cfg.id_column, cfg.time_column, cfg.label_column,
-                              cfg.split_column, tuple(cfg.feature_columns))
+                              cfg.split_column, tuple(cfg.feature_columns),
+                              cfg.keep_time_column)
 
 
 def feature_names(files_by_format: Mapping[str, Seq[str]],
@@ -221,10 +222,10 @@ class _ReadJsonLinesFn(beam.DoFn):
     """Reads one `FileRange` of a JSONL file; validates every non-blank line in it."""
 
     def __init__(self, min_length: int, max_length: int, too_long: str, missing: str,
-                 max_missing_fraction: float):
+                 max_missing_fraction: float, time_key: str):
         self._limits = {"min_length": min_length, "max_length": max_length,
                         "too_long": too_long, "missing": missing,
-                        "max_missing_fraction": max_missing_fraction}
+                        "max_missing_fraction": max_missing_fraction, "time_key": time_key}
 
     def process(self, file_range: FileRange):
         lines = (self._whole_file(file_range.path) if file_range.end is None
@@ -285,7 +286,8 @@ class ReadJsonLines(beam.PTransform):
     A gzip file, or an uncompressed one of at most `split_bytes`, is read whole
     by one worker, with exact line numbers. A bigger uncompressed file is read
     in byte ranges of `split_bytes` by many workers; its records are located
-    by byte offset (`Sequence.offset`, `line` 0) instead. The ranges (or files)
+    by byte offset (`Sequence.offset`, `line` 0) instead. A line's times are
+    under `time_key` (`sources.parse_json_line`). The ranges (or files)
     are spread over the workers in a fixed order (`Spread`).
     Every reader yields records checked on their own (parsing, length limits);
     the dataset-level checks come after.
@@ -294,9 +296,11 @@ class ReadJsonLines(beam.PTransform):
     def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject",
                  missing: str = sources.REJECT,
                  max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION,
-                 split_bytes: int | None = None):
+                 split_bytes: int | None = None,
+                 time_key: str = times.DEFAULT_JSON_TIME_KEY):
         super().__init__()
-        self._limits = (min_length, max_length, too_long, missing, max_missing_fraction)
+        self._limits = (min_length, max_length, too_long, missing, max_missing_fraction,
+                        time_key)
         self._split_bytes = split_bytes or SPLIT_BYTES
 
     def expand(self, paths):
@@ -342,11 +346,11 @@ class _KeyRowsFn(beam.DoFn):
 
 
 def _assemble(element, min_length: int, max_length: int, too_long: str,
-              max_missing_fraction: float):
+              max_missing_fraction: float, keep_times: bool = False):
     _, rows = element
     count("read")
     result = sources.assemble_rows(rows, min_length, max_length, too_long,
-                                   max_missing_fraction)
+                                   max_missing_fraction, keep_times)
     if isinstance(result, Sequence) and result.truncated_from:
         count("truncated")
     return result
@@ -356,13 +360,15 @@ class AssembleLongRows(beam.PTransform):
     """`Row | Rejection` of long-format rows -> one `Sequence | Rejection` per id.
 
     Rows are grouped by id (across files too) and sorted by time
-    (`sources.assemble_rows`); a row rejected on its own is one record.
+    (`sources.assemble_rows`); a row rejected on its own is one record. With
+    `keep_times` the sequences keep their time gaps (`Sequence.time_delta`).
     """
 
     def __init__(self, min_length: int = 1, max_length: int = 0, too_long: str = "reject",
-                 max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION):
+                 max_missing_fraction: float = sources.DEFAULT_MAX_MISSING_FRACTION,
+                 keep_times: bool = False):
         super().__init__()
-        self._limits = (min_length, max_length, too_long, max_missing_fraction)
+        self._limits = (min_length, max_length, too_long, max_missing_fraction, keep_times)
 
     def expand(self, rows):
         keyed = (rows
@@ -385,7 +391,8 @@ class _ReadLong(beam.PTransform):
         super().__init__()
         self._fmt = fmt
         self._missing = missing
-        self._limits = (min_length, max_length, too_long, max_missing_fraction)
+        self._limits = (min_length, max_length, too_long, max_missing_fraction,
+                        fmt.keep_times)
 
 
 class ReadCsvLong(_ReadLong):

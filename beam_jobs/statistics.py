@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 import numpy as np
 
-from seqpipe.dataset import sources
+from seqpipe.dataset import sources, times
 from seqpipe.input_pipeline import batching
 
 if TYPE_CHECKING:
@@ -177,6 +177,41 @@ class FeatureMomentsCombineFn(beam.CombineFn):
                 "num_observed": n.tolist()}
 
 
+class TimeDeltasCombineFn(FeatureMomentsCombineFn):
+    """Records' float32 deltas -> the metadata's `time_stats` (`TimeDeltaStats` fields).
+
+    The accumulator is `(records with times, moments)`, merged as
+    `FeatureMomentsCombineFn` merges `(timesteps, moments)`; the moments are
+    `moments_of` the pairs `(delta, log(delta))` of the real intervals (steps
+    1..L-1, `times.log_intervals`) of the train split's records.
+    """
+
+    def add_input(self, accumulator, deltas):
+        """Adds one train record's deltas."""
+        return self.add_deltas(accumulator, [deltas], [deltas])
+
+    def add_deltas(self, accumulator, deltas: list[np.ndarray], train: list[np.ndarray]):
+        """Adds the deltas of many records at once; `train` those of the train split."""
+        num_records, moments = accumulator
+        intervals = [np.stack([d[1:].astype(np.float64), times.log_intervals(d)], axis=1)
+                     for d in train if len(d) > 1]
+        if intervals:
+            moments = merge_moments(moments, moments_of(np.concatenate(intervals)))
+        return num_records + len(deltas), moments
+
+    def extract_output(self, accumulator):
+        num_records, moments = accumulator
+        out = {"num_records": num_records, "num_intervals": 0, "mean": None, "std": None,
+               "min": None, "max": None, "log_mean": None, "log_std": None}
+        if moments is not None:
+            n, mean, m2, low, high = moments
+            std = np.sqrt(m2 / n)
+            out.update(num_intervals=int(n), mean=float(mean[0]), std=float(std[0]),
+                       min=float(low[0]), max=float(high[0]), log_mean=float(mean[1]),
+                       log_std=float(std[1]))
+        return out
+
+
 def _pairs(counter: Mapping[Any, int]) -> list[list[Any]]:
     """A dict with non-string keys as a sorted JSON-friendly list of [key, value]."""
     return sorted([key, value] for key, value in counter.items())
@@ -187,22 +222,27 @@ class DatasetStatsCombineFn(beam.CombineFn):
 
     The accumulator is O(distinct lengths + labels + features), never O(records):
     lengths are counted exactly per value, features merged as moments, missing
-    entries counted per split and feature.
+    entries counted per split and feature, time deltas merged as moments
+    (`TimeDeltasCombineFn`).
     """
 
     def __init__(self):
         self._moments = FeatureMomentsCombineFn()
+        self._times = TimeDeltasCombineFn()
 
     def create_accumulator(self):
-        return {}, Counter(), None, Counter(), {}
+        return {}, Counter(), None, Counter(), {}, self._times.create_accumulator()
 
     def add_input(self, accumulator, element):
         return self.add_inputs(accumulator, [element])
 
     def add_inputs(self, accumulator, elements):
         """Adds many (split, sequence) at once: one moments update for all train steps."""
-        sizes, lengths, moments, labels, missing = accumulator
+        sizes, lengths, moments, labels, missing, deltas = accumulator
         train_steps = []
+        timed = [(split, s.time_delta) for split, s in elements if s.has_times]
+        deltas = self._times.add_deltas(deltas, [d for _, d in timed],
+                                        [d for split, d in timed if split == "train"])
         for split, sequence in elements:
             num_records, num_timesteps = sizes.get(split, (0, 0))
             sizes[split] = (num_records + 1, num_timesteps + sequence.length)
@@ -215,11 +255,14 @@ class DatasetStatsCombineFn(beam.CombineFn):
                 labels[sequence.label] += 1
         if train_steps:
             moments = merge_moments(moments, moments_of(np.concatenate(train_steps)))
-        return sizes, lengths, moments, labels, missing
+        return sizes, lengths, moments, labels, missing, deltas
 
     def merge_accumulators(self, accumulators):
-        sizes, lengths, moments, labels, missing = self.create_accumulator()
-        for part_sizes, part_lengths, part_moments, part_labels, part_missing in accumulators:
+        accumulators = list(accumulators)
+        sizes, lengths, moments, labels, missing, _ = self.create_accumulator()
+        deltas = self._times.merge_accumulators([a[5] for a in accumulators])
+        for part_sizes, part_lengths, part_moments, part_labels, part_missing, _ in (
+                accumulators):
             for split, (num_records, num_timesteps) in part_sizes.items():
                 total = sizes.get(split, (0, 0))
                 sizes[split] = (total[0] + num_records, total[1] + num_timesteps)
@@ -228,18 +271,20 @@ class DatasetStatsCombineFn(beam.CombineFn):
             labels.update(part_labels)
             for split, gaps in part_missing.items():
                 missing[split] = missing[split] + gaps if split in missing else gaps
-        return sizes, lengths, moments, labels, missing
+        return sizes, lengths, moments, labels, missing, deltas
 
     def extract_output(self, accumulator):
-        sizes, lengths, moments, labels, missing = accumulator
+        sizes, lengths, moments, labels, missing, deltas = accumulator
         return {"split_sizes": sorted(sizes.items()), "length_counts": _pairs(lengths),
                 "feature_moments": self._moments.extract_output(
                     (sizes.get("train", (0, 0))[1], moments)),
                 "label_counts": _pairs(labels),
-                "split_missing": sorted((split, gaps.tolist()) for split, gaps in missing.items())}
+                "split_missing": sorted((split, gaps.tolist()) for split, gaps in missing.items()),
+                "time_deltas": self._times.extract_output(deltas)}
 
 
-STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts", "split_missing")
+STATS = ("split_sizes", "length_counts", "feature_moments", "label_counts", "split_missing",
+         "time_deltas")
 
 
 def _pick(stats: Mapping[str, Any], name: str):
@@ -270,7 +315,8 @@ class ComputeStats(beam.PTransform):
     `DatasetStatsCombineFn` accumulator of its records (computed while it was
     written, in one pass), so this only merges one accumulator per part.
     `split_missing`: [(split, [missing entries per feature])] of every split
-    with records.
+    with records. `time_deltas`: `TimeDeltasCombineFn`'s statistics (time gaps
+    of the train split, records with times of every split).
     """
 
     def expand(self, parts):

@@ -10,8 +10,10 @@ dead-letter output (`REJECTS`: `seqpipe.dataset.sources.Rejection`s, written to
   `Rejection` element instead of a `Sequence`.
 - dataset level, here (`CheckDataset`): checks that need every record, on a
   small `Candidate` per written record (never the steps): the feature count
-  (`sources.dataset_feature_count`, the most common width; other widths are
-  `wrong_feature_count`) and duplicate ids (`sources.dataset_verdicts`: the
+  and the presence of times (`sources.dataset_layout`: the most common width,
+  and among its records the more common of with and without times; other
+  widths are `wrong_feature_count`, the other side of times `mixed_times`)
+  and duplicate ids (`sources.dataset_verdicts`: the
   copy from the smallest (file, line or byte offset) is kept, the others are
   `duplicate_id`). Their verdicts are `Drop`s, which
   `beam_jobs.write.DropRejected` removes from the part files already written.
@@ -22,7 +24,7 @@ DirectRunner holds them in its driver). The candidates are only combined where
 they are produced (their widths, their ids' 64-bit hashes: `RepeatedHashesFn`
 keeps 8 bytes a record, and outputs the hashes seen twice); each part's
 candidates are also logged beside it (`beam_jobs.write.PartWriter`), and only
-the parts that may hold a rejected record (records of several widths, or any
+the parts that may hold a rejected record (records of several layouts, or any
 part once some id hash repeats) read their log back, grouping by id just the
 candidates whose hash repeats.
 
@@ -77,6 +79,7 @@ class Candidate:
         truncated: whether `too_long=truncate` cut it.
         part, index: the name of the part file holding it (`write.ShardPart.name`)
             and its 0-based position there.
+        timed: whether it has times (`sources.Sequence.has_times`).
 
     One is logged per record beside its part (`beam_jobs.write.PartWriter`);
     only candidates that may be rejected travel through the runner
@@ -93,6 +96,12 @@ class Candidate:
     part: str
     index: int
     offset: int | None = None
+    timed: bool = False
+
+    @property
+    def layout(self) -> sources.Layout:
+        """`(width, has times)`, what the dataset's records agree on."""
+        return self.width, self.timed
 
 
 class CandidateCoder(beam.coders.Coder):
@@ -127,18 +136,22 @@ class Drop:
     message: str
 
 
-def _width(candidate: Candidate) -> int:
-    return candidate.width
+def _layout(candidate: Candidate) -> sources.Layout:
+    return candidate.layout
+
+
+def _num_features(layout: sources.Layout) -> int:
+    return layout[0]
 
 
 class _JudgeCopiesFn(beam.DoFn):
     """(id, candidates) -> `(part, Drop)` for each rejected copy."""
 
-    def process(self, element, num_features: int):
+    def process(self, element, layout: sources.Layout):
         sequence_id, copies = element
         copies = list(copies)
         verdicts = sources.dataset_verdicts(
-            sequence_id, [(sources.origin(c), c.width) for c in copies], num_features)
+            sequence_id, [(sources.origin(c), c.layout) for c in copies], layout)
         for candidate, verdict in zip(copies, verdicts, strict=True):
             if verdict is not None:
                 yield candidate.part, Drop(candidate, *verdict)
@@ -148,19 +161,21 @@ class CheckDataset(beam.PTransform):
     """(candidates, parts) -> ((part, Drop) pairs, num_features singleton).
 
     The dataset-level checks, on `Candidate`s only (never the steps): the
-    feature count is `sources.dataset_feature_count` of all widths (the most
-    common one), and `sources.dataset_verdicts` judges the copies of each id
-    (other widths are `wrong_feature_count`; of duplicated ids the copy with
-    the smallest origin is kept). `parts` are the `beam_jobs.write.ShardPart`s
-    the candidates were written to, each with its candidate log.
+    dataset's layout is `sources.dataset_layout` of all `(width, has times)`
+    pairs (the most common width, then the more common side of times), and
+    `sources.dataset_verdicts` judges the copies of each id (other widths
+    are `wrong_feature_count`, the other side of times `mixed_times`; of
+    duplicated ids the copy with the smallest origin is kept). `parts` are the
+    `beam_jobs.write.ShardPart`s the candidates were written to, each with its
+    candidate log.
     """
 
     def expand(self, pcolls):
         candidates, parts = pcolls
-        num_features = (candidates
-                        | "widths" >> beam.Map(_width)
-                        | "count_widths" >> beam.CombineGlobally(CounterCombineFn())
-                        | "most_common_width" >> beam.Map(sources.dataset_feature_count))
+        layout = (candidates
+                  | "layouts" >> beam.Map(_layout)
+                  | "count_layouts" >> beam.CombineGlobally(CounterCombineFn())
+                  | "dataset_layout" >> beam.Map(sources.dataset_layout))
         repeated = (candidates
                     | "id_hashes" >> beam.Map(_candidate_hash)
                     | "repeated_hashes" >> beam.CombineGlobally(RepeatedHashesFn()))
@@ -171,13 +186,13 @@ class CheckDataset(beam.PTransform):
                 | "after_the_writes" >> beam.Reshuffle()
                 | "read_candidate_logs" >> beam.ParDo(
                     _SuspectsFn(), beam.pvalue.AsSingleton(repeated),
-                    beam.pvalue.AsSingleton(num_features)).with_outputs(DROPS, main="suspects"))
+                    beam.pvalue.AsSingleton(layout)).with_outputs(DROPS, main="suspects"))
         judged = (read.suspects
                   | "group_copies" >> beam.GroupByKey()
                   | "judge_copies" >> beam.ParDo(
-                      _JudgeCopiesFn(), beam.pvalue.AsSingleton(num_features)))
+                      _JudgeCopiesFn(), beam.pvalue.AsSingleton(layout)))
         drops = (read[DROPS], judged) | "all_drops" >> beam.Flatten()
-        return drops, num_features
+        return drops, layout | "num_features" >> beam.Map(_num_features)
 
 
 def id_hash(sequence_id: str) -> int:
@@ -234,25 +249,22 @@ class RepeatedHashesFn(beam.CombineFn):
 
 class _SuspectsFn(beam.DoFn):
     """part -> `(id, Candidate)` of its candidates whose id hash repeats; `(part, Drop)`
-    of its other candidates of another width than the dataset's.
+    of its other candidates of another layout than the dataset's.
 
-    A part whose records all have the dataset's width is not read while no
+    A part whose records all have the dataset's layout is not read while no
     id hash repeats (the common case: no log is read back).
     """
 
-    def process(self, part, repeated: tuple[int, ...], num_features: int):
+    def process(self, part, repeated: tuple[int, ...], layout: sources.Layout):
         from beam_jobs.write import read_candidate_log
 
-        if not repeated and part.width == num_features:
+        if not repeated and part.layout == layout:
             return
         repeated_hashes = frozenset(repeated)
         for candidate in read_candidate_log(part):
             if id_hash(candidate.id) in repeated_hashes:
                 yield candidate.id, candidate
-            elif candidate.width != num_features:
-                verdict = sources.dataset_verdicts(
-                    candidate.id, [(sources.origin(candidate), candidate.width)],
-                    num_features)[0]
+            elif (verdict := sources.layout_verdict(candidate.layout, layout)) is not None:
                 yield beam.pvalue.TaggedOutput(DROPS, (candidate.part,
                                                        Drop(candidate, *verdict)))
 

@@ -83,7 +83,9 @@ class ShardPart:
             (the (source, line) of the first record, or the shard index).
         stats: the `statistics.DatasetStatsCombineFn` accumulator of its records (None
             for resharded files, whose statistics their input parts carry).
-        width: the feature count of its records; 0 when they have several.
+        width: the feature count of its records; 0 when they have several
+            layouts (widths, or with and without times).
+        timed: whether its records have times (when `width` is not 0).
         candidate_log: the path of its records' `Candidate`s, one JSON list of
             their fields a line ("" when none were logged).
     """
@@ -97,6 +99,12 @@ class ShardPart:
     stats: Any = dataclasses.field(default=None, compare=False, repr=False)
     width: int = 0
     candidate_log: str = ""
+    timed: bool = False
+
+    @property
+    def layout(self) -> sources.Layout:
+        """`(width, timed)` of its records; width 0 when they have several layouts."""
+        return self.width, self.timed
 
     @property
     def name(self) -> str:
@@ -178,9 +186,10 @@ class PartWriter:
     `FileSystems`, so the parts directory may be on any Beam filesystem.
     Statistics are accumulated in batches of `STATS_BATCH` records
     (`DatasetStatsCombineFn.add_inputs`). A part that receives records of
-    several widths keeps no statistics (`stats` None): some of its records are
-    then always rejected as `wrong_feature_count`, so `DropRejected` rewrites
-    it and computes them anew.
+    several layouts (widths, or with and without times: `sources.Layout`)
+    keeps no statistics (`stats` None): some of its records are then always
+    rejected (`wrong_feature_count`, `mixed_times`), so `DropRejected`
+    rewrites it and computes them anew.
     """
 
     STATS_BATCH = 256
@@ -194,7 +203,7 @@ class PartWriter:
         self.num_records = 0
         self.record_bytes = 0
         self._order: tuple = ()
-        self._width = 0
+        self._layout: sources.Layout | None = None
         self._stats_fn = DatasetStatsCombineFn()
         self._stats = self._stats_fn.create_accumulator()
         self._pending: list[tuple[str, Sequence]] = []
@@ -205,8 +214,8 @@ class PartWriter:
         """Appends one encoded record; returns its index in the file."""
         _TFRecordUtil.write_record(self._stream, data)
         self._order = self._order or order
-        self._width = self._width or sequence.num_features
-        if sequence.num_features != self._width:
+        self._layout = self._layout or sources.layout_of(sequence)
+        if sources.layout_of(sequence) != self._layout:
             self._stats, self._pending, self._mixed_widths = None, [], True
         if self._stats is not None:
             self._pending.append((self.split, sequence))
@@ -237,10 +246,11 @@ class PartWriter:
         if self._candidate_log is not None:
             self._candidate_log.close()
             log = self.path + CANDIDATE_LOG_SUFFIX
+        width, timed = self._layout or (0, False)
         return ShardPart(split=self.split, path=self.path, num_records=self.num_records,
                          num_bytes=num_bytes, sha256=sha256, order=order or self._order,
-                         stats=self._stats, width=0 if self._mixed_widths else self._width,
-                         candidate_log=log)
+                         stats=self._stats, width=0 if self._mixed_widths else width,
+                         candidate_log=log, timed=timed and not self._mixed_widths)
 
 
 def read_candidate_log(part: ShardPart):
@@ -281,13 +291,14 @@ class _WriteCandidatesFn(beam.DoFn):
         slot = split, id_hash(result.id) % MIN_SHARDS
         writer = self._open.get(slot) or self._open.setdefault(
             slot, PartWriter(self._parts_dir, split, self._compression))
-        data = records.encode_sequence(result.id, result.steps, result.label)
+        data = records.encode_sequence(result.id, result.steps, result.label,
+                                       result.time_delta)
         index = writer.write(data, result, order=sources.origin(result)[:3])
         candidate = Candidate(
             id=result.id, source=result.source, line=result.line, label=result.label,
             split_field=result.split, width=result.num_features,
             truncated=bool(result.truncated_from), part=writer.name, index=index,
-            offset=result.offset)
+            offset=result.offset, timed=result.has_times)
         writer.log_candidate(candidate)
         yield beam.pvalue.TaggedOutput(CANDIDATES, candidate)
         if writer.record_bytes >= TARGET_SHARD_BYTES:
@@ -338,7 +349,7 @@ class _DropRejectedFn(beam.DoFn):
         drops = {drop.candidate.index: drop for drop in drops_by_part[part.name]}
         if not drops:
             if part.stats is None:
-                raise RuntimeError(f"{part.path}: records of several widths, none rejected")
+                raise RuntimeError(f"{part.path}: records of several layouts, none rejected")
             count("written", part.num_records)
             yield part
             return
@@ -348,7 +359,8 @@ class _DropRejectedFn(beam.DoFn):
             if drop is None:
                 decoded = records.decode_sequence(data, num_features)
                 writer.write(data, Sequence(id=decoded["id"], steps=decoded["steps"],
-                                            label=decoded["label"]))
+                                            label=decoded["label"],
+                                            time_delta=decoded["time_delta"]))
             else:
                 yield beam.pvalue.TaggedOutput(REJECTS, count_rejected(_rejection(drop, data)))
         count("written", writer.num_records)
@@ -360,9 +372,10 @@ class _DropRejectedFn(beam.DoFn):
 def _rejection(drop: Drop, data: bytes) -> Rejection:
     """The rejection of a dropped record: its candidate's fields and its encoded steps."""
     c = drop.candidate
-    sequence = Sequence(id=c.id, steps=records.decode_sequence(data, c.width)["steps"],
-                        label=c.label, split=c.split_field, source=c.source, line=c.line,
-                        offset=c.offset)
+    decoded = records.decode_sequence(data, c.width)
+    sequence = Sequence(id=c.id, steps=decoded["steps"], label=c.label, split=c.split_field,
+                        source=c.source, line=c.line, offset=c.offset,
+                        time_delta=decoded["time_delta"])
     return sources.reject_sequence(sequence, drop.reason, drop.message)
 
 

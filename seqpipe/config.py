@@ -66,6 +66,11 @@ class SynthConfig:
             anomaly (labelled `anomaly_<kind>`; `seqpipe.synthetic` describes the
             kinds); 0 gives exactly the output without anomalies. Needs
             `num_classes >= 3` (with 2 classes a swap gives the other class).
+        time_jitter: > 0 writes each sequence's step times (`"t"`): step t
+            is at `t + U(-time_jitter / 2, time_jitter / 2)` (uniform, from
+            a generator of its own), strictly increasing while
+            `time_jitter < 1`; 0 (default) writes no times and exactly the
+            output without them.
         missing_fraction: the probability that each entry (timestep x feature)
             is removed (written as JSON null: a missing entry, kept by
             `preprocess.missing: keep`), independently per entry and channel;
@@ -83,12 +88,14 @@ class SynthConfig:
     noise: float = 0.1
     anomaly_fraction: float = 0.0
     missing_fraction: float = 0.0
+    time_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
         _require(self.num_sequences > 0, "synth.num_sequences", "must be > 0")
         _require(0.0 <= self.missing_fraction < 1.0, "synth.missing_fraction",
                  "must be in [0, 1)")
+        _require(0.0 <= self.time_jitter < 1.0, "synth.time_jitter", "must be in [0, 1)")
         _require(self.num_features > 0, "synth.num_features", "must be > 0")
         _require(1 <= self.min_length <= self.max_length, "synth.min_length",
                  "must satisfy 1 <= min_length <= max_length")
@@ -136,6 +143,16 @@ class PreprocessConfig:
             (`too_many_missing`), and one with every entry missing always is
             (`all_missing`). The default 0.5 keeps a record while at least
             half of it is observed.
+        json_time_key: the key of a JSON line's step times (default `t`): a
+            list of finite numbers, one per step, strictly increasing
+            (`bad_times` otherwise); absent or null: the record has no times.
+            The records keep the gaps between them (`time_delta`,
+            `seqpipe.dataset.times`). A dataset has times on every record or
+            on none (the other side is rejected: `mixed_times`).
+        keep_time_column: long-format inputs: the records keep the gaps of
+            `time_column` as their times, like a JSON line's `t`; false
+            (default): the time column only orders the rows, and the records
+            are what they were before times were kept.
     """
 
     input_format: str = "auto"
@@ -153,6 +170,8 @@ class PreprocessConfig:
     feature_columns: tuple[str, ...] = ()
     missing: str = "keep"
     max_missing_fraction: float = 0.5
+    json_time_key: str = "t"
+    keep_time_column: bool = False
 
     def __post_init__(self):
         _require_choice(self.missing, ("keep", "reject"), "preprocess.missing")
@@ -170,6 +189,7 @@ class PreprocessConfig:
                  "preprocess.train_fraction",
                  "train_fraction and val_fraction must be >= 0 and sum to <= 1")
         _require(self.num_shards >= 0, "preprocess.num_shards", "must be >= 0")
+        _require(bool(self.json_time_key), "preprocess.json_time_key", "must not be empty")
 
 
 # A tf.data service dispatcher's address (`data.service`, `seqpipe data-service worker
@@ -235,6 +255,13 @@ class DataConfig:
         fill: what a missing entry's `x` holds, after normalization: `zero`
             (default: 0, the train mean) or `forward` (the last observation
             of that feature in the same sequence, 0 before the first).
+        time_delta: batches carry `inputs["time_delta"]` [B, T], each step's
+            time gap to the previous step, normalized with the train split's
+            statistics (z-score of its log; 0 at the first step and on
+            padding: `seqpipe.dataset.times`), and the encoder reads it as one
+            more input channel. An input only: never reconstructed, never in
+            the loss. Needs a dataset with times (training refuses one
+            without); default false: batches and model as without times.
         service: `""` (default): every training worker makes its own batches.
             Else the address of a tf.data service dispatcher
             (`grpc://host:port` or `host:port`, started with `seqpipe
@@ -262,6 +289,7 @@ class DataConfig:
     seed: int = 0
     observed_mask: str = "auto"
     fill: str = "zero"
+    time_delta: bool = False
     service: str = ""
 
     def __post_init__(self):

@@ -78,6 +78,13 @@ independently per step and channel, from a generator of its own (sequence
 before the option existed, and every other draw is the same whatever the
 fraction.
 
+**Times** (`time_jitter`). With `time_jitter > 0` each record gets `"t"`, the
+time of each step: step `k` at `k + u`, `u` uniform in
+`[-time_jitter / 2, time_jitter / 2)`, drawn per step from a generator of its
+own (child `(i, 2)`), so the gaps are irregular around 1 and strictly positive
+(`time_jitter < 1`). The times carry no class information. 0 writes no `"t"`
+and exactly the same bytes as before the option existed.
+
 Example:
 
     cfg = SynthConfig(num_sequences=3)
@@ -157,8 +164,9 @@ def generate(cfg: SynthConfig) -> Iterator[dict[str, Any]]:
         `{"id": "seq-000017", "label": "class_1", "steps": [[f0, ..., fF-1], ...]}`,
         timesteps as rows, floats rounded to 6 significant digits (exactly what
         `write_jsonl` writes). Dropout steps are exactly `0.0` in every feature.
-        With `missing_fraction`, removed entries are None (JSON null).
-        An anomalous sequence's label is `anomaly_<kind>` (see `generate_annotated`).
+        With `missing_fraction`, removed entries are None (JSON null); with
+        `time_jitter`, `"t"` holds the steps' times. An anomalous sequence's
+        label is `anomaly_<kind>` (see `generate_annotated`).
     """
     for record, _ in generate_annotated(cfg):
         yield record
@@ -193,7 +201,11 @@ def generate_annotated(cfg: SynthConfig) -> Iterator[tuple[dict[str, Any], Anoma
         rows = _rounded(steps)
         if cfg.missing_fraction:
             rows = _remove_entries(_missing_rng(cfg.seed, index), rows, cfg.missing_fraction)
-        yield {"id": f"seq-{index:06d}", "label": record_label, "steps": rows}, anomaly
+        record = {"id": f"seq-{index:06d}", "label": record_label, "steps": rows}
+        if cfg.time_jitter:
+            record["t"] = _jittered_times(_times_rng(cfg.seed, index), len(rows),
+                                          cfg.time_jitter)
+        yield record, anomaly
 
 
 def write_jsonl(cfg: SynthConfig, path: str | os.PathLike) -> dict[str, Any]:
@@ -287,6 +299,16 @@ def _missing_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of sequence `index`'s missing entries: a stream of its own
     (child `(index, 1)`), so removing entries changes no other draw."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
+
+
+def _times_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sequence `index`'s times: a stream of its own (child `(index, 2)`)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 2)))
+
+
+def _jittered_times(rng: np.random.Generator, length: int, jitter: float) -> list[float]:
+    """Step `k` at `k + U(-jitter / 2, jitter / 2)`: strictly increasing for jitter < 1."""
+    return (np.arange(length) + rng.uniform(-jitter / 2, jitter / 2, size=length)).tolist()
 
 
 def _remove_entries(rng: np.random.Generator, rows: list[list[float]],

@@ -31,8 +31,12 @@ DETERMINISTIC = DataConfig(batching="buckets", batch_size=2, bucket_boundaries=(
 
 
 def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compression="none",
-                  labels=None, split="train") -> Path:
-    """Shards seqs round-robin in insertion order and writes a metadata.json."""
+                  labels=None, split="train", deltas=None, time_stats=None) -> Path:
+    """Shards seqs round-robin in insertion order and writes a metadata.json.
+
+    With `deltas` ({id: time gaps}) the records carry them and the metadata
+    has `time_stats` (default: no train interval).
+    """
     labels = labels or {}
     root.mkdir(parents=True, exist_ok=True)
     ids = list(seqs)
@@ -43,9 +47,12 @@ def write_dataset(root: Path, seqs=SEQS, *, num_shards=1, boundaries=None, compr
         options = "GZIP" if compression == "gzip" else None
         with tf.io.TFRecordWriter(str(root / name), options=options) as writer:
             for sid in ids[shard::num_shards]:
-                writer.write(records.encode_sequence(sid, seqs[sid], labels.get(sid, "")))
+                writer.write(records.encode_sequence(sid, seqs[sid], labels.get(sid, ""),
+                                                     None if deltas is None else deltas[sid]))
     lengths = [len(s) for s in seqs.values()]
+    times = {} if deltas is None else {"time_stats": time_stats or {"num_records": len(seqs)}}
     metadata = DatasetMetadata.from_json({
+        **times,
         "schema_version": records.SCHEMA_VERSION,
         "num_features": 2,
         "feature_names": ["f0", "f1"],

@@ -161,15 +161,18 @@ def split_batches(data_dir: str | Path, model_dir: str | Path, split: str, *,
 
     Raises:
         records.DatasetError: the data does not fit the model (feature count,
-            schema version) or is missing; checked before the first batch.
+            schema version, no times for a model that takes them) or is
+            missing; checked before the first batch.
     """
     metadata = metadata_lib.read(data_dir)
     trained_on = training_metadata(model_dir)
     metadata_lib.check_compatible(trained_on, metadata, model_dir, data_dir)
     data_cfg = _data_config(model_dir, batch_size)
+    input_pipeline.check_times(data_cfg, metadata, data_dir)
     return input_pipeline.inference_batches(
         data_dir, split, data_cfg, metadata=metadata, normalization=trained_on.feature_stats,
-        observed=input_pipeline.observed_for(data_cfg, trained_on, metadata))
+        observed=input_pipeline.observed_for(data_cfg, trained_on, metadata),
+        time_stats=trained_on.time_stats)
 
 
 def embed_raw(inputs: str | Sequence[str], model_dir: str | Path, *, encoder=None,
@@ -249,8 +252,10 @@ def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
     reason codes of the Beam job (`seqpipe.dataset.sources`): parsing, the
     length limits of the model's `preprocess` config (`too_long: truncate`
     keeps the first `max_length` steps), the feature count of the training
-    data (`wrong_feature_count`), and duplicate ids (the copy with the
-    smallest `(file, line)` is kept).
+    data (`wrong_feature_count`), times (the model config's
+    `preprocess.json_time_key`; a model trained with `data.time_delta`
+    rejects a record without them: `mixed_times`), and duplicate ids (the
+    copy with the smallest `(file, line)` is kept).
 
     Raises:
         FileNotFoundError: an input matches no file.
@@ -261,7 +266,8 @@ def read_raw(inputs: str | Sequence[str], model_dir: str | Path) -> RawInput:
     preprocess = cfg.preprocess
     if not input_pipeline.uses_observed(cfg.data, trained_on):  # it cannot take gaps
         preprocess = dataclasses.replace(preprocess, missing=sources.REJECT)
-    return _validated_sequences(expand_inputs(inputs), preprocess, trained_on.num_features)
+    return _validated_sequences(expand_inputs(inputs), preprocess, trained_on.num_features,
+                                needs_times=cfg.data.time_delta)
 
 
 def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None = None
@@ -275,7 +281,8 @@ def raw_batches(raw: RawInput, model_dir: str | Path, *, batch_size: int | None 
     return input_pipeline.array_batches(
         [s.steps for s in kept], [s.id for s in kept], data_cfg,
         labels=[s.label for s in kept], feature_stats=trained_on.feature_stats,
-        observed=input_pipeline.uses_observed(data_cfg, trained_on))
+        observed=input_pipeline.uses_observed(data_cfg, trained_on),
+        time_deltas=[s.time_delta for s in kept], time_stats=trained_on.time_stats)
 
 
 def _data_config(model_dir: str | Path, batch_size: int | None) -> DataConfig:
@@ -358,8 +365,10 @@ def write_rejections(rejections: Sequence[sources.Rejection], path: str | Path
     return path
 
 
-def _validated_sequences(files: Sequence[str], cfg, num_features: int) -> RawInput:
-    """Every line of `files` as a kept sequence or a rejection (the Beam job's rules)."""
+def _validated_sequences(files: Sequence[str], cfg, num_features: int,
+                         needs_times: bool = False) -> RawInput:
+    """Every line of `files` as a kept sequence or a rejection (the Beam job's rules);
+    with `needs_times`, a record without times is `mixed_times`."""
     by_id: dict[str, list[sources.Sequence]] = collections.defaultdict(list)
     rejections: list[sources.Rejection] = []
     widths: collections.Counter[int] = collections.Counter()
@@ -367,10 +376,12 @@ def _validated_sequences(files: Sequence[str], cfg, num_features: int) -> RawInp
         result = sources.validate_json_line(line, path, number, min_length=cfg.min_length,
                                             max_length=cfg.max_length,
                                             too_long=cfg.too_long, missing=cfg.missing,
-                                            max_missing_fraction=cfg.max_missing_fraction)
+                                            max_missing_fraction=cfg.max_missing_fraction,
+                                            time_key=cfg.json_time_key)
         if isinstance(result, sources.Sequence):
             widths[result.num_features] += 1
-            result = sources.check_feature_count(result, num_features)
+            result = (sources.check_layout(result, (num_features, True)) if needs_times
+                      else sources.check_feature_count(result, num_features))
         if isinstance(result, sources.Rejection):
             rejections.append(result)
         else:

@@ -587,7 +587,9 @@ def _one_batch(chosen: list[dict[str, Any]], model_dir: str | Path,
     inputs, _, _ = next(input_pipeline.array_batches(
         [record["steps"] for record in chosen], [record["id"] for record in chosen], one_batch,
         feature_stats=trained_on.feature_stats,
-        observed=input_pipeline.uses_observed(cfg.data, trained_on)))
+        observed=input_pipeline.uses_observed(cfg.data, trained_on),
+        time_deltas=[record.get("time_delta") for record in chosen],
+        time_stats=trained_on.time_stats))
     ids = [record_id.decode() for record_id in inputs["id"].numpy()]
     return {key: value.numpy() for key, value in input_pipeline.model_inputs(inputs).items()}, ids
 

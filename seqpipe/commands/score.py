@@ -663,8 +663,10 @@ def figure_paths(output: str | Path) -> dict[str, Path]:
 
 
 def raw_records(raw: embed.RawInput) -> list[dict[str, Any]]:
-    """`{"id", "steps"}` of the kept sequences of raw input, as `report` looks records up."""
-    return [{"id": sequence.id, "steps": sequence.steps} for sequence in raw.sequences]
+    """`{"id", "steps", "time_delta"}` of the kept sequences of raw input, as `report`
+    looks records up (`records.read_split`'s keys)."""
+    return [{"id": sequence.id, "steps": sequence.steps, "time_delta": sequence.time_delta}
+            for sequence in raw.sequences]
 
 
 def rejects_path(output: str | Path) -> str | Path:

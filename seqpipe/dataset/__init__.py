@@ -53,4 +53,6 @@ Modules:
     metadata   metadata.json, typed (`DatasetMetadata`), read and written in one place
     sources    pure per-record parsing and validation of raw input (JSON lines,
                long-format CSV/Parquet rows), with typed rejection reasons
+    times      the steps' times: their checks, the stored gaps (`time_delta`),
+               and how the time-delta input feature is normalized
 """

@@ -24,6 +24,14 @@ The file holds, for schema version `records.SCHEMA_VERSION`:
                        (num_observed: per feature, the non-missing entries; None
                        lists when the split is empty; a feature never observed
                        there has None for its mean, std, min and max)
+    time_stats         only in datasets with times (`records`: every record has
+                       `time_delta`): {num_records, num_intervals, mean, std, min,
+                       max, log_mean, log_std}. num_records: the records with times
+                       (all splits); the rest over the *train* split's real
+                       intervals (steps 1..L-1 of each record; None when it has
+                       none): the deltas' mean, population std, min and max, and
+                       the mean and std of their natural log, which normalize the
+                       time-delta input feature (`seqpipe.dataset.times`)
     bucket_boundaries  suggested length boundaries (see `input_pipeline.batching`)
     labels             sorted distinct labels; label_counts {label: records}
     counts             {read, written, rejected, truncated, rejected_by_reason,
@@ -49,9 +57,10 @@ read with the default: `files` is absent (None) in datasets written before
 the object-store commit; their readers read each split's listed `files`
 without the size check. `num_observed` and `missing_fraction` are absent
 (None) in datasets written before missing entries were kept (they had none).
-Optional fields (`tfds_note`, `files`, `num_observed`, `missing_fraction`) are
-left out of the JSON when None, so the round trip stays exact for old and new
-files.
+`time_stats` is absent (None) in datasets without times, including every one
+written before times were kept. Optional fields (`tfds_note`, `files`,
+`num_observed`, `missing_fraction`, `time_stats`) are left out of the JSON
+when None, so the round trip stays exact for old and new files.
 """
 
 from __future__ import annotations
@@ -126,6 +135,20 @@ class FeatureStats:
 
 
 @dataclasses.dataclass(frozen=True)
+class TimeDeltaStats:
+    """The time gaps of a dataset with times (field by field in the module docstring)."""
+
+    num_records: int = 0
+    num_intervals: int = 0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    log_mean: float | None = None
+    log_std: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Counts:
     """What the job read and where each record went: read = written + rejected."""
 
@@ -158,6 +181,7 @@ class DatasetMetadata:
     created: str = ""
     tfds_note: str | None = None
     files: Mapping[str, FileInfo] | None = None
+    time_stats: TimeDeltaStats | None = None
 
     def split(self, name: str) -> SplitInfo:
         """The split `name`; an empty one when the dataset has no such split."""
@@ -171,6 +195,11 @@ class DatasetMetadata:
     def has_missing(self) -> bool:
         """Whether some entry of some split is missing (`SplitInfo.missing_fraction`)."""
         return any(info.has_missing for info in self.splits.values())
+
+    @property
+    def has_times(self) -> bool:
+        """Whether the records carry `time_delta` (`time_stats` present)."""
+        return self.time_stats is not None
 
     @property
     def tf_compression_type(self) -> str:
@@ -305,12 +334,14 @@ def splits_with_records(metadata: DatasetMetadata, names: Sequence[str] = SPLITS
 
 # Fields left out of the JSON when None (absent in files written before them).
 _OPTIONAL = {(DatasetMetadata, "tfds_note"), (DatasetMetadata, "files"),
-             (FeatureStats, "num_observed"), (SplitInfo, "missing_fraction")}
+             (FeatureStats, "num_observed"), (SplitInfo, "missing_fraction"),
+             (DatasetMetadata, "time_stats")}
 # Fields whose JSON object maps names to a nested record type.
 _MAPPED = {(DatasetMetadata, "splits"): SplitInfo, (DatasetMetadata, "files"): FileInfo}
 _NESTED = {(DatasetMetadata, "length_stats"): LengthStats,
            (DatasetMetadata, "feature_stats"): FeatureStats,
            (DatasetMetadata, "counts"): Counts,
+           (DatasetMetadata, "time_stats"): TimeDeltaStats,
            (LengthStats, "histogram"): Histogram}
 
 
@@ -333,7 +364,7 @@ def _build(cls: type, tree: Any, where: str) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(f"{name} must be a JSON object; Received: {value!r}")
             value = {key: _build(_MAPPED[cls, name], item, where) for key, item in value.items()}
-        elif (cls, name) in _NESTED:
+        elif (cls, name) in _NESTED and value is not None:
             value = _build(_NESTED[cls, name], value, where)
         elif isinstance(value, list):
             value = tuple(value)

@@ -8,6 +8,16 @@ Every stage agrees on this file and on nothing else. A record holds:
     length    int64_list   3
     steps     float_list   [s0f0, s0f1, s1f0, s1f1, s2f0, s2f1]  (row-major [length, F];
                            NaN: a missing entry)
+    time_delta float_list  [0, t1 - t0, t2 - t1]  (only in datasets with times)
+
+Times (`seqpipe.dataset.times`): a record whose source gave each step a time
+(a JSON line's `"t"`, a long-format time column) stores `time_delta`, `length`
+float32 gaps: 0 at step 0, then each step's time minus the previous one's,
+subtracted in float64 from the source times and rounded once to float32
+(absolute epoch times would not survive float32; gaps do). A dataset has it
+on every record or on none (`metadata.DatasetMetadata.has_times`); a record
+without times has no `time_delta` key and is byte for byte what it was before
+times existed.
 
 Missing entries: a feature that was not observed at a step (`preprocess.missing:
 keep`; `seqpipe.dataset.sources`) is stored as NaN at its place in `steps`;
@@ -20,7 +30,8 @@ must not feed `steps` to arithmetic before filling the NaN
 
 This is exactly how `tfds.features.FeaturesDict` with
 `Tensor(shape=(None, F), dtype=float32)`, two `Text` and one int64 `Scalar`
-serializes a sequence (see `tfds_features`), so the shards are a normal TFDS
+(and `Tensor(shape=(None,), dtype=float32)` for `time_delta`) serializes a
+sequence (see `tfds_features`), so the shards are a normal TFDS
 dataset: `tfds.builder_from_directory(out_dir)` reads them. A flat float list
 is also the cheapest encoding to write and parse (one contiguous copy); a
 `tf.train.SequenceExample` stores one `Feature` per timestep.
@@ -55,6 +66,7 @@ ID_KEY = "id"
 LABEL_KEY = "label"
 LENGTH_KEY = "length"
 STEPS_KEY = "steps"
+TIME_DELTA_KEY = "time_delta"
 
 SPLITS = ("train", "val", "test")
 
@@ -63,7 +75,8 @@ class DatasetError(SeqpipeError, ValueError):
     """A dataset directory that cannot be read: missing, unfinished or incompatible."""
 
 
-def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> bytes:
+def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "",
+                    time_delta: np.ndarray | None = None) -> bytes:
     """Serializes one sequence to `tf.train.Example` bytes.
 
     The bytes are written directly in the protobuf wire format (no TensorFlow
@@ -76,6 +89,8 @@ def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> byt
         sequence_id: the record's unique id.
         steps: float array of shape `[length, num_features]`, length >= 1.
         label: class label, or "" when unlabeled.
+        time_delta: float `[length]`, the steps' time gaps (`times.time_deltas`),
+            or None for a record without times (no `time_delta` key).
 
     Returns:
         The serialized example.
@@ -84,15 +99,22 @@ def encode_sequence(sequence_id: str, steps: np.ndarray, label: str = "") -> byt
     if steps.ndim != 2 or steps.shape[0] < 1:
         raise ValueError(f"steps must have shape [length >= 1, num_features]; "
                          f"Received: shape={steps.shape}")
-    # Map entries in key order (id < label < length < steps), as deterministic
-    # serialization orders them.
-    entries = b"".join((
+    # Map entries in key order (id < label < length < steps < time_delta), as
+    # deterministic serialization orders them.
+    entries = [
         _map_entry(ID_KEY, _BYTES_LIST, _field(1, sequence_id.encode())),
         _map_entry(LABEL_KEY, _BYTES_LIST, _field(1, label.encode())),
         _map_entry(LENGTH_KEY, _INT64_LIST, _packed(_varint(steps.shape[0]))),
         _map_entry(STEPS_KEY, _FLOAT_LIST, _packed(steps.astype("<f4").tobytes())),
-    ))
-    return _field(1, entries)  # Example.features
+    ]
+    if time_delta is not None:
+        time_delta = np.asarray(time_delta, dtype=np.float32)
+        if time_delta.shape != steps.shape[:1]:
+            raise ValueError(f"time_delta must have shape [length] = [{steps.shape[0]}]; "
+                             f"Received: shape={time_delta.shape}")
+        entries.append(_map_entry(TIME_DELTA_KEY, _FLOAT_LIST,
+                                  _packed(time_delta.astype("<f4").tobytes())))
+    return _field(1, b"".join(entries))  # Example.features
 
 
 # Protobuf wire format of `tf.train.Example` (tensorflow/core/example/feature.proto):
@@ -132,7 +154,9 @@ def _map_entry(key: str, kind: int, value_list: bytes) -> bytes:
 
 
 def decode_sequence(serialized: bytes, num_features: int) -> dict[str, Any]:
-    """Parses `encode_sequence` output back to `{id, label, steps}` (numpy).
+    """Parses `encode_sequence` output back to `{id, label, steps, time_delta}` (numpy).
+
+    `time_delta` is float32 `[length]`, or None for a record without times.
 
     Raises:
         ValueError: the record does not follow the contract.
@@ -149,36 +173,51 @@ def decode_sequence(serialized: bytes, num_features: int) -> dict[str, Any]:
     if flat.size != length * num_features:
         raise ValueError(f"record has {flat.size} values, expected length {length} x "
                          f"{num_features} features")
+    time_delta = None
+    if TIME_DELTA_KEY in feature:
+        time_delta = np.asarray(feature[TIME_DELTA_KEY].float_list.value, dtype=np.float32)
+        if time_delta.size != length:
+            raise ValueError(f"record has {time_delta.size} time deltas for length {length}")
     return {
         "id": feature[ID_KEY].bytes_list.value[0].decode(),
         "label": feature[LABEL_KEY].bytes_list.value[0].decode(),
         "steps": flat.reshape(length, num_features),
+        "time_delta": time_delta,
     }
 
 
-def tf_feature_spec(num_features: int) -> dict[str, Any]:
-    """The `tf.io.parse_example` spec of a record: `steps` parses to `[length, F]`."""
+def tf_feature_spec(num_features: int, has_times: bool = False) -> dict[str, Any]:
+    """The `tf.io.parse_example` spec of a record: `steps` parses to `[length, F]`
+    (and, with `has_times`, `time_delta` to `[length]`)."""
     import tensorflow as tf
 
-    return {
+    spec = {
         ID_KEY: tf.io.FixedLenFeature([], tf.string),
         LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
         LENGTH_KEY: tf.io.FixedLenFeature([], tf.int64),
         STEPS_KEY: tf.io.FixedLenSequenceFeature([num_features], tf.float32,
                                                  allow_missing=True),
     }
+    if has_times:
+        spec[TIME_DELTA_KEY] = tf.io.FixedLenSequenceFeature([], tf.float32,
+                                                             allow_missing=True)
+    return spec
 
 
-def tfds_features(num_features: int):
-    """The `tfds.features.FeaturesDict` that decodes these records."""
+def tfds_features(num_features: int, has_times: bool = False):
+    """The `tfds.features.FeaturesDict` that decodes these records (with `time_delta`
+    for a dataset with times)."""
     import tensorflow_datasets as tfds
 
-    return tfds.features.FeaturesDict({
+    features = {
         ID_KEY: tfds.features.Text(),
         LABEL_KEY: tfds.features.Text(),
         LENGTH_KEY: tfds.features.Scalar(dtype=np.int64),
         STEPS_KEY: tfds.features.Tensor(shape=(None, num_features), dtype=np.float32),
-    })
+    }
+    if has_times:
+        features[TIME_DELTA_KEY] = tfds.features.Tensor(shape=(None,), dtype=np.float32)
+    return tfds.features.FeaturesDict(features)
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -204,7 +243,7 @@ def split_files(data_dir: str | Path, split: str) -> list[str]:
 
 def read_split(data_dir: str | Path, split: str,
                metadata: DatasetMetadata) -> Iterator[dict[str, Any]]:
-    """Yields `{id, label, steps}` of every record of a split, in shard order.
+    """Yields `{id, label, steps, time_delta}` of every record of a split, in shard order.
 
     For small-scale tools (baselines, plots); training reads through
     `seqpipe.input_pipeline`.

@@ -2,8 +2,9 @@
 
 Every raw record becomes exactly one of:
 
-    Sequence   id, steps (float32 [length, F]), label, split (or None), and where it
-               came from (source file, 1-based line)
+    Sequence   id, steps (float32 [length, F]), label, split (or None), time deltas
+               (float32 [length], or None without times), and where it came from
+               (source file, 1-based line)
     Rejection  reason (a code below), human message, source, line, and the
                original record text cut to `MAX_RECORD_CHARS`
 
@@ -27,6 +28,9 @@ Reason codes (`REASONS`), in the order they are checked:
                          `missing=reject`)
     non_finite           +-Infinity or a value that overflows float32 (and NaN with
                          `missing=reject`)
+    bad_times            the JSON time key (`time_key`, default "t") present but not
+                         a list of finite numbers, one per step, strictly increasing
+                         (`seqpipe.dataset.times.check_times`)
     all_missing          `missing=keep`: every entry of the record is missing
     too_many_missing     `missing=keep`: more than `max_missing_fraction` of the
                          record's entries are missing
@@ -35,6 +39,8 @@ Reason codes (`REASONS`), in the order they are checked:
                          (with `too_long=truncate` the first `max_length` steps are
                          kept and the record counts as truncated, not rejected)
     duplicate_id         (dataset level) the id was already kept from another record
+    mixed_times          (dataset level) the record has times and the dataset's
+                         records have none, or the other way round
     duplicate_time       (long format) two rows of one id share a time value
 
 The two missing-value reasons are checked after the length limits, on the
@@ -64,14 +70,25 @@ A row's `line` is its line in a CSV file (the header is line 1) and its
 JSON object. Parquet cells may be typed (numbers, strings) or text; booleans
 in a numeric column are `non_numeric`, and so are nulls unless `missing=keep`.
 
+Timestamps (`seqpipe.dataset.times`): a JSON line's time key (null: none)
+or, with `LongFormat.keep_times` (`preprocess.keep_time_column`), a
+long-format row's time column gives each step a time; the sequence keeps the
+float32 gaps between them (`Sequence.time_delta`, 0 first). A JSON line has
+times when it has the key; without `keep_times` the time column only orders
+the rows, as before times were kept.
+
 Dataset-level decisions (made in Beam over all parsed records, decided here):
 - feature count: the most common width among the records that parse; a tie goes
   to the smallest width (`dataset_feature_count`). Records of another width are
   rejected as `wrong_feature_count`.
+- times: a dataset has times on every record or on none. Among the records
+  of the dataset's width, the more common of "with times" and "without"
+  wins, a tie goes to "without" (`dataset_layout`); the others are rejected
+  as `mixed_times`, never silently mixed.
 - duplicate ids: the copy from the smallest `(source, line)` is kept, every other
   copy is rejected as `duplicate_id` naming the kept one (`origin`,
   `check_duplicate`; `resolve_duplicates` applies it to a group of copies, and
-  `dataset_verdicts` applies both checks to the copies of one id without
+  `dataset_verdicts` applies the three checks to the copies of one id without
   their steps, as the Beam job does).
   Identical copies are treated the same way: the job never merges records.
 
@@ -90,12 +107,14 @@ import hashlib
 import itertools
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from seqpipe.dataset import records
+from seqpipe.dataset import records, times
+from seqpipe.dataset.times import BAD_TIMES, MIXED_TIMES
 
 UNPARSEABLE = "unparseable"
 MISSING_ID = "missing_id"
@@ -113,8 +132,8 @@ ALL_MISSING = "all_missing"
 TOO_MANY_MISSING = "too_many_missing"
 
 REASONS = (UNPARSEABLE, MISSING_ID, BAD_SPLIT, BAD_LABEL, EMPTY, WRONG_FEATURE_COUNT,
-           NON_NUMERIC, NON_FINITE, ALL_MISSING, TOO_MANY_MISSING, TOO_SHORT, TOO_LONG,
-           DUPLICATE_ID, DUPLICATE_TIME)
+           NON_NUMERIC, NON_FINITE, BAD_TIMES, ALL_MISSING, TOO_MANY_MISSING, TOO_SHORT,
+           TOO_LONG, DUPLICATE_ID, MIXED_TIMES, DUPLICATE_TIME)
 
 # `missing` policies: keep missing entries (NaN in `steps`) or reject their record.
 KEEP = "keep"
@@ -148,6 +167,9 @@ class Sequence:
         offset: the byte offset of the record's line in `source` when the file
             was read in byte ranges (then `line` is 0: a range does not know
             how many lines came before it); None otherwise.
+        time_delta: float32 `[length]`, each step's time minus the previous
+            step's (0 first: `times.time_deltas`), or None for a record
+            without times.
     """
 
     id: str
@@ -158,6 +180,7 @@ class Sequence:
     line: int = 0
     truncated_from: int = 0
     offset: int | None = None
+    time_delta: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -166,6 +189,10 @@ class Sequence:
     @property
     def num_features(self) -> int:
         return int(self.steps.shape[1])
+
+    @property
+    def has_times(self) -> bool:
+        return self.time_delta is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +234,9 @@ def reject(reason: str, message: str, source: str, line: int,
 
 
 def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
-                    offset: int | None = None, missing: str = REJECT) -> Sequence | Rejection:
-    """Parses one JSON line `{"id", "steps", "label"?, "split"?}` to a `Sequence`.
+                    offset: int | None = None, missing: str = REJECT,
+                    time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Sequence | Rejection:
+    """Parses one JSON line `{"id", "steps", "label"?, "split"?, "t"?}` to a `Sequence`.
 
     Args:
         data: the line, without or with its line ending.
@@ -217,6 +245,7 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
         offset: the line's byte offset in `source` when read by byte range.
         missing: `keep` (null and NaN entries become NaN) or `reject` (they
             reject the record: `non_numeric`, `non_finite`).
+        time_key: the key of the steps' times (absent or null: no times).
 
     Returns:
         The `Sequence` (length not yet checked: see `check_length`) or a `Rejection`.
@@ -256,8 +285,15 @@ def parse_json_line(data: str | bytes, source: str = "", line: int = 0,
     array_or_error = steps_to_array(steps, missing)
     if isinstance(array_or_error, tuple):
         return fail(*array_or_error)
+    time_delta = None
+    if obj.get(time_key) is not None:
+        checked = times.check_times(obj[time_key], len(steps))
+        if isinstance(checked, tuple):
+            return fail(checked[0], f"{time_key!r}: {checked[1]}")
+        time_delta = times.time_deltas(checked)
     return Sequence(id=sequence_id, steps=array_or_error, label=_as_key(label) or "",
-                    split=split, source=source, line=line, offset=offset)
+                    split=split, source=source, line=line, offset=offset,
+                    time_delta=time_delta)
 
 
 def steps_to_array(steps: list[Any], missing: str = REJECT) -> np.ndarray | tuple[str, str]:
@@ -323,10 +359,10 @@ def _shape_or_type_problem(steps: list[Any], entry_types: frozenset[type]
 def validate_json_line(data: str | bytes, source: str = "", line: int = 0,
                        offset: int | None = None, *, min_length: int = 1,
                        max_length: int = 0, too_long: str = "reject", missing: str = REJECT,
-                       max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
-                       ) -> Sequence | Rejection:
+                       max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
+                       time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Sequence | Rejection:
     """`parse_json_line`, `check_length`, then `check_missing`; rejects keep the line."""
-    result = parse_json_line(data, source, line, offset, missing)
+    result = parse_json_line(data, source, line, offset, missing, time_key)
     if isinstance(result, Rejection):
         return result
     result = check_length(result, min_length, max_length, too_long, record=data)
@@ -383,8 +419,10 @@ def check_length(sequence: Sequence, min_length: int, max_length: int,
         reason, message = TOO_SHORT, f"{length} timesteps, min_length is {min_length}"
     elif max_length and length > max_length:
         if too_long == "truncate":
-            return dataclasses.replace(sequence, steps=sequence.steps[:max_length],
-                                       truncated_from=length)
+            return dataclasses.replace(
+                sequence, steps=sequence.steps[:max_length], truncated_from=length,
+                time_delta=None if sequence.time_delta is None
+                else sequence.time_delta[:max_length])
         reason, message = TOO_LONG, f"{length} timesteps, max_length is {max_length}"
     else:
         return sequence
@@ -399,6 +437,12 @@ def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rej
         return sequence
     return reject_sequence(sequence, WRONG_FEATURE_COUNT,
                            _width_message(sequence.num_features, num_features))
+
+
+def check_layout(sequence: Sequence, layout: Layout) -> Sequence | Rejection:
+    """Rejects a sequence whose `(width, has times)` is not `layout` (`layout_verdict`)."""
+    verdict = layout_verdict(layout_of(sequence), layout)
+    return sequence if verdict is None else reject_sequence(sequence, *verdict)
 
 
 def _width_message(width: int, num_features: int) -> str:
@@ -466,26 +510,63 @@ def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejec
     return ordered[0], [check_duplicate(s, kept) for s in ordered[1:]]
 
 
-def dataset_verdicts(sequence_id: str, copies: list[tuple[Origin, int]],
-                     num_features: int) -> list[tuple[str, str] | None]:
-    """Both dataset-level checks on every copy of one id, without their steps.
+Layout = tuple[int, bool]
+"""What the records of a dataset agree on: `(feature count, has times)`."""
+
+
+def layout_of(sequence: Sequence) -> Layout:
+    """The sequence's `(width, has times)`."""
+    return sequence.num_features, sequence.has_times
+
+
+def dataset_layout(layout_counts: Mapping[Layout, int]) -> Layout:
+    """The dataset's `(feature count, has times)` from `{(width, has times): records}`.
+
+    The feature count is `dataset_feature_count` of the widths; among the
+    records of that width, times go to the majority, a tie to "without".
+    `(0, False)` when there are no records.
+    """
+    widths: Counter[int] = Counter()
+    for (width, _), n in layout_counts.items():
+        widths[width] += n
+    num_features = dataset_feature_count(widths)
+    timed = layout_counts.get((num_features, True), 0)
+    return num_features, timed > layout_counts.get((num_features, False), 0)
+
+
+def layout_verdict(layout: Layout, dataset: Layout) -> tuple[str, str] | None:
+    """None if a record's layout is the dataset's, else `wrong_feature_count` (another
+    width) or `mixed_times` (the same width, times present on one side only)."""
+    if layout[0] != dataset[0]:
+        return WRONG_FEATURE_COUNT, _width_message(layout[0], dataset[0])
+    if layout[1] != dataset[1]:
+        return MIXED_TIMES, ("the record has times, the dataset's records have none"
+                             if layout[1] else
+                             "the record has no times, the dataset's records have them")
+    return None
+
+
+def dataset_verdicts(sequence_id: str, copies: list[tuple[Origin, Layout | int]],
+                     num_features: Layout | int) -> list[tuple[str, str] | None]:
+    """The three dataset-level checks on every copy of one id, without their steps.
 
     Args:
         sequence_id: the id the copies share.
-        copies: `(origin, width)` of each copy (see `origin`).
-        num_features: the dataset's feature count (`dataset_feature_count`).
+        copies: `(origin, (width, has times))` of each copy (see `origin`); a
+            bare width means a copy without times.
+        num_features: the dataset's layout (`dataset_layout`); a bare feature
+            count means a dataset without times.
 
     Returns:
-        Per copy, None if it is kept, else `(reason, message)`: a width other
-        than `num_features` is `wrong_feature_count`; of the remaining copies
-        the one with the smallest origin is kept (the first of equal ones) and
-        the others are `duplicate_id`, as `check_feature_count` then
-        `check_duplicate` decide.
+        Per copy, None if it is kept, else `(reason, message)`: a layout
+        other than the dataset's is `wrong_feature_count` or `mixed_times`
+        (`layout_verdict`); of the remaining copies the one with the smallest
+        origin is kept (the first of equal ones) and the others are
+        `duplicate_id`, as `check_feature_count` then `check_duplicate` decide.
     """
+    dataset = _as_layout(num_features)
     verdicts: list[tuple[str, str] | None] = [
-        None if width == num_features else (WRONG_FEATURE_COUNT,
-                                             _width_message(width, num_features))
-        for _, width in copies]
+        layout_verdict(_as_layout(layout), dataset) for _, layout in copies]
     right_width = [i for i, verdict in enumerate(verdicts) if verdict is None]
     if len(right_width) > 1:
         kept = min(right_width, key=lambda i: copies[i][0])
@@ -493,6 +574,11 @@ def dataset_verdicts(sequence_id: str, copies: list[tuple[Origin, int]],
             if i != kept:
                 verdicts[i] = (DUPLICATE_ID, _duplicate_message(sequence_id, copies[kept][0]))
     return verdicts
+
+
+def _as_layout(layout: Layout | int) -> Layout:
+    """A layout; a bare width is one without times."""
+    return layout if isinstance(layout, tuple) else (layout, False)
 
 
 def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
@@ -506,10 +592,11 @@ def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
 
 
 def to_json_line(sequence: Sequence) -> str:
-    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split` if set).
+    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split`/`t` if set).
 
     A missing entry (NaN) is written as null, which `missing=keep` reads back as
-    missing.
+    missing. Times are written under the default key `t`, relative (starting
+    at 0: `times.times_from_deltas`; the absolute times are not kept).
     """
     steps = [[None if v != v else float(str(v)) for v in row] for row in sequence.steps]
     obj: dict[str, Any] = {"id": sequence.id, "steps": steps}
@@ -517,6 +604,8 @@ def to_json_line(sequence: Sequence) -> str:
         obj["label"] = sequence.label
     if sequence.split:
         obj["split"] = sequence.split
+    if sequence.has_times:
+        obj[times.DEFAULT_JSON_TIME_KEY] = times.times_from_deltas(sequence.time_delta).tolist()
     return json.dumps(obj)
 
 
@@ -572,6 +661,8 @@ class LongFormat:
     """Column names of a long-format input (see `PreprocessConfig`).
 
     `feature_columns` empty means every column not named here, in header order.
+    `keep_times`: the sequences keep the time column's gaps as their times
+    (`Sequence.time_delta`); otherwise the time column only orders the rows.
     """
 
     id_column: str = "id"
@@ -579,6 +670,7 @@ class LongFormat:
     label_column: str = "label"
     split_column: str = "split"
     feature_columns: tuple[str, ...] = ()
+    keep_times: bool = False
 
     def features_of(self, header: list[str]) -> list[str]:
         """The feature columns of a file with this header."""
@@ -703,9 +795,12 @@ def _number(value: Any, may_be_missing: bool = False) -> float:
 
 def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
                   too_long: str = "reject",
-                  max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
-                  ) -> Sequence | Rejection:
+                  max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
+                  keep_times: bool = False) -> Sequence | Rejection:
     """The rows of one id, sorted by time -> a checked `Sequence` or a rejection.
+
+    With `keep_times` the sequence keeps the gaps of its rows' times
+    (`Sequence.time_delta`); without, the times only order the rows.
 
     The length limits (`check_length`) then the missing entries (`check_missing`:
     missing cells are NaN only when the rows were parsed with `missing=keep`).
@@ -736,7 +831,9 @@ def assemble_rows(rows: Iterable[Row], min_length: int = 1, max_length: int = 0,
     if steps.shape[1] == 0:
         return fail(WRONG_FEATURE_COUNT, "no feature columns")
     sequence = Sequence(id=first.id, steps=steps, label=first.label, split=first.split,
-                        source=first.source, line=first.line)
+                        source=first.source, line=first.line,
+                        time_delta=times.time_deltas(np.array([r.time for r in ordered]))
+                        if keep_times else None)
     result = check_length(sequence, min_length, max_length, too_long, record=record)
     if isinstance(result, Rejection):
         return result

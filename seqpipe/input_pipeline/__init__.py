@@ -51,6 +51,27 @@ normalize off, `fill: forward`, reverse_target off, one batch padded to T=3:
     targets            = [[[1, 0], [0, 4], [0, 0]]]
     weights            = inputs["observed"]
 
+Data with times (`time_delta` in the records: `seqpipe.dataset.times`)
+-----------------------------------------------------------------------
+
+With `data.time_delta: true` (the dataset must have times: `check_times`
+refuses it otherwise), `inputs` also carries
+
+              "time_delta": float32 [B, T]  each step's time gap to the previous
+                                            step, normalized: (log(delta) -
+                                            log_mean) / log_std with the train
+                                            split's `time_stats`; exactly 0.0 at
+                                            each sequence's first step and on
+                                            padding
+
+an input only: targets and weights are as without it. Without
+`data.time_delta` (the default) the times in the records are not read and the
+element is exactly as above. Example: one sequence with times `[10, 11, 13]`
+(deltas `[0, 1, 2]`), train `log_mean = log 2`, `log_std = 1`, padded to T=4:
+
+    inputs["time_delta"] = [[0, log(1) - log(2), log(2) - log(2), 0]]
+                         = [[0, -0.6931472, 0, 0]]
+
 The mask comes from each record's `length` field, never from `x == 0`: a
 genuine all-zero timestep is real data and has weight 1.0. Padding is on the
 right (real steps first, as cuDNN wants it), and padded values of `x` and of
@@ -94,6 +115,7 @@ _EXPORTS = {
     "Holdout": "data",
     "count_held_out": "data",
     "uses_observed": "data",
+    "check_times": "data",
     "observed_for": "data",
     "model_inputs": "data",
     "normalization_arrays": "reading",

@@ -451,11 +451,13 @@ def gather_batch(window, order, pad, finish: ElementFinisher):
     positions = tf.cast(positions, tf.int64)
     rows = tf.where(real, start[:, tf.newaxis] + positions[tf.newaxis, :], 0)
     x = tf.where(real[:, :, tf.newaxis], tf.gather(window["steps"], rows), 0.0)
-    observed = None
+    observed = time_delta = None
     if "observed" in window:
         observed = tf.where(real[:, :, tf.newaxis], tf.gather(window["observed"], rows), 0.0)
+    if "time_delta" in window:
+        time_delta = tf.where(real, tf.gather(window["time_delta"], rows), 0.0)
     return finish(x, length, tf.gather(window["id"], order), tf.gather(window["label"], order),
-                  real, observed)
+                  real, observed, time_delta)
 
 
 # ----------------------------------------------------------------------------- buckets
@@ -482,17 +484,19 @@ def bucket_batches(records_ds: tf.data.Dataset, buckets: Sequence[Bucket], num_f
 
     def batch_bucket(key, window):
         return window.padded_batch(batch_sizes[key], _padded_shapes(
-            num_features, pad_lengths[key], "observed" in window.element_spec))
+            num_features, pad_lengths[key], "observed" in window.element_spec,
+            "time_delta" in window.element_spec))
 
     ds = ds.group_by_window(key_func=bucket_of, reduce_func=batch_bucket,
                             window_size_func=lambda key: batch_sizes[key])
     return ds.map(lambda batch: finish(batch["x"], batch["length"], batch["id"],
-                                       batch["label"], observed=batch.get("observed")),
+                                       batch["label"], observed=batch.get("observed"),
+                                       time_delta=batch.get("time_delta")),
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _padded_shapes(num_features: int, pad_length: tf.Tensor,
-                   observed: bool = False) -> dict[str, tf.Tensor]:
+def _padded_shapes(num_features: int, pad_length: tf.Tensor, observed: bool = False,
+                   time_delta: bool = False) -> dict[str, tf.Tensor]:
     """`pad_length` -1 means each batch's longest sequence."""
     import tensorflow as tf
 
@@ -502,6 +506,8 @@ def _padded_shapes(num_features: int, pad_length: tf.Tensor,
               "length": scalar}
     if observed:
         shapes["observed"] = shapes["x"]
+    if time_delta:
+        shapes["time_delta"] = steps
     return shapes
 
 
@@ -515,7 +521,9 @@ class ElementFinisher:
     batch, from the lengths (never from `x == 0`). With the observed mask
     (`observed` [B, T, F], missing entries already filled in `x`), the inputs
     carry it, the target is 0.0 on missing entries and the weights are the
-    target's observed mask (reversed with it).
+    target's observed mask (reversed with it). With `time_delta` [B, T] (0.0
+    on padding already), the inputs carry it; target and weights are as
+    without it (an input only).
 
     Args:
         num_features: F.
@@ -528,7 +536,7 @@ class ElementFinisher:
         self.reverse_target = reverse_target
         self.with_keys = with_keys
 
-    def __call__(self, x, length, ids, labels, real=None, observed=None):
+    def __call__(self, x, length, ids, labels, real=None, observed=None, time_delta=None):
         import tensorflow as tf
 
         x = tf.ensure_shape(x, [None, None, self.num_features])
@@ -541,6 +549,8 @@ class ElementFinisher:
             observed = tf.ensure_shape(observed, [None, None, self.num_features])
             inputs["observed"] = observed
             target, weights = tf.where(observed > 0.5, x, 0.0), observed
+        if time_delta is not None:
+            inputs["time_delta"] = tf.ensure_shape(time_delta, [None, None])
         if self.reverse_target:
             # Reverses [i, :length[i]] and leaves the padding after it in place.
             target = tf.reverse_sequence(target, length, seq_axis=1, batch_axis=0)

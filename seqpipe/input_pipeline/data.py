@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from seqpipe.config import DataConfig
 from seqpipe.dataset import records
-from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats, LengthStats
+from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats, LengthStats, TimeDeltaStats
 from seqpipe.input_pipeline import batching, reading
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -73,6 +73,7 @@ def make_dataset(
     seed: int | tf.Tensor | None = None,
     holdout: Holdout | None = None,
     observed: bool | None = None,
+    time_stats: TimeDeltaStats | None = None,
 ) -> tf.data.Dataset:
     """The batched `(inputs, targets, weights)` dataset of one split.
 
@@ -101,13 +102,17 @@ def make_dataset(
             filled with `cfg.fill`); None: `uses_observed(cfg, metadata)` of
             this dataset. Embedding new data passes the answer for the data
             the model was trained on.
+        time_stats: with `cfg.time_delta`, the `time_stats` to normalize the
+            time gaps with instead of this dataset's own (embedding new data
+            passes those of the data the model was trained on).
 
     Returns:
         A dataset following the element contract (`seqpipe.input_pipeline`).
 
     Raises:
         records.DatasetError: missing or incompatible metadata, no shards for
-            the split, or metadata lacking what `cfg` needs.
+            the split, or metadata lacking what `cfg` needs (times for
+            `cfg.time_delta`).
     """
     source = reading.split_source(data_dir, split, metadata)
     ordered = not training or cfg.deterministic
@@ -125,13 +130,14 @@ def make_dataset(
     stats = normalization if normalization is not None else source.metadata.feature_stats
     norm = _normalization(cfg, stats, source.num_features)
     fill = _fill(cfg, source.metadata, observed)
+    times = _time_normalization(cfg, source, time_stats)
     per_replica_batch = (cfg.batch_size if input_context is None
                          else input_context.get_per_replica_batch_size(cfg.batch_size))
     if cfg.batching == "sorted_window":
         plan = batching.plan_window(cfg, source.metadata, num_replicas_in_sync=replicas,
                                     per_replica_batch_size=per_replica_batch)
         ds = WindowSteps(source.num_features, norm, plan, cfg.reverse_target,
-                         with_keys, fill).batches(pairs)
+                         with_keys, fill, times).batches(pairs)
         if not ordered:
             batches_per_window = -(-plan.window // min(plan.batch_sizes))
             ds = ds.shuffle(min(batches_per_window, plan.window), seed=seed,
@@ -141,7 +147,7 @@ def make_dataset(
                                         per_replica_batch_size=per_replica_batch)
         finish = batching.ElementFinisher(source.num_features, cfg.reverse_target, with_keys)
         ds = batching.bucket_batches(
-            reading.parse_records(pairs, source.num_features, norm, fill),
+            reading.parse_records(pairs, source.num_features, norm, fill, times),
             buckets, source.num_features, finish)
     return _with_options(ds.prefetch(AUTOTUNE), sharded=input_context is not None)
 
@@ -204,6 +210,7 @@ def inference_batches(
     normalization: FeatureStats | None = None,
     skip_corrupt: bool = False,
     observed: bool | None = None,
+    time_stats: TimeDeltaStats | None = None,
 ) -> Iterator[Element]:
     """The batches of a whole split in a fixed order, eagerly, for inference.
 
@@ -223,14 +230,17 @@ def inference_batches(
     stats = normalization if normalization is not None else source.metadata.feature_stats
     steps = WindowSteps(source.num_features, _normalization(cfg, stats, source.num_features),
                         batching.plan_window(cfg, source.metadata), cfg.reverse_target,
-                        with_keys=True, fill=_fill(cfg, source.metadata, observed))
+                        with_keys=True, fill=_fill(cfg, source.metadata, observed),
+                        time_delta=_time_normalization(cfg, source, time_stats))
     yield from steps.eager_batches(reading.read_records(source, skip_corrupt=skip_corrupt))
 
 
 def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: DataConfig, *,
                   labels: Sequence[str] | None = None,
                   feature_stats: FeatureStats | None = None,
-                  observed: bool = False) -> Iterator[Element]:
+                  observed: bool = False,
+                  time_deltas: Sequence[np.ndarray] | None = None,
+                  time_stats: TimeDeltaStats | None = None) -> Iterator[Element]:
     """In-memory `[length, F]` arrays -> element-contract batches with keys, eagerly.
 
     The arrays are serialized as records (`records.encode_sequence`) and
@@ -247,17 +257,26 @@ def array_batches(sequences: Sequence[np.ndarray], ids: Sequence[str], cfg: Data
         feature_stats: the `mean` and `std` to normalize with when `cfg.normalize`.
         observed: carry `inputs["observed"]`, NaN entries of the arrays being
             missing ones (filled with `cfg.fill`), for a model trained with it.
+        time_deltas: one float32 `[length]` array of time gaps per array
+            (`seqpipe.dataset.times.time_deltas`), needed with `cfg.time_delta`:
+            `inputs["time_delta"]` is then computed as for a split.
+        time_stats: the `time_stats` to normalize the time gaps with.
     """
     labels = [""] * len(sequences) if labels is None else labels
-    serialized = [records.encode_sequence(str(i), s, label)
-                  for i, s, label in zip(ids, sequences, labels, strict=True)]
+    if cfg.time_delta and (time_deltas is None or any(d is None for d in time_deltas)):
+        raise records.DatasetError("data.time_delta needs times, but a sequence has none")
+    deltas = time_deltas if cfg.time_delta else [None] * len(sequences)
+    serialized = [records.encode_sequence(str(i), s, label, d)
+                  for i, s, label, d in zip(ids, sequences, labels, deltas, strict=True)]
     lengths = np.asarray([len(s) for s in sequences])
     num_features = int(np.shape(sequences[0])[1])
     lengths_only = DatasetMetadata(num_features, splits={}, length_stats=LengthStats(
         max=int(lengths.max()), mean=float(lengths.mean())))
     plan = batching.plan_window(cfg, lengths_only)
     steps = WindowSteps(num_features, _normalization(cfg, feature_stats, num_features), plan,
-                        cfg.reverse_target, with_keys=True, fill=cfg.fill if observed else None)
+                        cfg.reverse_target, with_keys=True, fill=cfg.fill if observed else None,
+                        time_delta=reading.time_normalization(time_stats) if cfg.time_delta
+                        else None)
     pairs = tf.data.Dataset.from_tensor_slices((["<in memory>"] * len(serialized), serialized))
     yield from steps.eager_batches(pairs)
 
@@ -273,6 +292,8 @@ class WindowSteps:
         reverse_target, with_keys: as `batching.ElementFinisher`.
         fill: None, or how missing entries are filled (`reading.fill_missing`)
             in batches that carry the observed mask.
+        time_delta: None, or the `(log_mean, log_std)` of batches that carry
+            `inputs["time_delta"]` (`reading.time_normalization`).
     """
 
     num_features: int
@@ -281,12 +302,13 @@ class WindowSteps:
     reverse_target: bool
     with_keys: bool
     fill: str | None = None
+    time_delta: tuple[float, float] | None = None
 
     def parse_and_cut(self, paths: tf.Tensor, serialized: tf.Tensor):
         """A window of serialized records -> `(window, order, pads)`: the parsed
         window and its batches (`WindowPlan.cutter`)."""
         window = reading.parse_window(paths, serialized, self.num_features, self.normalization,
-                                      self.fill)
+                                      self.fill, self.time_delta)
         order, pads = self.plan.cutter()(window["length"])
         return window, order, pads
 
@@ -317,23 +339,25 @@ class WindowSteps:
         norm = (None if self.normalization is None
                 else tuple(tuple(a.tolist()) for a in self.normalization))
         return (self.num_features, norm, self.plan, self.reverse_target, self.with_keys,
-                self.fill)
+                self.fill, self.time_delta)
 
 
 @functools.lru_cache(maxsize=16)
 def _traced(key: tuple):
     """`(parse_and_cut, gather)` of `WindowSteps(*key)` as `tf.function`s for any window
     and batch: one call per window and one per batch instead of dozens of eager ops."""
-    num_features, norm, plan, reverse_target, with_keys, fill = key
+    num_features, norm, plan, reverse_target, with_keys, fill, time_delta = key
     if norm is not None:
         norm = tuple(np.asarray(a, np.float32) for a in norm)
-    steps = WindowSteps(num_features, norm, plan, reverse_target, with_keys, fill)
+    steps = WindowSteps(num_features, norm, plan, reverse_target, with_keys, fill, time_delta)
     strings = tf.TensorSpec([None], tf.string)
     window_spec = {"steps": tf.TensorSpec([None, num_features], tf.float32),
                    "start": tf.TensorSpec([None], tf.int64),
                    "length": tf.TensorSpec([None], tf.int32), "id": strings, "label": strings}
     if fill is not None:
         window_spec["observed"] = window_spec["steps"]
+    if time_delta is not None:
+        window_spec["time_delta"] = tf.TensorSpec([None], tf.float32)
     parse_and_cut = tf.function(steps.parse_and_cut, input_signature=[strings, strings],
                                 autograph=False)
     gather = tf.function(steps.gather, autograph=False, input_signature=[
@@ -395,10 +419,34 @@ def observed_for(cfg: DataConfig, trained_on: DatasetMetadata,
     return observed
 
 
+MODEL_INPUTS = ("x", "mask", "observed", "time_delta")
+
+
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """The entries of a batch's inputs dict that the models take: `x`, `mask` and,
-    for data with missing entries, `observed` (not the keys `id`, `label`, `length`)."""
-    return {key: inputs[key] for key in ("x", "mask", "observed") if key in inputs}
+    for data with missing entries, `observed`, with `data.time_delta`,
+    `time_delta` (not the keys `id`, `label`, `length`)."""
+    return {key: inputs[key] for key in MODEL_INPUTS if key in inputs}
+
+
+def check_times(cfg: DataConfig, metadata: DatasetMetadata, where: str | Path) -> None:
+    """Raises `records.DatasetError` when `cfg.time_delta` asks for times `metadata`'s
+    dataset (at `where`) does not have."""
+    if cfg.time_delta and not metadata.has_times:
+        raise records.DatasetError(
+            f"{where}: data.time_delta needs times, but the dataset has none (give JSON "
+            "lines a 't' list, or set preprocess.keep_time_column for long-format inputs)")
+
+
+def _time_normalization(cfg: DataConfig, source: reading.SplitSource,
+                        time_stats: TimeDeltaStats | None) -> tuple[float, float] | None:
+    """`(log_mean, log_std)` of batches with `inputs["time_delta"]` (`cfg.time_delta`),
+    from `time_stats` or else the split's dataset's own; None without."""
+    if not cfg.time_delta:
+        return None
+    check_times(cfg, source.metadata, source.data_dir)
+    return reading.time_normalization(time_stats if time_stats is not None
+                                      else source.metadata.time_stats)
 
 
 def _fill(cfg: DataConfig, metadata: DatasetMetadata, observed: bool | None) -> str | None:

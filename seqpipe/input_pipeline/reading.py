@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from seqpipe.dataset import metadata as metadata_lib
-from seqpipe.dataset import records
-from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats
+from seqpipe.dataset import records, times
+from seqpipe.dataset.metadata import DatasetMetadata, FeatureStats, TimeDeltaStats
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,8 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
 
 def parse_window(paths, serialized, num_features: int,
                  normalization: tuple[np.ndarray, np.ndarray] | None,
-                 fill: str | None = None) -> dict[str, tf.Tensor]:
+                 fill: str | None = None,
+                 time_delta: tuple[float, float] | None = None) -> dict[str, tf.Tensor]:
     """Serialized records -> their steps, concatenated, and where each starts.
 
     Args:
@@ -243,37 +244,88 @@ def parse_window(paths, serialized, num_features: int,
         fill: None: steps as stored (complete data); `zero` or `forward`: the
             missing entries (NaN in the record) are filled after
             normalization (`fill_missing`) and `observed` is returned too.
+        time_delta: None: the records' times are not read; `(log_mean,
+            log_std)` (`time_normalization`): `time_delta` is returned too,
+            each step's normalized time gap (`time_delta_feature`).
 
     Returns:
         `steps` float32 [sum of lengths, F], `start` int64 [N] (the row of
         `steps` where record i starts), `length` int32 [N], `id` and `label`
         string [N]; with `fill`, `observed` float32 [sum of lengths, F] (1.0
-        observed, 0.0 missing) and `steps` without NaN. Fails naming the
-        first inconsistent record and its shard.
+        observed, 0.0 missing) and `steps` without NaN; with `time_delta`,
+        `time_delta` float32 [sum of lengths]. Fails naming the first
+        inconsistent record and its shard (a record without times counts as
+        inconsistent when `time_delta` is asked for).
     """
-    spec = {**records.tf_feature_spec(num_features),
-            records.STEPS_KEY: tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)}
+    ragged = tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)
+    spec = {**records.tf_feature_spec(num_features), records.STEPS_KEY: ragged}
+    if time_delta is not None:
+        spec[records.TIME_DELTA_KEY] = ragged
     parsed = tf.io.parse_example(serialized, spec)
     values = parsed[records.STEPS_KEY]
     length = tf.cast(parsed[records.LENGTH_KEY], tf.int32)
-    num_values = tf.cast(values.row_lengths(), tf.int32)
-    consistent = tf.logical_and(tf.equal(num_values, length * num_features), length >= 1)
-    bad = tf.argmin(tf.cast(consistent, tf.int32))
-    check = tf.debugging.Assert(tf.reduce_all(consistent), [
-        "seqpipe: record", tf.gather(parsed[records.ID_KEY], bad), "in", tf.gather(paths, bad),
-        "has length", tf.gather(length, bad), "but", tf.gather(num_values, bad), "values for",
-        num_features, "features"])
-    with tf.control_dependencies([check]):
+    checks = [_check_counts(paths, parsed, length, values, num_features, "features")]
+    if time_delta is not None:
+        checks.append(_check_counts(paths, parsed, length, parsed[records.TIME_DELTA_KEY], 1,
+                                    "time delta"))
+    with tf.control_dependencies(checks):
         steps = tf.reshape(values.flat_values, [-1, num_features])
         start = values.row_starts() // num_features
     window = {"steps": normalize(steps, normalization), "start": start, "length": length,
               "id": parsed[records.ID_KEY], "label": parsed[records.LABEL_KEY]}
+    if time_delta is not None:
+        with tf.control_dependencies(checks):
+            window["time_delta"] = time_delta_feature(
+                parsed[records.TIME_DELTA_KEY].flat_values, tf.repeat(start, length),
+                time_delta)
     if fill is not None:
         observed = tf.logical_not(tf.math.is_nan(window["steps"]))
         window["steps"] = fill_missing(window["steps"], observed,
                                        tf.repeat(start, length), fill)
         window["observed"] = tf.cast(observed, tf.float32)
     return window
+
+
+def _check_counts(paths, parsed, length, values, per_step: int, what: str):
+    """An assertion that every record has `per_step` values of `values` per step."""
+    num_values = tf.cast(values.row_lengths(), tf.int32)
+    consistent = tf.logical_and(tf.equal(num_values, length * per_step), length >= 1)
+    bad = tf.argmin(tf.cast(consistent, tf.int32))
+    return tf.debugging.Assert(tf.reduce_all(consistent), [
+        "seqpipe: record", tf.gather(parsed[records.ID_KEY], bad), "in", tf.gather(paths, bad),
+        "has length", tf.gather(length, bad), "but", tf.gather(num_values, bad), "values for",
+        per_step, what])
+
+
+def time_delta_feature(deltas: tf.Tensor, row_start: tf.Tensor,
+                       normalization: tuple[float, float]) -> tf.Tensor:
+    """The normalized time-delta input feature of concatenated sequences.
+
+    Args:
+        deltas: float32 [N], the stored gaps of several sequences one after
+            the other (`records`: 0 at each sequence's first step).
+        row_start: int64 [N], the row where each row's sequence starts.
+        normalization: `(log_mean, log_std)` of the train intervals
+            (`time_normalization`).
+
+    Returns:
+        float32 [N]: `(log(max(delta, MIN_DELTA)) - log_mean) / log_std`, and
+        exactly 0.0 at each sequence's first step (no interval there; 0 is a
+        typical interval). `seqpipe.dataset.times` says why the log.
+    """
+    log_mean, log_std = normalization
+    logs = tf.math.log(tf.maximum(tf.cast(deltas, tf.float64), times.MIN_DELTA))
+    feature = tf.cast((logs - log_mean) / log_std, tf.float32)
+    first = tf.equal(tf.range(tf.size(deltas, out_type=tf.int64)), row_start)
+    return tf.where(first, 0.0, feature)
+
+
+def time_normalization(stats: TimeDeltaStats | None) -> tuple[float, float]:
+    """`(log_mean, log_std)` from a dataset's `time_stats`: (0, 1) when the train
+    split has no interval, a std of 0 becomes 1."""
+    if stats is None or stats.log_mean is None:
+        return 0.0, 1.0
+    return float(stats.log_mean), float(stats.log_std) if stats.log_std else 1.0
 
 
 def fill_missing(steps: tf.Tensor, observed: tf.Tensor, row_start: tf.Tensor,
@@ -312,23 +364,24 @@ def fill_missing(steps: tf.Tensor, observed: tf.Tensor, row_start: tf.Tensor,
 
 def parse_records(pairs: tf.data.Dataset, num_features: int,
                   normalization: tuple[np.ndarray, np.ndarray] | None,
-                  fill: str | None = None) -> tf.data.Dataset:
+                  fill: str | None = None,
+                  time_delta: tuple[float, float] | None = None) -> tf.data.Dataset:
     """`(path, record)` pairs -> one dict per record: `x` [L, F] (ragged), `length`,
-    `id`, `label` (and `observed` [L, F] with `fill`); parsed `_PARSE_BATCH` at a
-    time by `parse_window`."""
+    `id`, `label` (and `observed` [L, F] with `fill`, `time_delta` [L] with
+    `time_delta`); parsed `_PARSE_BATCH` at a time by `parse_window`."""
     def records_of(window):
         lengths = tf.cast(window["length"], tf.int64)
-        record = {"x": tf.RaggedTensor.from_row_lengths(window["steps"], lengths,
-                                                        validate=False),
-                  "length": window["length"], "id": window["id"], "label": window["label"]}
-        if fill is not None:
-            record["observed"] = tf.RaggedTensor.from_row_lengths(window["observed"], lengths,
-                                                                  validate=False)
+        record = {"length": window["length"], "id": window["id"], "label": window["label"]}
+        for key, name in (("steps", "x"), ("observed", "observed"),
+                          ("time_delta", "time_delta")):
+            if key in window:
+                record[name] = tf.RaggedTensor.from_row_lengths(window[key], lengths,
+                                                                validate=False)
         return record
 
     windows = pairs.batch(_PARSE_BATCH).map(
         lambda paths, serialized: parse_window(paths, serialized, num_features, normalization,
-                                               fill),
+                                               fill, time_delta),
         num_parallel_calls=tf.data.AUTOTUNE)
     return windows.map(records_of, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 

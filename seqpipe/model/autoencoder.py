@@ -10,6 +10,12 @@ trainer decides with `seqpipe.input_pipeline.uses_observed`),
 
      "observed": float32 [batch, time, features]  1.0 observed, 0.0 missing or padding}
 
+and, for a model built with `time_delta=True` (`data.time_delta`: data with
+times),
+
+     "time_delta": float32 [batch, time]   each step's normalized time gap, 0.0 on
+                                           padding (`seqpipe.dataset.times`)}
+
 `time` changes from batch to batch (length bucketing), so nothing here fixes it.
 With `observed`, the encoder reads `x` and `observed` concatenated
 (`observed_indicator`, [batch, time, 2 x features]: GRU-D's indicator form),
@@ -18,7 +24,10 @@ observation. The fill value IS an input the encoder sees (beside its
 indicator), so an embedding can change when a missing entry's fill value
 changes; what does not depend on it is the loss, whose targets and weights
 exclude missing entries (`seqpipe.model.losses`). The decoder reconstructs
-the `features` of `x` only.
+the `features` of `x` only. With `time_delta`, the time gap is one more
+channel of the encoder's input (`time_delta_input`: the features, then the
+gap as `[batch, time, 1]`); it is an input only, never reconstructed and
+never in the loss.
 The graph, with the layer names `build_autoencoder` gives:
 
     x, mask ─ sequence_mask ─ encoder_lstm_1..N ─ summary ─ [embedding] ──▶ encoder output
@@ -58,6 +67,7 @@ and per sequence (the anomaly scores of `seqpipe score`) the same way.
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import keras
@@ -72,10 +82,11 @@ from seqpipe.model.layers import (
 from seqpipe.model.losses import masked_step_errors
 
 __all__ = ["build_autoencoder", "export_encoder", "export_scorer", "reconstruction_errors",
-           "scorer_module", "takes_observed"]
+           "scorer_module", "takes_observed", "takes_time_delta"]
 
 EMBEDDING_KEY = "embedding"
 OBSERVED_KEY = "observed"
+TIME_DELTA_KEY = "time_delta"
 STEP_ERROR_KEY = "step_error"
 SCORE_KEY = "score"
 SERVING_SIGNATURE = "serving_default"
@@ -89,7 +100,8 @@ RECURRENT_ACTIVATIONS = {"tanh": "tanh", "relu": "relu6"}
 
 
 def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
-                      observed: bool = False) -> tuple[keras.Model | None, keras.Model]:
+                      observed: bool = False, time_delta: bool = False,
+                      ) -> tuple[keras.Model | None, keras.Model]:
     """Builds the autoencoder and its encoder, two functional models sharing weights.
 
     Args:
@@ -99,10 +111,13 @@ def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
             `train.objective: triplet`); the autoencoder is then None.
         observed: the models also take `observed` [B, T, F] and the encoder
             reads `x` and `observed` concatenated (the module docstring).
+        time_delta: the models also take `time_delta` [B, T], one more
+            channel of the encoder's input.
 
     Returns:
         `(autoencoder, encoder)`. Both take `{"x": [B, T, F], "mask": [B, T]}`
-        (and `"observed": [B, T, F]` with `observed`);
+        (and `"observed": [B, T, F]` with `observed`, `"time_delta": [B, T]`
+        with `time_delta`);
         the autoencoder returns the reconstruction `[B, T, F]` (with the input
         mask attached), the encoder the embedding `[B, E]`, where `E` is
         `cfg.embedding_dim`, or the summary's width when that is 0 (`units`,
@@ -121,6 +136,11 @@ def build_autoencoder(cfg: ModelConfig, num_features: int, decoder: bool = True,
         inputs[OBSERVED_KEY] = keras.Input(shape=(None, num_features), name=OBSERVED_KEY)
         features = keras.layers.Concatenate(name="observed_indicator")(
             [inputs["x"], inputs[OBSERVED_KEY]])
+    if time_delta:
+        inputs[TIME_DELTA_KEY] = keras.Input(shape=(None,), name=TIME_DELTA_KEY)
+        channel = keras.layers.Reshape((-1, 1), name="time_delta_channel")(
+            inputs[TIME_DELTA_KEY])
+        features = keras.layers.Concatenate(name="time_delta_input")([features, channel])
     sequence = SequenceMask(name="sequence_mask")([features, inputs["mask"]])
 
     summary = _encode(cfg, sequence)
@@ -207,8 +227,13 @@ def takes_observed(model: keras.Model) -> bool:
     return OBSERVED_KEY in model.input
 
 
+def takes_time_delta(model: keras.Model) -> bool:
+    """Whether a model of `build_autoencoder` was built with `time_delta=True`."""
+    return TIME_DELTA_KEY in model.input
+
+
 class ServingModule(tf.Module):
-    """An exportable object: a model's variables and one serving function of `(x, mask)`.
+    """An exportable object: a model's variables and one serving function of its inputs.
 
     Args:
         model: the Keras model whose variables the function uses.
@@ -218,25 +243,29 @@ class ServingModule(tf.Module):
 
     `serve` is `outputs` as a `tf.function` taking `x` float32
     `[batch, time, F]` and `mask` float32 `[batch, time]` (and `observed`
-    float32 `[batch, time, F]` for a model that takes it, `takes_observed`);
-    call it in-process (`module.serve(x=x, mask=mask)`) or `export` it.
+    float32 `[batch, time, F]` for a model that takes it, `takes_observed`;
+    `time_delta` float32 `[batch, time]` for one that takes it,
+    `takes_time_delta`), by name; call it in-process
+    (`module.serve(x=x, mask=mask)`) or `export` it.
     """
 
     def __init__(self, model: keras.Model, name: str, outputs):
         super().__init__(name=name)
         self.model = model
         num_features = model.input["x"].shape[-1]
-        steps = tf.TensorSpec([None, None, num_features], tf.float32, name="x")
-        mask = tf.TensorSpec([None, None], tf.float32, name="mask")
-        if takes_observed(model):
-            self.serve = tf.function(
-                lambda x, mask, observed: outputs(self.model, {
-                    "x": x, "mask": mask, OBSERVED_KEY: observed}),
-                input_signature=[steps, mask, tf.TensorSpec([None, None, num_features],
-                                                            tf.float32, name=OBSERVED_KEY)])
-        else:
-            self.serve = tf.function(lambda x, mask: outputs(self.model, {"x": x, "mask": mask}),
-                                     input_signature=[steps, mask])
+        shapes = {"x": [None, None, num_features], "mask": [None, None],
+                  OBSERVED_KEY: [None, None, num_features], TIME_DELTA_KEY: [None, None]}
+        names = [key for key in shapes if key in model.input]
+
+        def serve(*tensors):
+            return outputs(self.model, dict(zip(names, tensors, strict=True)))
+
+        # One parameter per model input, named like it: callers and the exported
+        # signature pass the tensors by name.
+        serve.__signature__ = inspect.Signature(
+            [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD) for key in names])
+        self.serve = tf.function(serve, autograph=False, input_signature=[
+            tf.TensorSpec(shapes[key], tf.float32, name=key) for key in names])
 
     def export(self, path: str | Path) -> str | Path:
         """Saves this object as a SavedModel whose `serving_default` is `serve`, at `path`
@@ -253,11 +282,12 @@ def _embedding(encoder: keras.Model, inputs: dict) -> dict:
 def _served_errors(autoencoder: keras.Model, inputs: dict, *, reverse_target: bool) -> dict:
     return reconstruction_errors(autoencoder, inputs["x"], inputs["mask"],
                                  reverse_target=reverse_target,
-                                 observed=inputs.get(OBSERVED_KEY))
+                                 observed=inputs.get(OBSERVED_KEY),
+                                 time_delta=inputs.get(TIME_DELTA_KEY))
 
 
 def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: bool,
-                          observed=None) -> dict:
+                          observed=None, time_delta=None) -> dict:
     """The autoencoder's masked reconstruction errors per step and per sequence.
 
     `step_error` float32 `[batch, time]` is, at each input step, the mean over
@@ -281,6 +311,8 @@ def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: 
         observed: float32 `[batch, time, F]` for a model that takes it
             (`takes_observed`); the errors are then over observed entries only
             (`masked_step_errors` with per-entry weights).
+        time_delta: float32 `[batch, time]` for a model that takes it
+            (`takes_time_delta`): an input only.
 
     Returns:
         `{"step_error": [batch, time], "score": [batch]}`.
@@ -288,6 +320,8 @@ def reconstruction_errors(autoencoder: keras.Model, x, mask, *, reverse_target: 
     inputs = {"x": x, "mask": mask}
     if observed is not None:
         inputs[OBSERVED_KEY] = observed
+    if time_delta is not None:
+        inputs[TIME_DELTA_KEY] = time_delta
     reconstruction = autoencoder(inputs, training=False)
     if reverse_target:
         # Right padding: the real steps are the first `length`, reversed in place.
@@ -309,7 +343,8 @@ def export_encoder(encoder: keras.Model, path: str | Path) -> str | Path:
 
     The signature takes `x` float32 `[batch, time, F]` and `mask` float32
     `[batch, time]` (and `observed` float32 `[batch, time, F]` for a model built
-    with it: `takes_observed`) and returns `{"embedding": float32 [batch, E]}`.
+    with it: `takes_observed`; `time_delta` float32 `[batch, time]` for one built
+    with it: `takes_time_delta`) and returns `{"embedding": float32 [batch, E]}`.
     Loading needs only TensorFlow, not seqpipe:
 
         served = tf.saved_model.load(path).signatures["serving_default"]
@@ -327,9 +362,9 @@ def export_scorer(autoencoder: keras.Model, path: str | Path, *,
 
     The signature takes `x` float32 `[batch, time, F]` (normalized with the
     training data's statistics) and `mask` float32 `[batch, time]` (and
-    `observed` for a model built with it; the errors are then over observed
-    entries only), and
-    returns `{"step_error": float32 [batch, time], "score": float32 [batch]}`
+    `observed` for a model built with it, the errors then over observed
+    entries only; `time_delta` for a model built with it), and returns
+    `{"step_error": float32 [batch, time], "score": float32 [batch]}`
     (`reconstruction_errors`: per-step mean squared error over features, exactly 0.0
     on padding; its mean over each sequence's real steps). Loading needs
     only TensorFlow:

@@ -83,12 +83,15 @@ class LossTotals(NamedTuple):
         triplet: the sum of the triplet losses of the sequences (0 without the
             triplet term).
         num_sequences: how many sequences (rows with at least one real step).
+        num_steps: how many real timesteps (the step mask's sum): with missing
+            entries `num_values` is not a multiple of them. Not in the loss.
     """
 
     squared_error: Any
     num_values: Any
     triplet: Any
     num_sequences: Any
+    num_steps: Any = 0.0
 
 
 def objective_loss(cfg: TrainConfig, totals: LossTotals) -> Any:
@@ -270,7 +273,8 @@ class Objective:
             squared_error, num_values = masked_squared_error(targets, predictions, weights)
         if self.contrasts:
             triplet = tf.reduce_sum(self._triplet_losses(inputs, seed, training))
-        return LossTotals(squared_error, num_values, triplet, num_sequences)
+        num_steps = tf.reduce_sum(tf.cast(inputs["mask"] > 0.5, tf.float32))
+        return LossTotals(squared_error, num_values, triplet, num_sequences, num_steps)
 
     def _triplet_losses(self, inputs: dict, seed: tf.Tensor, training: bool) -> tf.Tensor:
         """Per row, the triplet loss against the global batch's negative crops."""
@@ -284,6 +288,10 @@ class Objective:
         if "observed" in inputs:  # data with missing entries: the crops' observed masks
             crop_inputs["observed"] = tf.concat(
                 [cut(inputs["observed"], crop)[0] for crop in crops], axis=0)
+        if "time_delta" in inputs:  # data with times: the crops' time gaps
+            crop_inputs["time_delta"] = tf.concat(
+                [cut(inputs["time_delta"][..., tf.newaxis], crop)[0][..., 0]
+                 for crop in crops], axis=0)
         embeddings = self.encoder(crop_inputs, training=training)
         anchor, positive, negative = tf.split(embeddings, 3, axis=0)
         valid = tf.cast(plan.valid, tf.float32)

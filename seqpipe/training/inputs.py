@@ -196,7 +196,8 @@ class TrainingInputs:
                                            skip_batches)
 
             stream = EpochStream(epoch_dataset, self.metadata.num_features, epoch, skip,
-                                 observed=data.uses_observed(self.cfg.data, self.metadata))
+                                 observed=data.uses_observed(self.cfg.data, self.metadata),
+                                 time_delta=self.cfg.data.time_delta)
             self._streams[split] = stream
         return stream
 
@@ -305,10 +306,12 @@ class EpochStream:
     """
 
     def __init__(self, epoch_dataset: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset],
-                 num_features: int, first_epoch: int, skip: int, observed: bool = False):
+                 num_features: int, first_epoch: int, skip: int, observed: bool = False,
+                 time_delta: bool = False):
         steps, mask = tf.zeros([0, 0, num_features]), tf.zeros([0, 0])
         # Batches with the observed mask have per-entry weights (seqpipe.input_pipeline).
-        inputs = {"x": steps, "mask": mask, **({"observed": steps} if observed else {})}
+        inputs = {"x": steps, "mask": mask, **({"observed": steps} if observed else {}),
+                  **({"time_delta": mask} if time_delta else {})}
         marker = tf.data.Dataset.from_tensors((inputs, steps, steps if observed else mask))
         first = tf.constant(first_epoch, tf.int64)
 

@@ -143,6 +143,8 @@ class RunState:
             count of `epoch`'s steps.
         epoch_triplet, epoch_sequences: the running sum of triplet losses and
             sequence count (`train.objective` triplet or both).
+        epoch_steps: the running count of real timesteps of `epoch`'s steps
+            (the history's `valid_timesteps`).
         best_val_loss: the best monitored loss of the finished epochs.
         backup, best: the checkpoint managers of the backup and the best weights.
     """
@@ -156,13 +158,15 @@ class RunState:
         self.epoch_count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.epoch_triplet = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.epoch_sequences = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_steps = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
         self.checkpoint_every_steps = checkpoint_every_steps
         checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, best_val_loss=self.best_val_loss,
             epoch_sse=self.epoch_sse, epoch_count=self.epoch_count,
-            epoch_triplet=self.epoch_triplet, epoch_sequences=self.epoch_sequences)
+            epoch_triplet=self.epoch_triplet, epoch_sequences=self.epoch_sequences,
+            epoch_steps=self.epoch_steps)
         self.backup = tf.train.CheckpointManager(checkpoint, backup_dir, max_to_keep=1)
         self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), best_dir,
                                                max_to_keep=1)
@@ -201,7 +205,8 @@ class RunState:
 
     @property
     def _epoch_totals(self) -> tuple[tf.Variable, ...]:
-        return (self.epoch_sse, self.epoch_count, self.epoch_triplet, self.epoch_sequences)
+        return (self.epoch_sse, self.epoch_count, self.epoch_triplet, self.epoch_sequences,
+                self.epoch_steps)
 
     def keep_if_best(self, monitored: float) -> None:
         """Saves the weights as the best if `monitored` beats every earlier epoch."""

@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 from seqpipe.config import Config
-from seqpipe.model.autoencoder import takes_observed
+from seqpipe.model.autoencoder import takes_observed, takes_time_delta
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 
 logger = logging.getLogger(__name__)
@@ -200,8 +200,10 @@ def _global_step(strategy: tf.distribute.Strategy, replica_step: Callable,
         return LossTotals(*(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                             for value in totals))
 
-    # Batches of data with missing entries carry `observed` and per-entry weights.
+    # Batches of data with missing entries carry `observed` and per-entry weights;
+    # with `data.time_delta`, `time_delta`.
     step.takes_observed = takes_observed(objective.model)
+    step.takes_time_delta = takes_time_delta(objective.model)
     return step
 
 
@@ -223,11 +225,13 @@ def trace_for_any_shape(step: Step, strategy: tf.distribute.Strategy, batch_size
     for size in (batch_size, None):  # the specific trace first
         steps = tf.TensorSpec([size, None, num_features], tf.float32)
         mask = tf.TensorSpec([size, None], tf.float32)
+        inputs = {"x": steps, "mask": mask}
         if getattr(step, "takes_observed", False):
-            step.get_concrete_function(({"x": steps, "mask": mask, "observed": steps}, steps,
-                                        steps))
-        else:
-            step.get_concrete_function(({"x": steps, "mask": mask}, steps, mask))
+            inputs["observed"] = steps
+        if getattr(step, "takes_time_delta", False):
+            inputs["time_delta"] = mask
+        weights = steps if "observed" in inputs else mask
+        step.get_concrete_function((inputs, steps, weights))
 
 
 def _has_data(weights: tf.Tensor) -> tf.Tensor:
@@ -248,7 +252,8 @@ def _at_least_one_step(inputs: dict, targets: tf.Tensor, weights: tf.Tensor):
     def pad(tensor):
         return tf.pad(tensor, [[0, rows], [0, steps]] + [[0, 0]] * (len(tensor.shape) - 2))
 
-    padded = {key: pad(inputs[key]) for key in ("x", "mask", "observed") if key in inputs}
+    padded = {key: pad(inputs[key]) for key in ("x", "mask", "observed", "time_delta")
+              if key in inputs}
     return padded, pad(targets), pad(weights)
 
 

@@ -37,7 +37,7 @@ from seqpipe import storage
 from seqpipe.config import Config, TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset.metadata import DatasetMetadata
-from seqpipe.input_pipeline.data import uses_observed
+from seqpipe.input_pipeline.data import check_times, uses_observed
 from seqpipe.model.autoencoder import build_autoencoder
 from seqpipe.model.objectives import LossTotals, Objective, objective_loss
 from seqpipe.training.data_service import backup_every_steps
@@ -135,12 +135,14 @@ class Trainer:
         self.strategy = strategy if strategy is not None else make_strategy(cfg.train.strategy)
         if self.metadata.num_records("train") == 0:
             raise TrainingError(f"{data_dir}: the train split is empty")
+        check_times(cfg.data, self.metadata, data_dir)
         keras.utils.set_random_seed(cfg.train.seed)
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
                 cfg.model, self.metadata.num_features,
                 decoder=cfg.train.objective != "triplet",
-                observed=uses_observed(cfg.data, self.metadata))
+                observed=uses_observed(cfg.data, self.metadata),
+                time_delta=cfg.data.time_delta)
             self.objective = Objective(cfg.train, self.autoencoder, self.encoder)
             self.optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
             self.optimizer.build(self.objective.model.trainable_variables)
@@ -239,7 +241,7 @@ class Trainer:
         totals = self.state.epoch_totals()
         record = {"epoch": epoch, "loss": float(objective_loss(self.cfg.train, totals)),
                   "steps": result.num_steps + skip,
-                  "valid_timesteps": int(totals.num_values) // self.metadata.num_features,
+                  "valid_timesteps": int(totals.num_steps),
                   "seconds": result.seconds,
                   "timesteps_per_second": result.num_valid_timesteps
                   / max(result.seconds, 1e-9)}
@@ -254,7 +256,7 @@ class Trainer:
         """Steps through `(split, epoch)` from `skip`: trains on `train`, evaluates others."""
         training = split == "train"
         step = self.train_step if training else self.eval_step
-        sums, steps = LossTotals(0.0, 0.0, 0.0, 0.0), 0
+        sums, steps = LossTotals(0.0, 0.0, 0.0, 0.0, 0.0), 0
         progress = self.outputs.progress(split, epoch)
         started = time.monotonic()
         trace_for_any_shape(step, self.strategy, self.cfg.data.batch_size,
@@ -276,7 +278,7 @@ class Trainer:
                 self.state.count_step(totals)
             progress(steps, loss)
         return EpochResult(loss=float(objective_loss(self.cfg.train, sums)), num_steps=steps,
-                           num_valid_timesteps=int(sums.num_values) // self.metadata.num_features,
+                           num_valid_timesteps=int(sums.num_steps),
                            seconds=time.monotonic() - started)
 
 
