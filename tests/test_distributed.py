@@ -116,6 +116,7 @@ def assert_same_step(case: dict, objective: str, rows: int) -> None:
     assert case["halves"][0] != case["halves"][1]  # uneven padding across replicas
     single, mirrored = case["results"]["single"], case["results"]["mirrored"]
     assert mirrored["num_values"] == single["num_values"]
+    assert mirrored["num_steps"] == single["num_steps"]  # the history's valid_timesteps
     assert mirrored["num_sequences"] == single["num_sequences"] == rows
     assert mirrored["squared_error"] == pytest.approx(single["squared_error"], rel=1e-6)
     assert mirrored["triplet"] == pytest.approx(single["triplet"], rel=1e-6)

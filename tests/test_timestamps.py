@@ -239,26 +239,6 @@ def test_a_step_counts_real_timesteps_from_the_mask_on_data_with_gaps():
     assert (float(totals.num_values), float(totals.num_steps)) == (4.0, 3.0)
 
 
-@pytest.mark.slow
-def test_two_replicas_count_the_real_steps_of_a_batch_with_gaps(tmp_path, tiny_config):
-    """The step count is summed across replicas like the other totals
-    (tests/test_distributed.py's harness: one global batch, single vs two replicas)."""
-    from test_distributed import mirrored_step_results
-
-    from beam_jobs.preprocess import preprocess
-    from seqpipe import synthetic
-
-    raw = tmp_path / "gappy.jsonl"
-    synthetic.write_jsonl(dataclasses.replace(tiny_config.synth, missing_fraction=0.3), raw)
-    preprocess([str(raw)], str(tmp_path / "data"), tiny_config.preprocess)
-    case = mirrored_step_results(tmp_path, tmp_path / "data", [("reconstruction", 4)])
-    single, mirrored = (case["reconstruction-4"]["results"][name]
-                        for name in ("single", "mirrored"))
-    assert mirrored["num_steps"] == single["num_steps"]
-    # 8 features with gaps: num_values // 8 would undercount the steps.
-    assert single["num_values"] < 8 * single["num_steps"]
-
-
 def test_the_epochs_step_count_is_checkpointed_and_resumed(tmp_path):
     from seqpipe.training.resume import RunState
 
