@@ -216,13 +216,14 @@ def test_missing_data_dir_is_refused(tmp_path, tiny_config):
 
 @pytest.mark.slow
 def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
-    """SIGKILL after the first mid-epoch backup; the same command resumes and finishes."""
+    """SIGKILL after the first mid-epoch backup (step 5 of about 28); the same command
+    resumes there and finishes."""
     model_dir = tmp_path / "model"
     command = [sys.executable, "-m", "seqpipe", "train", "--data", str(tiny_dataset),
                "--model-dir", str(model_dir), "--config", "tiny", "--quiet",
                *[f"--set={o}" for o in ("synth.num_sequences=160", "model.units=16",
                                         "model.embedding_dim=8", "train.epochs=2",
-                                        "train.checkpoint_every_steps=1",
+                                        "train.checkpoint_every_steps=5",
                                         "data.batch_size=4")]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     backup = model_dir / "checkpoints" / "backup" / "checkpoint"
@@ -238,7 +239,7 @@ def test_killed_run_resumes_mid_epoch(tmp_path, tiny_dataset, tiny_config):
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
     history = json.loads((model_dir / HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [0, 1]
-    assert any(h.get("resumed_at_step", 0) >= 1 for h in history)
+    assert any(h.get("resumed_at_step", 0) >= 5 for h in history)
     summary = json.loads((model_dir / SUMMARY_FILE).read_text())
     assert summary["epochs"] == 2 and summary["resumed"] is True
 
