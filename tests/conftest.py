@@ -1,4 +1,9 @@
-"""Shared fixtures: one tiny synthetic dataset, preprocessed for real, per test session."""
+"""Shared fixtures: one tiny synthetic dataset, preprocessed for real, per test session.
+
+The suite runs in parallel processes (pytest-xdist, `--dist loadfile` in pyproject.toml:
+a file's tests, and so its module fixtures, stay in one process); session fixtures are
+built once per process.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ import pytest
 
 from seqpipe import synthetic
 from seqpipe.config import Config, load_config
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first (each file in its own order): with `--dist loadfile`
+    the long files start at once and the short ones fill the gaps, instead of the longest
+    starting last and running alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
