@@ -32,6 +32,14 @@ def written_part(directory, split, sequences):
     return writer.close()
 
 
+def read_rejects(data_dir: Path) -> list[dict]:
+    """Every rejection record of a local dataset's `rejects/` files, file by file."""
+    import json
+
+    return [json.loads(line) for path in sorted((data_dir / "rejects").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
 def read_split(directory: Path, metadata: DatasetMetadata, split: str) -> dict[str, dict]:
     import tensorflow as tf
 

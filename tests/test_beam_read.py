@@ -1,14 +1,13 @@
 """beam_jobs.read: each reader on literal files, then each format through the whole job."""
 
 import gzip
-import json
 import os
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from beam_helpers import read_split
+from beam_helpers import read_rejects, read_split
 
 from beam_jobs import preprocess as job
 from beam_jobs import read
@@ -132,8 +131,7 @@ def test_parquet_long_format_end_to_end_with_row_numbers(tmp_path):
     # records: s1 (3 rows over 2 files), s2, s3, s4, s6, the id-less row, the broken file
     assert (counts.read, counts.written, counts.rejected) == (7, 2, 5)
     rejects = sorted((os.path.basename(r["source"]), r["line"], r["reason"])
-                     for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
-                     for r in map(json.loads, path.read_text().splitlines()))
+                     for r in read_rejects(tmp_path / "out"))
     assert rejects == [("q1.parquet", 3, "missing_id"), ("q1.parquet", 4, "non_numeric"),
                        ("q1.parquet", 6, "duplicate_time"), ("q1.parquet", 8, "non_finite"),
                        ("q3.parquet", 0, "unparseable")]

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from beam_helpers import read_rejects
 
 from beam_jobs import preprocess as job
 from beam_jobs import statistics
@@ -237,8 +238,7 @@ def test_job_keeps_gaps_and_rejects_each_reason(kept):
     assert (counts.read, counts.written, counts.rejected) == (9, 5, 4)
     assert {k: v for k, v in counts.rejected_by_reason.items() if v} == {
         "all_missing": 2, "too_many_missing": 1, "non_finite": 1}
-    rejects = sorted(r["reason"] for path in (out / "rejects").glob("*.jsonl")
-                     for r in map(json.loads, path.read_text().splitlines()))
+    rejects = sorted(r["reason"] for r in read_rejects(out))
     assert rejects == ["all_missing", "all_missing", "non_finite", "too_many_missing"]
     written = {}
     for split in records.SPLITS:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from beam_helpers import read_split
+from beam_helpers import read_rejects, read_split
 
 from beam_jobs import commit, flags, read, statistics
 from beam_jobs import metadata as job_metadata
@@ -112,8 +112,7 @@ def test_counts_nothing_lost(dataset):
 
 
 def test_rejects_file_names_each_record_with_its_reason(dataset):
-    lines = [json.loads(line) for path in (dataset["out"] / "rejects").glob("*.jsonl")
-             for line in path.read_text().splitlines()]
+    lines = read_rejects(dataset["out"])
     assert {(os.path.basename(r["source"]), r["line"], r["reason"]) for r in lines} == (
         dataset["rejects"])
     assert len(lines) == len(dataset["rejects"])
@@ -293,8 +292,7 @@ def test_big_file_read_in_byte_ranges_gives_the_same_dataset(dataset, tmp_path, 
     assert metadata.counts == reference.counts
     assert _all_records(tmp_path / "out", metadata) == _all_records(dataset["out"], reference)
     a_text = Path(dataset["files"][0]).read_bytes()
-    rejects = [json.loads(line) for path in (tmp_path / "out" / "rejects").glob("*.jsonl")
-               for line in path.read_text().splitlines()]
+    rejects = read_rejects(tmp_path / "out")
     a_rejects = [r for r in rejects if r["source"].endswith("a.jsonl")]
     assert len(a_rejects) == len(BAD_A)
     for rejection in a_rejects:  # located by byte offset: the record starts there

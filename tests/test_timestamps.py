@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from beam_helpers import read_rejects
 from literal_datasets import DETERMINISTIC, SEQS, WINDOW, batches, inference, padded, write_dataset
 
 from seqpipe.config import ModelConfig, PreprocessConfig, TrainConfig
@@ -159,8 +160,7 @@ def test_the_job_keeps_times_and_rejects_each_reason(timed):
     assert (counts.read, counts.written, counts.rejected) == (6, 3, 3)
     assert {reason: n for reason, n in counts.rejected_by_reason.items() if n} == {
         "mixed_times": 1, "bad_times": 1, "wrong_feature_count": 1}
-    rejects = [json.loads(line) for path in sorted((data_dir / "rejects").glob("*.jsonl"))
-               for line in path.read_text().splitlines()]
+    rejects = read_rejects(data_dir)
     mixed = next(r for r in rejects if r["reason"] == "mixed_times")
     assert json.loads(mixed["record"])["id"] == "d"
     written = {r["id"]: r for split in ("train", "test")
