@@ -17,6 +17,11 @@ statistics) and of the pooled-statistics baseline, 1-NN DTW, the embedding's
 cross-validation accuracy on the train split, training seconds, epochs and
 optimizer steps. All rows also go to a JSON file.
 
+Ensembles (`--ensembles ensemble3`, `ENSEMBLES`): the embeddings of several
+trained candidates (the default config under three seeds), concatenated per
+record and scored under the same SVM protocol; the row's seconds and steps are
+its members' sums.
+
 Choosing a config: the `*` marks, per set, the candidate whose embedding has the
 best cross-validation accuracy on the train split (labels of train only; the
 test split is scored once per candidate and never used to choose).
@@ -24,7 +29,8 @@ test split is scored once per candidate and never used to choose).
     pip download 'aeon==1.6.*' --no-deps -d /tmp/aeon-wheel
     python benchmarks/real_data.py --aeon /tmp/aeon-wheel/aeon-1.6.0-py3-none-any.whl \\
         --workdir /tmp/real-data [--sets GunPoint,BasicMotions] [--configs default,batch8] \\
-        [--no-synthetic] [--json rows.json] [--set train.epochs=50 ...]
+        [--no-synthetic] [--ensembles ensemble3] [--json rows.json] \\
+        [--set train.epochs=50 ...]
 
 A run reuses what WORKDIR already holds (converted sets, datasets, and models that
 have an `evaluation.json`): delete a model folder to train it again. Times are
@@ -40,6 +46,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,6 +83,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "triplet": ("train.objective=triplet",),
     "both": ("train.objective=both",),
     "triplet+steps500": ("train.objective=triplet", "train.min_steps=500"),
+    "seed1": ("train.seed=1", "data.seed=1"),
+    "seed2": ("train.seed=2", "data.seed=2"),
+}
+
+# ensemble -> member candidates: the members' embeddings, concatenated, under the same
+# SVM protocol (`--ensembles`); its seconds and steps are the members' sums.
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "ensemble3": ("default", "seed1", "seed2"),
 }
 
 METHODS = ("embedding", "hybrid", "pooled_statistics", "dtw_1nn")
@@ -165,6 +181,44 @@ def result_row(name: str, config: str, overrides: list[str], data_dir: Path,
     return row
 
 
+def ensemble_row(name: str, ensemble: str, data_dir: Path, workdir: Path,
+                 member_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of an ensemble: SVM scores of its members' embeddings concatenated.
+
+    Computed once per workdir (`models/SET/ENSEMBLE.json`); the baselines are the
+    first member's (they do not depend on the model).
+    """
+    path = workdir / "models" / name / f"{ensemble}.json"
+    if not path.is_file():
+        members = ENSEMBLES[ensemble]
+        scores = ensemble_scores(data_dir, [workdir / "models" / name / m for m in members])
+        first = member_rows[0]
+        row = {**first, "config": ensemble, "overrides": [f"members: {', '.join(members)}"],
+               "embedding": scores["test_accuracy"], "embedding_cv": scores["cv_accuracy"],
+               "hybrid": None, "hybrid_cv": None,
+               "train_seconds": sum(r["train_seconds"] for r in member_rows),
+               "epochs": sum(r["epochs"] for r in member_rows),
+               "optimizer_steps": sum(r["optimizer_steps"] for r in member_rows)}
+        path.write_text(json.dumps(row, indent=2))
+    return _read_json(path)
+
+
+def ensemble_scores(data_dir: Path, model_dirs: list[Path]) -> dict[str, Any]:
+    """`evaluate_svm` on the train/test embeddings of several models, concatenated
+    per record (rows aligned by record id), with the default evaluation config."""
+    from seqpipe.commands import embed, evaluate
+    from seqpipe.config import EvalConfig
+
+    by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "test"):
+        parts = [embed.compute_embeddings(data_dir, model_dir, split) for model_dir in model_dirs]
+        order = sorted(parts[0].ids.tolist())
+        aligned = [part.take(embed.rows_for(part.ids, order)) for part in parts]
+        by_split[split] = (np.hstack([part.vectors for part in aligned]), aligned[0].labels)
+    (train_x, train_y), (test_x, test_y) = by_split["train"], by_split["test"]
+    return evaluate.evaluate_svm(train_x, train_y, test_x, test_y, EvalConfig())
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -245,11 +299,15 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def run(names: list[str], configs: list[str], base_overrides: list[str], workdir: Path,
-        aeon: str | None, niceness: int, table_only: bool = False) -> list[dict[str, Any]]:
-    """Every set x config: preprocess, train, evaluate; the rows, in that order.
+        aeon: str | None, niceness: int, table_only: bool = False,
+        ensembles: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every set x config: preprocess, train, evaluate; the rows, in that order, then
+    a row per ensemble (its members trained as configs if not listed).
 
     With `table_only`, nothing runs: the rows are those WORKDIR already holds.
     """
+    members = [m for ensemble in ensembles for m in ENSEMBLES[ensemble]]
+    configs = list(dict.fromkeys([*configs, *members]))
     rows = []
     for name in names:
         if aeon_sets.is_held_out(name):
@@ -266,6 +324,12 @@ def run(names: list[str], configs: list[str], base_overrides: list[str], workdir
                 train_and_evaluate(name, config, overrides, data_dir, workdir, niceness)
             rows.append(result_row(name, config, overrides, data_dir, model_dir))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+        for ensemble in ensembles:
+            by_config = {row["config"]: row for row in rows if row["set"] == name}
+            member_rows = [by_config.get(m) for m in ENSEMBLES[ensemble]]
+            if all(member_rows):
+                rows.append(ensemble_row(name, ensemble, data_dir, workdir, member_rows))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
@@ -280,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the synthetic default")
     parser.add_argument("--configs", default="default",
                         help=f"comma-separated candidates of {sorted(CANDIDATES)}")
+    parser.add_argument("--ensembles", default="",
+                        help=f"comma-separated ensembles of {sorted(ENSEMBLES)} (their "
+                             "members are trained as candidates)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every candidate (before the candidate's own)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the seqpipe runs")
@@ -292,7 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
     names = [n for n in args.sets.split(",") if n] + ([] if args.no_synthetic else [SYNTHETIC])
-    rows = run(names, configs, args.set, args.workdir, args.aeon, args.nice, args.table_only)
+    ensembles = tuple(e for e in args.ensembles.split(",") if e)
+    unknown = sorted(set(ensembles) - set(ENSEMBLES))
+    if unknown:
+        parser.error(f"unknown ensembles {unknown}; known: {sorted(ENSEMBLES)}")
+    rows = run(names, configs, args.set, args.workdir, args.aeon, args.nice, args.table_only,
+               ensembles)
     mark_cv_choice(rows)
     print("\n" + format_rows(rows) + "\n\n" + format_config_summary(rows))
     output = args.json or args.workdir / "real_data.json"
