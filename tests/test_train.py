@@ -141,6 +141,19 @@ def test_an_epoch_is_a_function_of_its_seed_and_resume_skips_exactly(
         assert trainer.inputs.stream("train", 5, 0) is stream and stream.is_at(5, 0)
         next(stream.epoch())  # stopped after one batch: lost, restarted when asked again
         assert not stream.is_at(5, 1) and trainer.inputs.stream("train", 5, 0) is not stream
+
+        # The stream ends with the run's last epoch; a later epoch gets a new stream.
+        last = cfg.train.epochs - 1
+        stream = trainer.inputs.stream("train", last, 0)
+        expected = _epoch_batches(trainer, last)
+        got = [inputs["x"].numpy() for inputs, _, _ in stream.epoch()]
+        assert len(got) == len(expected)
+        assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+        assert not stream.is_at(last + 1, 0)
+        assert list(stream.epoch()) == []  # nothing read past the last epoch
+        after = trainer.inputs.stream("train", last + 1, 0)
+        assert after is not stream and after.is_at(last + 1, 0)
+        assert len([batch for batch in after.epoch()]) == len(_epoch_batches(trainer, last + 1))
     finally:
         trainer.close()
 

@@ -195,7 +195,10 @@ class TrainingInputs:
                 return self._epoch_dataset(split, None, self.cfg.data.seed + epoch_index,
                                            skip_batches)
 
+            # Through the run's last epoch (further when asked for a later one).
+            end_epoch = max(self.cfg.train.epochs, epoch + 1)
             stream = EpochStream(epoch_dataset, self.metadata.num_features, epoch, skip,
+                                 end_epoch,
                                  observed=data.uses_observed(self.cfg.data, self.metadata),
                                  time_delta=self.cfg.data.time_delta)
             self._streams[split] = stream
@@ -297,17 +300,19 @@ class TrainingInputs:
 class EpochStream:
     """The batches of every epoch of one split from a single iterator.
 
-    `Dataset.counter(first_epoch)` -> each epoch's dataset (seeded by its
-    index, the first skipping `skip` batches) followed by one empty batch that
-    marks its end. Creating an iterator per epoch costs more CPU than reading
-    a small split (every function of the pipeline is instantiated again); one
-    iterator instantiates them once, and its prefetch reads the next epoch's
-    first window while this one finishes, with no thread of ours.
+    `Dataset.range(first_epoch, end_epoch)` -> each epoch's dataset (seeded
+    by its index, the first skipping `skip` batches) followed by one empty
+    batch that marks its end. Creating an iterator per epoch costs more CPU
+    than reading a small split (every function of the pipeline is
+    instantiated again); one iterator instantiates them once, and its prefetch
+    reads the next epoch's first window while this one finishes, with no
+    thread of ours. The stream ends with the run's last epoch: an epoch read
+    ahead past it would only be thrown away.
     """
 
     def __init__(self, epoch_dataset: Callable[[tf.Tensor, tf.Tensor], tf.data.Dataset],
-                 num_features: int, first_epoch: int, skip: int, observed: bool = False,
-                 time_delta: bool = False):
+                 num_features: int, first_epoch: int, skip: int, end_epoch: int,
+                 observed: bool = False, time_delta: bool = False):
         steps, mask = tf.zeros([0, 0, num_features]), tf.zeros([0, 0])
         # Batches with the observed mask have per-entry weights (seqpipe.input_pipeline).
         inputs = {"x": steps, "mask": mask, **({"observed": steps} if observed else {}),
@@ -319,13 +324,19 @@ class EpochStream:
             skip_steps = tf.where(tf.equal(epoch, first), tf.constant(skip, tf.int64), 0)
             return epoch_dataset(epoch, skip_steps).concatenate(marker)
 
-        stream = tf.data.Dataset.counter(first_epoch).flat_map(with_end_marker)
-        self._iterator = iter(stream.prefetch(1))
+        stream = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(with_end_marker)
+        # Without the autotuner's thread, dropping the iterator while it reads ahead
+        # (early stopping, a restart) takes 0.5 s instead of 10-13 s on 6,000 records.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        self._iterator = iter(stream.prefetch(1).with_options(options))
         self._position: tuple[int, int] | None = (first_epoch, skip)
+        self._end_epoch = end_epoch
 
     def is_at(self, epoch: int, skip: int) -> bool:
-        """Whether `epoch()` would yield the batches of `epoch` from step `skip`."""
-        return self._position == (epoch, skip)
+        """Whether `epoch()` would yield the batches of `epoch` from step `skip`
+        (never at or past the stream's end)."""
+        return self._position == (epoch, skip) and epoch < self._end_epoch
 
     def epoch(self) -> Iterator[Any]:
         """The batches of the next epoch. Stopped early, the stream is lost
