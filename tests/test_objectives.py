@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 
 import seqpipe.model.layers  # noqa: F401 - registers the custom layers for load_model
-from seqpipe.commands import report
+from seqpipe.commands import report, score
 from seqpipe.config import TrainConfig
 from seqpipe.dataset import metadata as metadata_lib
+from seqpipe.dataset.records import DatasetError
 from seqpipe.input_pipeline import data
 from seqpipe.model.objectives import (
     LossTotals,
@@ -23,7 +24,7 @@ from seqpipe.model.objectives import (
     sample_crops,
     triplet_losses,
 )
-from seqpipe.training.model_dir import AUTOENCODER_FILE, HISTORY_FILE
+from seqpipe.training.model_dir import AUTOENCODER_FILE, HISTORY_FILE, SCORER_DIR
 from seqpipe.training.trainer import Trainer, train
 
 # Four rows, T=6, F=2: lengths 1, 3, 6 and a row without real steps; padding holds
@@ -175,3 +176,14 @@ def test_training_lowers_the_loss(tmp_path, tiny_dataset, tiny_config, objective
                                          metadata_lib.read(tiny_dataset), "test")
     texts = [text.get_text() for text in figure.texts]
     assert any("no reconstructions" in text for text in texts) == (objective == "triplet")
+    # Only a model with a decoder has reconstruction scores.
+    assert (model_dir / SCORER_DIR).is_dir() == (objective == "both")
+    if objective == "triplet":
+        with pytest.raises(DatasetError, match="train.objective triplet, an encoder without "
+                                               "decoder: it reconstructs nothing"):
+            score.load_scorer(model_dir)
+    else:
+        x = tf.random.normal([2, 5, metadata_lib.read(tiny_dataset).num_features])
+        mask = tf.constant([[1.0] * 5, [1.0] * 3 + [0.0] * 2])
+        step_error = score.load_scorer(model_dir)(x=x, mask=mask)["step_error"].numpy()
+        assert step_error.shape == (2, 5) and np.all(step_error[1, 3:] == 0.0)

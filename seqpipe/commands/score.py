@@ -148,7 +148,8 @@ def load_scorer(model_dir: str | Path) -> Callable[..., dict[str, Any]]:
     with the model config's `data.reverse_target`.
 
     Raises:
-        records.DatasetError: neither is there.
+        records.DatasetError: neither is there, or the model has no decoder
+            (`train.objective: triplet`), so nothing reconstructs the input.
     """
     import tensorflow as tf
 
@@ -158,13 +159,18 @@ def load_scorer(model_dir: str | Path) -> Callable[..., dict[str, Any]]:
     if not storage.isfile(storage.join(model_dir, AUTOENCODER_FILE)):
         raise records.DatasetError(f"{model_dir}: no exported scorer ({SCORER_DIR}/) and no "
                                    f"{AUTOENCODER_FILE}; train a model first (`seqpipe train`)")
+    cfg = read_config(model_dir)
+    if cfg.train.objective == "triplet":
+        raise records.DatasetError(
+            f"{model_dir}: trained with train.objective triplet, an encoder without "
+            "decoder: it reconstructs nothing, so it has no anomaly scores (train with "
+            "train.objective reconstruction or both)")
     import keras
 
     from seqpipe.model import autoencoder as autoencoder_lib  # registers seqpipe's layers
 
     model = keras.models.load_model(storage.join(model_dir, AUTOENCODER_FILE), safe_mode=True)
-    reverse_target = read_config(model_dir).data.reverse_target
-    return autoencoder_lib.scorer_module(model, reverse_target=reverse_target).serve
+    return autoencoder_lib.scorer_module(model, reverse_target=cfg.data.reverse_target).serve
 
 
 def score_split(data_dir: str | Path, model_dir: str | Path, split: str, scorer=None, *,

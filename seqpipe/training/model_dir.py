@@ -12,7 +12,8 @@
                            .scorer.tmp/, then renamed). A model dir trained
                            before it existed has none: `seqpipe score` then
                            builds the same function from autoencoder.keras
-                           (safe-mode load with seqpipe's layers)
+                           (safe-mode load with seqpipe's layers). None with
+                           `train.objective: triplet` (no decoder)
     config.yaml            the resolved config, written when training starts: a
                            resumed run must have the same model section
     dataset_metadata.json  the training data's metadata.json (idem: resuming on

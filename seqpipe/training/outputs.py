@@ -92,13 +92,15 @@ class RunOutputs:
     def export(self, autoencoder: keras.Model, encoder: keras.Model,
                summary: dict[str, Any]) -> None:
         """`autoencoder.keras`, the encoder and scorer SavedModels and `summary.json`
-        (chief only)."""
+        (chief only). `autoencoder` is the model trained: the encoder alone with
+        `train.objective: triplet`, which then has no scorer (no reconstruction)."""
         if not self.chief:
             return
         autoencoder.save(self._path(AUTOENCODER_FILE))  # Keras writes URLs through gfile
         self._export_staged(ENCODER_DIR, lambda path: export_encoder(encoder, path))
-        self._export_staged(SCORER_DIR, lambda path: export_scorer(
-            autoencoder, path, reverse_target=self.cfg.data.reverse_target))
+        if self.cfg.train.objective != "triplet":
+            self._export_staged(SCORER_DIR, lambda path: export_scorer(
+                autoencoder, path, reverse_target=self.cfg.data.reverse_target))
         storage.write_json_atomic(self._path(SUMMARY_FILE),
                                   {**summary, "config": to_dict(self.cfg)})
 
