@@ -66,6 +66,7 @@ SYNTHETIC = "synthetic"
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "default": (),
     "epochs100": ("train.epochs=100",),
+    "epochs20": ("train.epochs=20",),
     "batch8": ("data.batch_size=8",),
     "batch8+epochs100": ("data.batch_size=8", "train.epochs=100"),
     "stacked2+all_layers": ("model.layers=2", "model.embedding_from=all_layers"),
