@@ -15,6 +15,7 @@ result is a plain JSON-serializable dict (`seqpipe inspect --json`);
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
         rejected_by_reason (non-zero reasons only)}, splits: {split: {records,
         timesteps, shards}}, length_stats: {min, max, mean, quantiles},
         bucket_boundaries (the metadata's suggestion), data_config (the
-        batching measured, as a dict), padding}`; `padding` is
+        batching measured, as a dict), padding}`; each split also has
+        `missing_fraction` (per feature, None when the dataset records none)
+        and `times` is the metadata's `time_stats` as a dict (None for data
+        without times); `padding` is
         `seqpipe.input_pipeline.padding_efficiency` of the train split, or None when the
         train split is empty.
 
@@ -69,14 +73,21 @@ def inspect_dataset(data_dir: str | Path, data_cfg: DataConfig) -> dict[str, Any
                                    counts.rejected_by_reason.items() if n},
         },
         "splits": {split: {"records": info.num_records, "timesteps": info.num_timesteps,
-                           "shards": info.num_shards}
+                           "shards": info.num_shards,
+                           "missing_fraction": _list_or_none(info.missing_fraction)}
                    for split, info in metadata.splits.items()},
+        "times": (None if metadata.time_stats is None
+                  else dataclasses.asdict(metadata.time_stats)),
         "length_stats": {"min": lengths.min, "max": lengths.max, "mean": lengths.mean,
                          "quantiles": dict(lengths.quantiles)},
         "bucket_boundaries": list(metadata.bucket_boundaries),
         "data_config": config_lib.to_dict(data_cfg),
         "padding": _padding(data_dir, data_cfg, metadata),
     }
+
+
+def _list_or_none(values: tuple[float, ...] | None) -> list[float] | None:
+    return None if values is None else list(values)
 
 
 def _padding(data_dir: str | Path, data_cfg: DataConfig,
@@ -106,6 +117,9 @@ def format_inspection(result: Mapping[str, Any]) -> str:
     lines.append(f"  {'split':<6} {'records':>9} {'timesteps':>11} {'shards':>6}")
     lines += [f"  {split:<6} {info['records']:>9} {info['timesteps']:>11} {info['shards']:>6}"
               for split, info in result["splits"].items()]
+    lines += _missing_lines(result)
+    if result.get("times"):
+        lines.append(_times_line(result["times"]))
     if lengths["min"] is not None:
         quantiles = " ".join(f"p{float(q) * 100:g}={v:g}"
                              for q, v in lengths["quantiles"].items())
@@ -124,3 +138,27 @@ def format_inspection(result: Mapping[str, Any]) -> str:
                      f"padded timesteps, {padding['num_batches']} batches, "
                      f"{padding['distinct_shapes']} distinct shapes")
     return "\n".join(lines)
+
+
+def _missing_lines(result: Mapping[str, Any]) -> list[str]:
+    """Per split with gaps: the share of missing entries, overall and per feature."""
+    names = result["feature_names"]
+    lines = []
+    for split, info in result["splits"].items():
+        fractions = info.get("missing_fraction")
+        if not fractions or not any(fractions):
+            continue
+        per_feature = ", ".join(f"{name} {fraction:.1%}"
+                                for name, fraction in zip(names, fractions, strict=True))
+        lines.append(f"  missing entries in {split}: {sum(fractions) / len(fractions):.1%} "
+                     f"({per_feature})")
+    return lines
+
+
+def _times_line(times: Mapping[str, Any]) -> str:
+    """The time gaps of a dataset with times, one line."""
+    if not times["num_intervals"]:
+        return f"  times on {times['num_records']} records, no gaps in train"
+    return (f"  times on {times['num_records']} records; train gaps: {times['num_intervals']}, "
+            f"mean {times['mean']:g}, std {times['std']:g}, min {times['min']:g}, "
+            f"max {times['max']:g}")
