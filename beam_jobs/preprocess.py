@@ -188,7 +188,7 @@ def build_pipeline(pipeline: beam.Pipeline, files_by_format: Mapping[str, Sequen
                               cfg.compression))
     drops, num_features = (candidates, parts) | "check_dataset" >> validate.CheckDataset()
     parts, dataset_rejects = (parts, drops, num_features) | "drop_rejected" >> (
-        write.DropRejected(parts_dir, cfg.compression))
+        write.DropRejected(parts_dir, cfg.compression, cfg.json_time_key))
     rejects = (record_rejects, dataset_rejects) | "all_rejects" >> beam.Flatten()
     shards = parts
     if cfg.num_shards:

@@ -59,7 +59,7 @@ from beam_jobs.validate import (
     count_rejected,
     id_hash,
 )
-from seqpipe.dataset import records, sources
+from seqpipe.dataset import records, sources, times
 from seqpipe.dataset.sources import Rejection, Sequence
 
 CANDIDATES = "candidates"
@@ -341,9 +341,10 @@ class _DropRejectedFn(beam.DoFn):
     reads a half-rewritten file.
     """
 
-    def __init__(self, parts_dir: str, compression: str):
+    def __init__(self, parts_dir: str, compression: str, time_key: str):
         self._parts_dir = parts_dir
         self._compression = compression
+        self._time_key = time_key
 
     def process(self, part: ShardPart, drops_by_part, num_features: int):
         drops = {drop.candidate.index: drop for drop in drops_by_part[part.name]}
@@ -362,21 +363,23 @@ class _DropRejectedFn(beam.DoFn):
                                             label=decoded["label"],
                                             time_delta=decoded["time_delta"]))
             else:
-                yield beam.pvalue.TaggedOutput(REJECTS, count_rejected(_rejection(drop, data)))
+                yield beam.pvalue.TaggedOutput(REJECTS, count_rejected(
+                    _rejection(drop, data, self._time_key)))
         count("written", writer.num_records)
         final = writer.close(order=part.order)
         if final.num_records:
             yield final
 
 
-def _rejection(drop: Drop, data: bytes) -> Rejection:
-    """The rejection of a dropped record: its candidate's fields and its encoded steps."""
+def _rejection(drop: Drop, data: bytes, time_key: str) -> Rejection:
+    """The rejection of a dropped record: its candidate's fields and its encoded steps
+    (times under `time_key`)."""
     c = drop.candidate
     decoded = records.decode_sequence(data, c.width)
     sequence = Sequence(id=c.id, steps=decoded["steps"], label=c.label, split=c.split_field,
                         source=c.source, line=c.line, offset=c.offset,
                         time_delta=decoded["time_delta"])
-    return sources.reject_sequence(sequence, drop.reason, drop.message)
+    return sources.reject_sequence(sequence, drop.reason, drop.message, time_key)
 
 
 class DropRejected(beam.PTransform):
@@ -384,18 +387,21 @@ class DropRejected(beam.PTransform):
 
     Removes the candidates that the dataset-level checks rejected from their
     part files (rewriting only the parts that hold one) and turns them into
-    rejections with their re-serialized record.
+    rejections with their re-serialized record (times under `time_key`, the
+    job's `preprocess.json_time_key`).
     """
 
-    def __init__(self, parts_dir: str, compression: str = "none"):
+    def __init__(self, parts_dir: str, compression: str = "none",
+                 time_key: str = times.DEFAULT_JSON_TIME_KEY):
         super().__init__()
         self._parts_dir = parts_dir
         self._compression = compression
+        self._time_key = time_key
 
     def expand(self, pcolls):
         parts, drops, num_features = pcolls
         outputs = parts | "rewrite_parts" >> beam.ParDo(
-            _DropRejectedFn(self._parts_dir, self._compression),
+            _DropRejectedFn(self._parts_dir, self._compression, self._time_key),
             beam.pvalue.AsMultiMap(drops), beam.pvalue.AsSingleton(num_features),
         ).with_outputs(REJECTS, main="parts")
         return outputs.parts, outputs[REJECTS]

@@ -127,6 +127,8 @@ def test_layout_the_dataset_agrees_on_and_each_verdict():
 def test_a_rejected_records_times_are_written_relative():
     sequence = sources.Sequence("a", np.float32([[1], [2]]), time_delta=np.float32([0, 2.5]))
     assert json.loads(sources.to_json_line(sequence))["t"] == [0.0, 2.5]
+    assert json.loads(sources.to_json_line(sequence, "time")) == {
+        "id": "a", "steps": [[1.0], [2.0]], "time": [0.0, 2.5]}
 
 
 # ---------------------------------------------------------------- the job
@@ -167,6 +169,32 @@ def test_the_job_keeps_times_and_rejects_each_reason(timed):
                for r in records.read_split(data_dir, split, metadata)}
     assert {k: v["time_delta"].tolist() for k, v in written.items()} == {
         "a": [0.0, 0.5, 2.0], "b": [0.0, 4.0], "c": [0.0]}
+
+
+def test_records_rejected_after_writing_keep_their_times_under_the_jobs_key(tmp_path):
+    """A duplicate id and a record of another width are dropped after the parts are
+    written, then re-serialized: under `json_time_key`, so they read back with the
+    same config (with times)."""
+    from beam_jobs.preprocess import preprocess
+
+    raw = [{"id": "a", "steps": [[1], [2]], "time": [5, 7], "split": "train"},
+           {"id": "a", "steps": [[3], [4]], "time": [1, 4], "split": "train"},  # duplicate
+           {"id": "b", "steps": [[1], [2]], "time": [0, 1], "split": "train"},
+           {"id": "w", "steps": [[1, 2], [3, 4]], "time": [0, 3], "split": "train"}]
+    path = tmp_path / "raw.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in raw))
+    cfg = PreprocessConfig(json_time_key="time")
+    data_dir = tmp_path / "data"
+    metadata = preprocess([str(path)], str(data_dir), cfg)
+    assert {k: n for k, n in metadata.counts.rejected_by_reason.items() if n} == {
+        "duplicate_id": 1, "wrong_feature_count": 1}
+    rejected = {r["reason"]: json.loads(r["record"]) for r in read_rejects(data_dir)}
+    assert rejected["duplicate_id"] == {"id": "a", "steps": [[3.0], [4.0]],
+                                        "split": "train", "time": [0.0, 3.0]}
+    assert rejected["wrong_feature_count"]["time"] == [0.0, 3.0]
+    for record in rejected.values():
+        parsed = sources.validate_json_line(json.dumps(record), time_key="time")
+        assert parsed.time_delta.tolist() == [0.0, 3.0]
 
 
 def test_metadata_has_the_train_intervals_statistics(timed):

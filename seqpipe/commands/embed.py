@@ -380,15 +380,17 @@ def _validated_sequences(files: Sequence[str], cfg, num_features: int,
                                             time_key=cfg.json_time_key)
         if isinstance(result, sources.Sequence):
             widths[result.num_features] += 1
-            result = (sources.check_layout(result, (num_features, True)) if needs_times
-                      else sources.check_feature_count(result, num_features))
+            result = (sources.check_layout(result, (num_features, True), cfg.json_time_key)
+                      if needs_times
+                      else sources.check_feature_count(result, num_features,
+                                                       cfg.json_time_key))
         if isinstance(result, sources.Rejection):
             rejections.append(result)
         else:
             by_id[result.id].append(result)
     kept = []
     for copies in by_id.values():
-        sequence, duplicates = sources.resolve_duplicates(copies)
+        sequence, duplicates = sources.resolve_duplicates(copies, cfg.json_time_key)
         kept.append(sequence)
         rejections.extend(duplicates)
     kept.sort(key=lambda s: (s.source, s.line))

@@ -431,18 +431,22 @@ def check_length(sequence: Sequence, min_length: int, max_length: int,
     return reject(reason, message, sequence.source, sequence.line, record, sequence.offset)
 
 
-def check_feature_count(sequence: Sequence, num_features: int) -> Sequence | Rejection:
-    """Rejects a sequence whose width differs from the dataset's feature count."""
+def check_feature_count(sequence: Sequence, num_features: int,
+                        time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Sequence | Rejection:
+    """Rejects a sequence whose width differs from the dataset's feature count
+    (re-serialized with its times under `time_key`: `to_json_line`)."""
     if sequence.num_features == num_features:
         return sequence
     return reject_sequence(sequence, WRONG_FEATURE_COUNT,
-                           _width_message(sequence.num_features, num_features))
+                           _width_message(sequence.num_features, num_features), time_key)
 
 
-def check_layout(sequence: Sequence, layout: Layout) -> Sequence | Rejection:
-    """Rejects a sequence whose `(width, has times)` is not `layout` (`layout_verdict`)."""
+def check_layout(sequence: Sequence, layout: Layout,
+                 time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Sequence | Rejection:
+    """Rejects a sequence whose `(width, has times)` is not `layout` (`layout_verdict`;
+    re-serialized with its times under `time_key`)."""
     verdict = layout_verdict(layout_of(sequence), layout)
-    return sequence if verdict is None else reject_sequence(sequence, *verdict)
+    return sequence if verdict is None else reject_sequence(sequence, *verdict, time_key)
 
 
 def _width_message(width: int, num_features: int) -> str:
@@ -482,32 +486,36 @@ def location(source: str, line: int, offset: int | None = None) -> str:
     return f"{source}@{offset}" if offset is not None and offset >= 0 else f"{source}:{line}"
 
 
-def check_duplicate(sequence: Sequence, kept: Origin | None
-                    ) -> Sequence | Rejection:
+def check_duplicate(sequence: Sequence, kept: Origin | None,
+                    time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Sequence | Rejection:
     """The sequence, unless its id is kept from another `origin` (`duplicate_id`).
 
     Args:
         sequence: a parsed sequence.
         kept: the smallest `origin` among the copies of its id, or None when the
             id occurs once.
+        time_key: the key of the re-serialized record's times (`to_json_line`).
     """
     if kept is None or origin(sequence) == kept:
         return sequence
-    return reject_sequence(sequence, DUPLICATE_ID, _duplicate_message(sequence.id, kept))
+    return reject_sequence(sequence, DUPLICATE_ID, _duplicate_message(sequence.id, kept),
+                           time_key)
 
 
-def resolve_duplicates(copies: Iterable[Sequence]) -> tuple[Sequence, list[Rejection]]:
+def resolve_duplicates(copies: Iterable[Sequence], time_key: str = times.DEFAULT_JSON_TIME_KEY
+                       ) -> tuple[Sequence, list[Rejection]]:
     """Keeps the copy with the smallest `origin` (source, line); rejects the others.
 
     Args:
         copies: every parsed sequence sharing one id (at least one).
+        time_key: the key of the rejected records' times (`to_json_line`).
 
     Returns:
         The kept sequence and one `duplicate_id` rejection per other copy.
     """
     ordered = sorted(copies, key=origin)
     kept = origin(ordered[0])
-    return ordered[0], [check_duplicate(s, kept) for s in ordered[1:]]
+    return ordered[0], [check_duplicate(s, kept, time_key) for s in ordered[1:]]
 
 
 Layout = tuple[int, bool]
@@ -581,22 +589,26 @@ def _as_layout(layout: Layout | int) -> Layout:
     return layout if isinstance(layout, tuple) else (layout, False)
 
 
-def reject_sequence(sequence: Sequence, reason: str, message: str) -> Rejection:
-    """Rejects an already parsed sequence; its record is re-serialized as JSON.
+def reject_sequence(sequence: Sequence, reason: str, message: str,
+                    time_key: str = times.DEFAULT_JSON_TIME_KEY) -> Rejection:
+    """Rejects an already parsed sequence; its record is re-serialized as JSON
+    (`to_json_line`, times under `time_key`).
 
     The float32 values are written in their shortest form, so the JSON parses
     back to exactly the same float32 steps.
     """
-    return reject(reason, message, sequence.source, sequence.line, to_json_line(sequence),
-                  sequence.offset)
+    return reject(reason, message, sequence.source, sequence.line,
+                  to_json_line(sequence, time_key), sequence.offset)
 
 
-def to_json_line(sequence: Sequence) -> str:
-    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split`/`t` if set).
+def to_json_line(sequence: Sequence, time_key: str = times.DEFAULT_JSON_TIME_KEY) -> str:
+    """The sequence as a JSONL record (`id`, `steps`, and `label`/`split`/times if set).
 
     A missing entry (NaN) is written as null, which `missing=keep` reads back as
-    missing. Times are written under the default key `t`, relative (starting
-    at 0: `times.times_from_deltas`; the absolute times are not kept).
+    missing. Times are written under `time_key` (give the job's
+    `preprocess.json_time_key`, so that the line reads back with the same
+    config), relative (starting at 0: `times.times_from_deltas`; the absolute
+    times are not kept).
     """
     steps = [[None if v != v else float(str(v)) for v in row] for row in sequence.steps]
     obj: dict[str, Any] = {"id": sequence.id, "steps": steps}
@@ -605,7 +617,7 @@ def to_json_line(sequence: Sequence) -> str:
     if sequence.split:
         obj["split"] = sequence.split
     if sequence.has_times:
-        obj[times.DEFAULT_JSON_TIME_KEY] = times.times_from_deltas(sequence.time_delta).tolist()
+        obj[time_key] = times.times_from_deltas(sequence.time_delta).tolist()
     return json.dumps(obj)
 
 
