@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from seqpipe.config import DataConfig
+from seqpipe.config import DataConfig, ModelConfig
 from seqpipe.dataset import metadata as metadata_lib
 from seqpipe.dataset import records
 from seqpipe.dataset.metadata import DatasetMetadata
@@ -114,3 +115,13 @@ def inference(root, cfg=WINDOW, **kwargs):
     """`data.inference_batches` of the train split as a list of numpy batches."""
     return [tf.nest.map_structure(lambda t: t.numpy(), batch)
             for batch in data.inference_batches(root, "train", cfg, **kwargs)]
+
+
+def small_autoencoder(num_features: int = 2, **inputs):
+    """`(autoencoder, encoder)`: 4 units, one direction, final states only, seeded;
+    `inputs` are `build_autoencoder`'s extra inputs (`observed=True`, `time_delta=True`)."""
+    from seqpipe.model.autoencoder import build_autoencoder
+
+    keras.utils.set_random_seed(0)
+    return build_autoencoder(ModelConfig(units=4, bidirectional=False, pooling=()),
+                             num_features, **inputs)

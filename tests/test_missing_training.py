@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from literal_datasets import MEAN, STD, WINDOW, batches, inference, write_dataset
+from literal_datasets import MEAN, STD, WINDOW, batches, inference, small_autoencoder, write_dataset
 
 from seqpipe.commands.evaluate import pooled_statistics
 from seqpipe.config import ModelConfig, TrainConfig
@@ -188,14 +188,8 @@ def test_counts_and_eval_step_divide_by_observed_entries():
 # ---------------------------------------------------------------- the model
 
 
-def _observed_model():
-    keras.utils.set_random_seed(0)
-    return build_autoencoder(ModelConfig(units=4, bidirectional=False, pooling=()), 2,
-                             observed=True)
-
-
 def test_the_encoder_reads_x_and_the_indicator_concatenated():
-    autoencoder, encoder = _observed_model()
+    autoencoder, encoder = small_autoencoder(observed=True)
     assert takes_observed(encoder) and takes_observed(autoencoder)
     assert set(encoder.input) == {"x", "mask", "observed"}
     indicator = encoder.get_layer("observed_indicator")
@@ -204,7 +198,7 @@ def test_the_encoder_reads_x_and_the_indicator_concatenated():
 
 
 def test_an_embedding_sees_the_fill_value_and_the_indicator_but_not_padding():
-    _, encoder = _observed_model()
+    _, encoder = small_autoencoder(observed=True)
     inputs = {"x": TARGETS.copy(), "mask": np.array([[1, 1, 0]], np.float32),
               "observed": ENTRY_WEIGHTS}
     base = encoder(inputs).numpy()
@@ -219,7 +213,7 @@ def test_an_embedding_sees_the_fill_value_and_the_indicator_but_not_padding():
 
 
 def test_exported_encoder_serves_the_observed_mask(tmp_path):
-    _, encoder = _observed_model()
+    _, encoder = small_autoencoder(observed=True)
     path = export_encoder(encoder, tmp_path / "encoder")
     served = tf.saved_model.load(str(path)).signatures["serving_default"]
     mask = np.array([[1, 1, 0]], np.float32)

@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from beam_helpers import read_rejects
-from literal_datasets import DETERMINISTIC, SEQS, WINDOW, batches, inference, padded, write_dataset
+from literal_datasets import (
+    DETERMINISTIC,
+    SEQS,
+    WINDOW,
+    batches,
+    inference,
+    padded,
+    small_autoencoder,
+    write_dataset,
+)
 
 from seqpipe.config import ModelConfig, PreprocessConfig, TrainConfig
 from seqpipe.dataset import records, sources, times
@@ -348,14 +357,8 @@ def test_time_delta_on_data_without_times_is_refused_before_training(tmp_path, t
 # ---------------------------------------------------------------- the model
 
 
-def _timed_model():
-    keras.utils.set_random_seed(0)
-    return build_autoencoder(ModelConfig(units=4, bidirectional=False, pooling=()), 2,
-                             time_delta=True)
-
-
 def test_the_encoder_reads_the_time_gap_as_one_more_channel():
-    autoencoder, encoder = _timed_model()
+    autoencoder, encoder = small_autoencoder(time_delta=True)
     assert takes_time_delta(encoder) and takes_time_delta(autoencoder)
     assert set(encoder.input) == {"x", "mask", "time_delta"}
     assert tuple(encoder.get_layer("time_delta_input").output.shape) == (None, None, 3)
@@ -372,7 +375,7 @@ def test_the_encoder_reads_the_time_gap_as_one_more_channel():
 
 
 def test_a_train_step_with_time_delta_has_the_loss_of_x_only(timed_literal):
-    autoencoder, encoder = _timed_model()
+    autoencoder, encoder = small_autoencoder(time_delta=True)
     objective = Objective(TrainConfig(), autoencoder, encoder)
     cfg = dataclasses.replace(WINDOW, time_delta=True, batch_size=2)
     [(inputs, targets, weights)] = batches(timed_literal, cfg)
@@ -388,7 +391,7 @@ def test_a_train_step_with_time_delta_has_the_loss_of_x_only(timed_literal):
 
 
 def test_the_exported_models_take_time_delta_by_name(tmp_path):
-    autoencoder, encoder = _timed_model()
+    autoencoder, encoder = small_autoencoder(time_delta=True)
     x, mask = padded(list(TIMED.values()), 3)
     inputs = {"x": x, "mask": mask, "time_delta": EXPECTED_TIME_DELTA}
     served = tf.saved_model.load(str(export_encoder(encoder, tmp_path / "encoder")))
