@@ -385,8 +385,10 @@ class TrainConfig:
             (epochs * batches))` (batches estimated as `ceil(train records /
             data.batch_size)`), each pass in a new order. Epochs stay the
             unit of validation, backups, history and learning-rate
-            schedules, so their overhead does not grow with the budget. 0:
-            one pass per epoch.
+            schedules, so their overhead does not grow with the budget. The
+            best weights and early stopping consider only the epochs that
+            end at or after `min_steps` steps, so a run is never cut, nor
+            its weights taken, before it. 0: one pass per epoch.
         validation_fraction: when the dataset has no `val` records, this
             share of the train split (chosen by a hash of each record,
             `seqpipe.input_pipeline.data.Holdout`) is held out of training

@@ -272,6 +272,35 @@ def test_learning_rate_schedules():
     assert rates == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2]
 
 
+def test_early_stopping_and_best_weights_wait_for_min_steps(tmp_path, tiny_dataset,
+                                                           tiny_config):
+    """40 steps an epoch, min_steps 100: epochs 0-1 (40, 80 steps) never compete, however
+    low their validation loss; epoch 2 (120 steps) is the first that does."""
+    history = [{"steps": 40, "val_loss": v} for v in (0.1, 0.5, 0.4, 0.45, 0.46)]
+    cfg = TrainConfig(min_steps=100, early_stopping_patience=2)
+    assert [train.first_eligible_epoch(cfg, history[:n]) for n in range(6)] == [
+        None, None, None, 2, 2, 2]
+    assert [train.stops_early(cfg, history[:n], True) for n in range(3, 6)] == [
+        False, False, True]  # best 0.4 at epoch 2, then 2 epochs without better
+    no_budget = dataclasses.replace(cfg, min_steps=0)
+    assert train.first_eligible_epoch(no_budget, history[:1]) == 0
+    assert train.stops_early(no_budget, history[:3], True)  # 0.1 at epoch 0, 2 worse
+    assert not train.stops_early(cfg, history, has_val=False)
+
+    cfg = replace_section(tiny_config, "train", min_steps=100)
+    trainer = train.Trainer(tiny_dataset, tmp_path / "model", cfg,
+                            strategy=make_strategy("default"), verbose=False)
+    try:
+        bests = []
+        for epoch, record in enumerate(history):
+            trainer.end_epoch({**record, "epoch": epoch, "loss": 1.0, "timesteps_per_second": 1.0},
+                              history[:epoch + 1])
+            bests.append(float(trainer.state.best_val_loss))
+        assert bests == [float("inf"), float("inf"), 0.4, 0.4, 0.4]
+    finally:
+        trainer.close()
+
+
 def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_dataset, tiny_config):
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_dataset, data_dir)

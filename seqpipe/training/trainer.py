@@ -202,7 +202,8 @@ class Trainer:
         History first: a kill between the two then re-runs the epoch's tail
         (the restore drops records of epochs the backup has not finished).
         """
-        self.state.keep_if_best(record.get("val_loss", record["loss"]))
+        if first_eligible_epoch(self.cfg.train, history) is not None:
+            self.state.keep_if_best(record.get("val_loss", record["loss"]))
         self.outputs.write_epoch(record, history)
         self.state.next_epoch()
         self.outputs.log_epoch(record)
@@ -282,12 +283,31 @@ class Trainer:
                            seconds=time.monotonic() - started)
 
 
+def first_eligible_epoch(cfg: TrainConfig, history: list[dict[str, Any]]) -> int | None:
+    """The first epoch of `history` by whose end the run has taken `cfg.min_steps`
+    optimizer steps (None: not yet).
+
+    Only these epochs compete for the best weights and count for early
+    stopping: a few-record validation split is noisy, and its lowest loss in
+    the first epochs of a small set chose weights of 40 steps (an embedding
+    0.72 where 1,000 steps gave 0.80-0.84 on PickupGestureWiimoteZ).
+    """
+    steps = 0
+    for index, record in enumerate(history):
+        steps += record["steps"]
+        if steps >= cfg.min_steps:
+            return index
+    return None
+
+
 def stops_early(cfg: TrainConfig, history: list[dict[str, Any]], has_val: bool) -> bool:
-    """Whether the validation loss has not improved for `cfg.early_stopping_patience` epochs."""
+    """Whether the validation loss has not improved for `cfg.early_stopping_patience`
+    epochs, counting from the first epoch that reached `cfg.min_steps`."""
     patience = cfg.early_stopping_patience
-    if not patience or not has_val or len(history) <= patience:
+    first = first_eligible_epoch(cfg, history)
+    if not patience or not has_val or first is None or len(history) - first <= patience:
         return False
-    best_epoch = min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    best_epoch = min(range(first, len(history)), key=lambda i: history[i]["val_loss"])
     return len(history) - 1 - best_epoch >= patience
 
 
