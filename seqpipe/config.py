@@ -429,7 +429,7 @@ class TrainConfig:
         triplet_weight: the weight of the triplet term with `objective: both`.
     """
 
-    epochs: int = 30
+    epochs: int = 20
     min_steps: int = 1000
     validation_fraction: float = 0.1
     learning_rate: float = 1e-3
