@@ -448,6 +448,13 @@ class TrainConfig:
     triplet_negatives: int = 5
     triplet_weight: float = 1.0
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the objective trains a decoder (`reconstruction`, `both`): with
+        `triplet` the encoder is trained alone, and nothing reconstructs the input
+        (no scorer, no reconstruction figures)."""
+        return self.objective != "triplet"
+
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
         _require(self.min_steps >= 0, "train.min_steps", "must be >= 0")

@@ -247,7 +247,7 @@ def plot_reconstructions(data_dir: str | Path, model_dir: str | Path, metadata: 
     from seqpipe.model import layers  # noqa: F401  (registers the custom layers)
 
     cfg = read_config(model_dir)
-    if cfg.train.objective == "triplet":
+    if not cfg.train.has_decoder:
         figure = Figure(figsize=(8, 2), dpi=DPI, layout="constrained")
         figure.text(0.5, 0.5, "no reconstructions: the model was trained with "
                     "train.objective triplet (an encoder without decoder)",

@@ -160,7 +160,7 @@ def load_scorer(model_dir: str | Path) -> Callable[..., dict[str, Any]]:
         raise records.DatasetError(f"{model_dir}: no exported scorer ({SCORER_DIR}/) and no "
                                    f"{AUTOENCODER_FILE}; train a model first (`seqpipe train`)")
     cfg = read_config(model_dir)
-    if cfg.train.objective == "triplet":
+    if not cfg.train.has_decoder:
         raise records.DatasetError(
             f"{model_dir}: trained with train.objective triplet, an encoder without "
             "decoder: it reconstructs nothing, so it has no anomaly scores (train with "

@@ -230,7 +230,7 @@ class Objective:
     def __init__(self, cfg: TrainConfig, autoencoder: keras.Model | None,
                  encoder: keras.Model):
         self.cfg = cfg
-        self.reconstructs = cfg.objective != "triplet"
+        self.reconstructs = cfg.has_decoder
         self.contrasts = cfg.objective != "reconstruction"
         if self.reconstructs and autoencoder is None:
             raise ValueError(f"train.objective {cfg.objective!r} needs the autoencoder")

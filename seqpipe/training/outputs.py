@@ -98,7 +98,7 @@ class RunOutputs:
             return
         autoencoder.save(self._path(AUTOENCODER_FILE))  # Keras writes URLs through gfile
         self._export_staged(ENCODER_DIR, lambda path: export_encoder(encoder, path))
-        if self.cfg.train.objective != "triplet":
+        if self.cfg.train.has_decoder:
             self._export_staged(SCORER_DIR, lambda path: export_scorer(
                 autoencoder, path, reverse_target=self.cfg.data.reverse_target))
         storage.write_json_atomic(self._path(SUMMARY_FILE),

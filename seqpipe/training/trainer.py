@@ -140,7 +140,7 @@ class Trainer:
         with self.strategy.scope():
             self.autoencoder, self.encoder = build_autoencoder(
                 cfg.model, self.metadata.num_features,
-                decoder=cfg.train.objective != "triplet",
+                decoder=cfg.train.has_decoder,
                 observed=uses_observed(cfg.data, self.metadata),
                 time_delta=cfg.data.time_delta)
             self.objective = Objective(cfg.train, self.autoencoder, self.encoder)
